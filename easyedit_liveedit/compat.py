@@ -1,0 +1,181 @@
+"""Every shim that lets easyeditor 0.0.1.dev0 (the PyPI wheel, written for torch 2.0 / transformers 4.30)
+import and run on modern torch and transformers on a CPU-only machine.
+
+Each shim says which EasyEdit or transformers behaviour it covers, changes no algorithm or metric, and has
+a test in ``tests/test_compat.py`` that fails if the shim stops working or stops being needed.
+Nothing else in the project patches third-party code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+LOG = logging.getLogger(__name__)
+
+# --- 1. torchvision from PyPI next to the CPU torch ------------------------------------------------------
+# PyPI's torchvision wheel is built against CUDA torch; beside torch's CPU build its C++ ops fail to load, and
+# `torchvision._meta_registrations` then raises "operator torchvision::nms does not exist" at import. Because
+# transformers and timm import torchvision whenever it is installed, that breaks easyeditor's import too.
+# Declaring the two op schemas the meta registrations look up (nms, qnms) lets the import finish; calling
+# these ops still fails loudly (nothing in EasyEdit's multimodal path calls them).
+_TORCHVISION_SCHEMAS = {
+    "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+}
+_torchvision_library: list[torch.library.Library] = []  # keeps the schema registration alive
+
+
+def _declare_torchvision_ops() -> bool:
+    """Import torchvision, declaring its missing op schemas first if the CPU/CUDA mismatch requires it.
+
+    Returns True when the schemas had to be declared.
+    """
+    try:
+        importlib.import_module("torchvision")
+        return False
+    except RuntimeError as error:
+        if "torchvision::nms does not exist" not in str(error):
+            raise
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]  # drop the half-imported package before trying again
+    if not _torchvision_library:
+        library = torch.library.Library("torchvision", "FRAGMENT")
+        for name, schema in _TORCHVISION_SCHEMAS.items():
+            if not torch._C._dispatch_has_kernel(f"torchvision::{name}"):
+                library.define(schema)
+        _torchvision_library.append(library)
+    importlib.import_module("torchvision")
+    LOG.debug("declared torchvision::nms/qnms schemas so the CUDA torchvision wheel imports beside CPU torch")
+    return True
+
+
+# --- 2. Q-Former helpers that moved out of transformers.modeling_utils --------------------------------------
+# EasyEdit's copied Q-Former (`trainer/blip2_models/Qformer.py`) imports `apply_chunking_to_forward`,
+# `find_pruneable_heads_and_indices` and `prune_linear_layer` from `transformers.modeling_utils`; since
+# transformers 4.4x they live only in `transformers.pytorch_utils`.
+_MOVED_TO_PYTORCH_UTILS = ("apply_chunking_to_forward", "find_pruneable_heads_and_indices", "prune_linear_layer")
+
+
+def _restore_moved_transformers_helpers() -> list[str]:
+    """Re-export the moved helpers under their old module; returns the names that were missing."""
+    import transformers.modeling_utils as modeling_utils
+    import transformers.pytorch_utils as pytorch_utils
+
+    missing = [name for name in _MOVED_TO_PYTORCH_UTILS if not hasattr(modeling_utils, name)]
+    for name in missing:
+        setattr(modeling_utils, name, getattr(pytorch_utils, name))
+    return missing
+
+
+# --- 3. `cuda:{device}` hard-coded across the wheel ------------------------------------------------------
+# `MultimodalEditor.__init__/edit`, the MEND/SERAC executors, `MEND.__init__`, `SERAC.__init__` and the
+# evaluate helpers build `f"cuda:{hparams.device}"` whatever the hparams say. On a machine without CUDA,
+# this mode rewrites any CUDA device that reaches a torch call into the CPU while it is active. Devices
+# are the only thing it touches; it is a no-op when CUDA is available.
+def _is_cuda(device: Any) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    return isinstance(device, str) and device.startswith("cuda")
+
+
+class _CudaToCpu(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.cuda:  # tensor.cuda(device=None, non_blocking=False)
+            return args[0].to("cpu")
+        if _is_cuda(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        if func is torch.Tensor.to:  # tensor.to(device, ...) takes the device positionally too
+            args = tuple("cpu" if _is_cuda(a) else a for a in args)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def cuda_to_cpu() -> Iterator[None]:
+    """Run EasyEdit code that hard-codes ``cuda:{device}`` on the CPU when CUDA is unavailable."""
+    if torch.cuda.is_available():
+        yield
+        return
+    with _CudaToCpu():
+        yield
+
+
+# --- 4. EasyEdit's hard-coded EVA ViT-g -------------------------------------------------------------------
+# `Blip2Base.init_vision_encoder` always calls `create_eva_vit_g` (a 986M-parameter ViT) through its module
+# global. Small backbones (the toy world, tests with tiny BLIP-2s) swap in their own builder for the duration
+# of the model's construction; the builder takes the same keyword arguments and returns a module with a
+# `num_features` attribute, as EVA's does.
+@contextlib.contextmanager
+def vision_tower_builder(builder: Callable[..., torch.nn.Module]) -> Iterator[None]:
+    """Make EasyEdit's ``Blip2Base.init_vision_encoder`` build its vision tower with ``builder``."""
+    blip2 = importlib.import_module("easyeditor.trainer.blip2_models.blip2")
+    original = blip2.create_eva_vit_g
+    blip2.create_eva_vit_g = builder
+    try:
+        yield
+    finally:
+        blip2.create_eva_vit_g = original
+
+
+# --- 5. Training hparams that BaseTrainer reads but the wheel's dataclasses lack -----------------------------
+# `BaseTrainer.__init__` and `MEND.__init__` read `config.model_parallel`, which
+# `MENDMultimodalTrainingHparams` / `SERACMultimodalTrainingHparams` do not define (EasyEdit main added it).
+_TRAINING_HPARAMS_NEEDING_MODEL_PARALLEL = ("MENDMultimodalTrainingHparams", "SERACMultimodalTrainingHparams")
+
+
+def _default_model_parallel(training_hparams: ModuleType) -> list[str]:
+    """Give the wheel's multimodal training hparams a ``model_parallel = False`` default; returns patched names."""
+    patched = []
+    for name in _TRAINING_HPARAMS_NEEDING_MODEL_PARALLEL:
+        cls = getattr(training_hparams, name)
+        if not hasattr(cls, "model_parallel"):
+            cls.model_parallel = False
+            patched.append(name)
+    return patched
+
+
+# --- 6. Subpackages shadowed by easyeditor's star imports -----------------------------------------------------
+# `easyeditor/__init__` star-imports every method package; `easyeditor.models.ike` exports a module named
+# `util`, which overwrites the attribute `easyeditor.util`. Then `import easyeditor.util.alg_dict as d` (the
+# way users reach ALG_MULTIMODAL_DICT) fails with "cannot import name 'alg_dict' from
+# 'easyeditor.models.ike.util'". Point the attribute back at the real subpackage.
+def _unshadow_easyeditor_util() -> bool:
+    """Re-bind ``easyeditor.util`` to the ``easyeditor.util`` package; returns True if it was shadowed."""
+    easyeditor = sys.modules["easyeditor"]
+    util = importlib.import_module("easyeditor.util")
+    shadowed = easyeditor.util is not util
+    easyeditor.util = util
+    return shadowed
+
+
+_applied: dict[str, Any] = {}
+
+
+def apply() -> dict[str, Any]:
+    """Apply every import-time shim (idempotent) and import easyeditor; returns what each shim did.
+
+    Call this before importing anything from easyeditor; `import easyedit_liveedit` does it.
+    """
+    if _applied:
+        return _applied
+    _applied["torchvision_ops_declared"] = _declare_torchvision_ops()
+    _applied["transformers_helpers_restored"] = _restore_moved_transformers_helpers()
+    with warnings.catch_warnings():
+        # easyeditor imports timm's pre-1.0 module paths; timm answers each with a FutureWarning meant for
+        # easyeditor's authors, not for our users.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\..*")
+        importlib.import_module("easyeditor")
+    _applied["easyeditor_util_unshadowed"] = _unshadow_easyeditor_util()
+    training_hparams = importlib.import_module("easyeditor.trainer.training_hparams")
+    _applied["model_parallel_defaulted"] = _default_model_parallel(training_hparams)
+    return _applied
