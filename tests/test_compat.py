@@ -1,0 +1,131 @@
+"""Each shim in compat.py has two tests: it still works, and it is still needed (remove it when that fails)."""
+
+import importlib
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import easyedit_liveedit  # noqa: F401  (applies the shims)
+from easyedit_liveedit import compat
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+# 1. torchvision beside the CPU torch
+def test_torchvision_import_still_fails_without_the_shim():
+    result = _python("import torchvision")
+    assert result.returncode != 0
+    assert "torchvision::nms does not exist" in result.stderr
+
+
+def test_torchvision_imports_and_transforms_work_with_the_shim():
+    assert compat.apply()["torchvision_ops_declared"] is True
+    from torchvision import transforms
+
+    image = torch.rand(3, 8, 8)
+    assert transforms.Resize((4, 4), antialias=True)(image).shape == (3, 4, 4)
+
+
+# 2. Q-Former helpers moved to transformers.pytorch_utils
+def test_qformer_helpers_still_missing_from_modeling_utils():
+    # Read the source rather than importing it: importing transformers.modeling_utils pulls in torchvision.
+    source = Path(importlib.util.find_spec("transformers.modeling_utils").origin).read_text()
+    for name in ("apply_chunking_to_forward", "find_pruneable_heads_and_indices", "prune_linear_layer"):
+        assert not re.search(rf"\b{name}\b", source), f"transformers.modeling_utils has {name} again"
+
+
+def test_easyeditor_qformer_imports_with_the_moved_helpers():
+    qformer = importlib.import_module("easyeditor.trainer.blip2_models.Qformer")
+    import transformers.pytorch_utils as pytorch_utils
+
+    assert qformer.apply_chunking_to_forward is pytorch_utils.apply_chunking_to_forward
+
+
+# 3. cuda:{device} hard-coded in EasyEdit
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA redirect is a no-op where CUDA exists")
+def test_cuda_device_still_fails_on_this_machine():
+    with pytest.raises((AssertionError, RuntimeError)):
+        torch.zeros(1).to("cuda:0")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA redirect is a no-op where CUDA exists")
+def test_cuda_to_cpu_redirects_every_way_easyeditor_names_cuda():
+    evaluate_utils = importlib.import_module("easyeditor.evaluate.evaluate_utils")
+    with compat.cuda_to_cpu():
+        layer = torch.nn.Linear(2, 2).to("cuda:0")
+        made = torch.zeros(2, device=torch.device("cuda:0"))
+        moved = torch.ones(2).cuda()
+        positional = torch.ones(2).to("cuda:1", torch.float16)
+    assert {layer.weight.device.type, made.device.type, moved.device.type, positional.device.type} == {"cpu"}
+    assert positional.dtype == torch.float16
+    # Outside the context, nothing is redirected.
+    with pytest.raises((AssertionError, RuntimeError)):
+        torch.zeros(1).to("cuda:0")
+    # And EasyEdit's own helpers that hard-code f"cuda:{device}" get through it.
+    assert "cuda:{device}" in open(evaluate_utils.__file__).read()
+
+
+# 4. The hard-coded EVA ViT-g
+def test_blip2_still_builds_eva_vit_g():
+    blip2 = importlib.import_module("easyeditor.trainer.blip2_models.blip2")
+    assert blip2.create_eva_vit_g.__module__.endswith("eva_vit")
+
+
+def test_vision_tower_builder_replaces_eva_for_init_vision_encoder():
+    blip2 = importlib.import_module("easyeditor.trainer.blip2_models.blip2")
+    seen = {}
+
+    def tiny_tower(img_size, drop_path_rate, use_grad_checkpoint, precision, state_dict_file):
+        seen["img_size"] = img_size
+        tower = torch.nn.Linear(4, 4)
+        tower.num_features = 4
+        return tower
+
+    original = blip2.create_eva_vit_g
+    with compat.vision_tower_builder(tiny_tower):
+        tower, ln_vision = blip2.Blip2Base.init_vision_encoder("eva_clip_g", 364, 0, False, "fp32", None)
+    assert seen == {"img_size": 364}
+    assert tower.num_features == 4 and ln_vision.normalized_shape == (4,)
+    assert blip2.create_eva_vit_g is original
+
+
+# 5. model_parallel missing from the wheel's multimodal training hparams
+def test_training_hparams_still_lack_model_parallel_field():
+    training_hparams = importlib.import_module("easyeditor.trainer.training_hparams")
+    for name in ("MENDMultimodalTrainingHparams", "SERACMultimodalTrainingHparams"):
+        assert "model_parallel" not in getattr(training_hparams, name).__dataclass_fields__
+
+
+def test_training_hparams_default_model_parallel_to_false():
+    training_hparams = importlib.import_module("easyeditor.trainer.training_hparams")
+    assert training_hparams.MENDMultimodalTrainingHparams.model_parallel is False
+    assert compat.apply()["model_parallel_defaulted"] == [
+        "MENDMultimodalTrainingHparams",
+        "SERACMultimodalTrainingHparams",
+    ]
+
+
+# 6. easyeditor.util shadowed by a star import
+def test_ike_package_still_exports_a_util_module():
+    ike = importlib.import_module("easyeditor.models.ike")
+    assert ike.util is not sys.modules["easyeditor.util"]
+    assert compat.apply()["easyeditor_util_unshadowed"] is True
+
+
+def test_easyeditor_util_alg_dict_imports_after_the_plugin():
+    result = _python(
+        "import easyedit_liveedit, easyeditor.util.alg_dict as d; print(sorted(d.ALG_MULTIMODAL_DICT))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "['IKE', 'LiveEdit', 'MEND', 'SERAC', 'SERAC_MULTI']" in result.stdout
+
+
+def test_apply_is_idempotent():
+    assert compat.apply() is compat.apply()
