@@ -79,9 +79,13 @@ class _LiveEditHparamsBase(HyperParams):
     def __post_init__(self) -> None:
         where = self.source or "<in code>"
         if getattr(self, self.ALG_KEY) != ALG_NAME:
-            raise ValueError(f"{where}: key '{self.ALG_KEY}' is {getattr(self, self.ALG_KEY)!r}; expected {ALG_NAME!r}")
+            raise ValueError(
+                f"{where}: key '{self.ALG_KEY}' is {getattr(self, self.ALG_KEY)!r}; expected {ALG_NAME!r}"
+            )
         if self.model_name not in SUPPORTED_MODELS:
-            raise ValueError(f"{where}: key 'model_name' is {self.model_name!r}; supported: {', '.join(SUPPORTED_MODELS)}")
+            raise ValueError(
+                f"{where}: key 'model_name' is {self.model_name!r}; supported: {', '.join(SUPPORTED_MODELS)}"
+            )
         for key in ("edit_layer", "cross_attn_dim", "num_heads", "rank", "num_key_slots", "num_sentinel_tokens"):
             minimum = 0 if key == "edit_layer" else 1
             if getattr(self, key) < minimum:
@@ -128,7 +132,9 @@ class _LiveEditHparamsBase(HyperParams):
         for key in keys:
             value = getattr(self, key, None)
             if value is not None and not Path(value).exists():
-                raise FileNotFoundError(f"{self.source or '<in code>'}: key {key!r} points to {value!r}, which does not exist")
+                raise FileNotFoundError(
+                    f"{self.source or '<in code>'}: key {key!r} points to {value!r}, which does not exist"
+                )
 
 
 def _is_required(f: dataclasses.Field) -> bool:
@@ -137,7 +143,11 @@ def _is_required(f: dataclasses.Field) -> bool:
 
 def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     """Check ``value`` against the field's type; accept YAML's strings for scientific notation in floats."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    options = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
     if value is None:
         if type(None) in options:
             return None
@@ -216,4 +226,6 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.train_base:
-            raise ValueError(f"{self.source or '<in code>'}: key 'train_base' must be false: LiveEdit keeps the backbone frozen")
+            raise ValueError(
+                f"{self.source or '<in code>'}: key 'train_base' must be false: LiveEdit keeps the backbone frozen"
+            )

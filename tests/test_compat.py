@@ -120,9 +120,7 @@ def test_ike_package_still_exports_a_util_module():
 
 
 def test_easyeditor_util_alg_dict_imports_after_the_plugin():
-    result = _python(
-        "import easyedit_liveedit, easyeditor.util.alg_dict as d; print(sorted(d.ALG_MULTIMODAL_DICT))"
-    )
+    result = _python("import easyedit_liveedit, easyeditor.util.alg_dict as d; print(sorted(d.ALG_MULTIMODAL_DICT))")
     assert result.returncode == 0, result.stderr
     assert "['IKE', 'LiveEdit', 'MEND', 'SERAC', 'SERAC_MULTI']" in result.stdout
 

@@ -40,7 +40,12 @@ def test_paper_defaults_in_shipped_yamls():
     for path, cls in CASES:
         h = cls.from_hparams(path)
         assert (h.edit_layer, h.cross_attn_dim, h.num_heads, h.rank, h.lora_scale, h.num_key_slots) == (
-            21, 1024, 8, 4, 5.0, 4,
+            21,
+            1024,
+            8,
+            4,
+            5.0,
+            4,
         ), path
     for path in TRAIN_YAMLS:
         h = LiveEditMultimodalTrainingHparams.from_hparams(path)
