@@ -1,0 +1,207 @@
+"""Sequential editing with EasyEdit's own MEND (``easyeditor.trainer.algs.MEND``), diagnosed edit by edit.
+
+What runs is EasyEdit's code: its ``MEND`` class with its ``GradientTransform`` networks, loaded from an
+archive written by EasyEdit's ``MultimodalTrainer`` the way ``MendMultimodalRewriteExecutor.init_model`` loads
+it (``gtn.`` keys renamed to ``mend.``), and its ``MEND.edit`` computing each update. Only the commit step is
+ours: the wheel's executor (``apply_to_model``) fails at its first edit because it passes label strings
+where tensors are needed, so the weights ``MEND.edit`` returns are copied into the backbone in place, which
+is what the executor would do. Nothing else is changed and nothing is injected.
+
+Settings that decide whether MEND collapses, all recorded in the report:
+
+- ``mode``: ``"train"`` is what EasyEdit's executor does (it never calls ``eval()``), so MEND's normaliser
+  re-estimates its statistics from the edits' own tokens, starting afresh at the first edit. ``"eval"``
+  uses the statistics stored in the archive; with an untrained archive these are NaN.
+- ``edit_lr_scale``: multiplies MEND's learned per-weight edit learning rates (1 = as trained).
+- ``precision``: ``"fp16"`` runs the backbone as EasyEdit's BLIP-2 does on a GPU: OPT weights in fp16 and
+  its forward under fp16 autocast where ``Blip2OPT.maybe_autocast`` asks for it; ``"fp32"`` casts the
+  backbone to fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import compat
+from .report import RunReport
+from .sequence import run_sequence
+from .weights import WeightTracker
+
+LOG = logging.getLogger(__name__)
+
+_STATISTICS = ("u_mean", "v_mean", "u_std", "v_std")
+
+
+def load_mend(model: nn.Module, hparams: Any, archive: str | None) -> nn.Module:
+    """EasyEdit's ``MEND`` around ``model``, with its networks loaded from ``archive`` (None: untrained).
+
+    Args:
+        model: the backbone (edited in place by ``run_mend``).
+        hparams: EasyEdit's ``MENDMultimodalHparams`` (the editing YAML).
+        archive: path of a ``MultimodalTrainer`` archive; None leaves MEND untrained (NaN statistics).
+    """
+    mend_cls = importlib.import_module("easyeditor.trainer.algs.MEND").MEND
+    config = copy.deepcopy(hparams)
+    if not hasattr(config, "model_parallel"):
+        config.model_parallel = False  # MEND.__init__ reads it; the wheel's editing hparams lack it
+    with compat.cuda_to_cpu():  # MEND.__init__ moves its networks to f"cuda:{device}"
+        mend = mend_cls(model, config, lambda: copy.deepcopy(model))
+    if archive is not None:
+        # EasyEdit's archives pickle the model config next to the weights, so weights_only cannot load them;
+        # the archive is one our own MultimodalTrainer run wrote.
+        state = torch.load(archive, map_location="cpu", weights_only=False)
+        mend.load_state_dict({k.replace("gtn.", "mend."): v for k, v in state["model"].items()})
+    device = next(model.parameters()).device
+    mend.mend.to(device)
+    mend.edit_lrs.data = mend.edit_lrs.data.to(device)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in config.inner_params)  # as the executor does: only edited weights get grads
+    return mend
+
+
+def normaliser_problems(mend: nn.Module) -> list[str]:
+    """The MEND transforms whose normaliser statistics hold non-finite values, as ``"<transform>.<buffer>"``."""
+    bad = []
+    for key, transform in mend.mend.items():
+        for stat in _STATISTICS:
+            value = getattr(transform, stat)
+            if not bool(torch.isfinite(value).all()):
+                bad.append(f"{key}.{stat}")
+    return bad
+
+
+def smallest_std(mend: nn.Module) -> float:
+    """The smallest normaliser standard deviation over all transforms (near 0: inputs explode when normalised)."""
+    values = [
+        float(getattr(t, s).min()) for t in mend.mend.values() for s in ("u_std", "v_std") if getattr(t, s).numel()
+    ]
+    return min(values, default=math.nan)
+
+
+@contextlib.contextmanager
+def gpu_like_autocast(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """Make ``Blip2OPT.maybe_autocast`` autocast on the CPU as it does on CUDA (it is a no-op on the CPU).
+
+    EasyEdit's BLIP-2 keeps OPT's weights in fp16 and relies on CUDA autocast inside ``maybe_autocast``;
+    on the CPU that method returns a null context and the fp16 OPT then meets fp32 inputs. Overriding the
+    method on this one instance, for the duration of the block, reproduces the GPU numerics.
+    """
+    if not hasattr(model, "maybe_autocast"):
+        yield
+        return
+    model.maybe_autocast = lambda *args, **kwargs: torch.autocast("cpu", dtype=dtype)
+    try:
+        yield
+    finally:
+        del model.maybe_autocast
+
+
+def run_mend(
+    model: nn.Module,
+    hparams: Any,
+    archive: str | None,
+    edit_batches: Sequence[dict[str, Any]],
+    probe_batch: dict[str, Any],
+    mode: str = "train",
+    edit_lr_scale: float = 1.0,
+    precision: str = "fp16",
+    settings: dict[str, Any] | None = None,
+) -> RunReport:
+    """Edit ``model`` with EasyEdit's MEND, one batch after another, in place, and diagnose every edit.
+
+    Args:
+        model: EasyEdit's backbone (e.g. ``Blip2OPT``); its ``inner_params`` are overwritten.
+        hparams: ``MENDMultimodalHparams``.
+        archive: MEND archive path (None: untrained MEND).
+        edit_batches: one EasyEdit ``edit_inner`` batch per edit.
+        probe_batch: a fixed EasyEdit batch whose logits are checked after each edit.
+        mode: ``"train"`` (EasyEdit's executor) or ``"eval"`` (trained statistics) for MEND's normaliser.
+        edit_lr_scale: factor on MEND's learned edit learning rates.
+        precision: ``"fp16"`` (as EasyEdit runs BLIP-2 on a GPU) or ``"fp32"``.
+        settings: extra entries for the report's settings.
+
+    Returns:
+        The ``RunReport`` ("MEND (EasyEdit)"). The model keeps every committed edit.
+    """
+    if mode not in ("train", "eval"):
+        raise ValueError(f"run_mend: mode must be 'train' or 'eval', got {mode!r}")
+    if precision not in ("fp16", "fp32"):
+        raise ValueError(f"run_mend: precision must be 'fp16' or 'fp32', got {precision!r}")
+    if precision == "fp32":
+        model.float()
+    mend = load_mend(model, hparams, archive)
+    mend.eval()  # the backbone runs without dropout: the run is deterministic
+    mend.mend.train(mode == "train")  # only the normaliser's mode is the setting under study
+    if edit_lr_scale != 1.0:
+        mend.edit_lrs.data.mul_(edit_lr_scale)
+    names = list(hparams.inner_params)
+    params = dict(model.named_parameters())
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    seen: dict[str, float] = {}
+    statistics: dict[str, list[str]] = {"before_edit": normaliser_problems(mend)}
+    stats_at_start = statistics["before_edit"]
+
+    def observed_loss(config: Any, pred: Any, targ: Any) -> dict[str, Any]:  # records MEND's edit loss
+        out = loss_fn(config, pred, targ)
+        seen["nll"] = float(out["nll"].detach())
+        return out
+
+    loss_fn, mend.edit_loss_fn = mend.edit_loss_fn, observed_loss
+
+    def apply_edit(batch: dict[str, Any]) -> float:
+        seen["nll"] = math.nan
+        statistics["before_edit"] = normaliser_problems(mend)
+        with torch.enable_grad(), gpu_like_autocast(model, dtype):
+            edited, _ = mend.edit(batch)
+        # MEND.edit returns a functional copy holding p + update; commit those weights in place, as
+        # EasyEdit's executor does with the same update, so the next edit starts from them
+        new = dict(zip([n for n, _ in model.named_parameters()], edited.model.parameters(), strict=True))
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(new[n].detach())
+        return seen["nll"]
+
+    def probe() -> Any:
+        with gpu_like_autocast(model, dtype):
+            return model(probe_batch)
+
+    def suspect() -> str:
+        # eval mode uses the statistics as they were before the edit; train mode re-estimates them during it
+        bad = statistics["before_edit"] if mode == "eval" else normaliser_problems(mend)
+        if not bad:
+            return ""
+        when = "before the edit (eval mode uses them as stored)" if mode == "eval" else "after re-estimation"
+        listed = ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else "")
+        return f"nan_normaliser_statistics: non-finite {when}: {listed}"
+
+    recorded = {
+        "editor": "EasyEdit MEND (easyeditor.trainer.algs.MEND)",
+        "archive": archive,
+        "normaliser_mode": mode,
+        "edit_lr_scale": edit_lr_scale,
+        "learned_edit_lrs": [float(x) for x in mend.edit_lrs.detach()],
+        "precision": precision,
+        "weights_dtype": str(params[names[0]].dtype).replace("torch.", ""),
+        "inner_params": names,
+        "normaliser_nonfinite_at_start": len(stats_at_start),
+        "smallest_normaliser_std_before": smallest_std(mend) if mode == "eval" else None,
+        **(settings or {}),
+    }
+    try:
+        run = run_sequence(
+            "MEND (EasyEdit)", edit_batches, apply_edit, probe, model, WeightTracker(model, names), recorded, suspect
+        )
+    finally:
+        for handle in getattr(model, "handles", []):  # MEND's hooks on the edited layers
+            handle.remove()
+        model.__dict__.pop("handles", None)
+    return run
