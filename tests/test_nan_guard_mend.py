@@ -123,3 +123,30 @@ def test_normaliser_problems_lists_nan_buffers():
 def test_run_mend_rejects_unknown_settings():
     with pytest.raises(ValueError, match="mode"):
         run_mend(TinyBlipLike(), mend_hparams(), None, [], batch(0), mode="frozen")
+
+
+def test_guard_rolls_back_a_mend_edit_that_overflows_fp16_and_keeps_the_rest():
+    """fp16 tiny OPT, MEND in train mode (EasyEdit's executor), edit lr x1000: edit 10 writes an inf into fc1."""
+    from easyedit_liveedit.diagnostics.guard import run_guarded
+    from easyedit_liveedit.diagnostics.mend_run import MendInPlace, MendRollback
+
+    def guarded_run(sequence):
+        model = TinyBlipLike().half()
+        stepper = MendInPlace(model, mend_hparams(), None, mode="train", edit_lr_scale=1e3, precision="fp16")
+        probe = batch(99)
+        report = run_guarded(sequence, stepper.edit, lambda: stepper.forward(probe), MendRollback(stepper), model)
+        stepper.close()
+        return report, model
+
+    edits = [batch(i) for i in range(12)]
+    report, model = guarded_run(edits)
+    assert report.rolled_back == [9] and report.committed == [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11]
+    failed = report.edits[9]
+    assert failed.reason.startswith("non-finite weight opt_model.model.decoder.layers.1.fc")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # replaying only the committed edits, unguarded, gives the same weights bit for bit: the rollback undid the
+    # failing edit's weights and its update of MEND's normaliser statistics, and nothing committed was lost
+    replay, replayed = guarded_run([edits[i] for i in report.committed])
+    assert replay.rolled_back == []
+    for (name, got), (_, want) in zip(model.state_dict().items(), replayed.state_dict().items(), strict=True):
+        assert torch.equal(got, want), name

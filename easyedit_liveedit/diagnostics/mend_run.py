@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .. import compat
+from .guard import WeightRollback
 from .report import RunReport
 from .sequence import run_sequence
 from .weights import WeightTracker
@@ -105,6 +106,145 @@ def gpu_like_autocast(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
         del model.maybe_autocast
 
 
+class MendInPlace:
+    """EasyEdit's MEND committing every edit into the backbone in place (sequential editing, no restore).
+
+    ``edit(batch)`` runs ``MEND.edit`` (EasyEdit's code computes the update) and copies the edited weights it
+    returns into ``model``; ``forward(batch)`` runs the backbone at the chosen precision. ``close()`` removes
+    MEND's hooks from the backbone.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        hparams: Any,
+        archive: str | None,
+        mode: str = "train",
+        edit_lr_scale: float = 1.0,
+        precision: str = "fp16",
+    ) -> None:
+        """
+        Args:
+            model: EasyEdit's backbone (e.g. ``Blip2OPT``); its ``inner_params`` are overwritten by edits.
+            hparams: ``MENDMultimodalHparams`` (the editing YAML).
+            archive: MEND archive path (None: untrained MEND, NaN statistics).
+            mode: ``"train"`` (EasyEdit's executor) or ``"eval"`` (trained statistics) for MEND's normaliser.
+            edit_lr_scale: factor on MEND's learned edit learning rates.
+            precision: ``"fp16"`` (as EasyEdit runs BLIP-2 on a GPU) or ``"fp32"``.
+        """
+        if mode not in ("train", "eval"):
+            raise ValueError(f"MEND run: mode must be 'train' or 'eval', got {mode!r}")
+        if precision not in ("fp16", "fp32"):
+            raise ValueError(f"MEND run: precision must be 'fp16' or 'fp32', got {precision!r}")
+        if precision == "fp32":
+            model.float()
+        self.model, self.mode, self.precision = model, mode, precision
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.mend = load_mend(model, hparams, archive)
+        self.mend.eval()  # the backbone runs without dropout: the run is deterministic
+        self.mend.mend.train(mode == "train")  # only the normaliser's mode is the setting under study
+        if edit_lr_scale != 1.0:
+            self.mend.edit_lrs.data.mul_(edit_lr_scale)
+        self.names = list(hparams.inner_params)
+        self._params = dict(model.named_parameters())
+        self.statistics_at_start = normaliser_problems(self.mend)
+        self._statistics_before_edit = self.statistics_at_start
+        self._loss = math.nan
+        loss_fn = self.mend.edit_loss_fn
+
+        def observed_loss(config: Any, pred: Any, targ: Any) -> dict[str, Any]:  # reads MEND's edit loss
+            out = loss_fn(config, pred, targ)
+            self._loss = float(out["nll"].detach())
+            return out
+
+        self.mend.edit_loss_fn = observed_loss
+        self.settings = {
+            "editor": "EasyEdit MEND (easyeditor.trainer.algs.MEND)",
+            "archive": archive,
+            "normaliser_mode": mode,
+            "edit_lr_scale": edit_lr_scale,
+            "learned_edit_lrs": [float(x) for x in self.mend.edit_lrs.detach()],
+            "precision": precision,
+            "weights_dtype": str(self._params[self.names[0]].dtype).replace("torch.", ""),
+            "inner_params": self.names,
+            "normaliser_nonfinite_at_start": len(self.statistics_at_start),
+            "smallest_normaliser_std_at_start": smallest_std(self.mend),
+        }
+
+    def edit(self, batch: dict[str, Any]) -> float:
+        """One MEND edit committed in place; returns MEND's loss on the edit sample before the edit."""
+        self._loss = math.nan
+        self._statistics_before_edit = normaliser_problems(self.mend)
+        with torch.enable_grad(), gpu_like_autocast(self.model, self.dtype):
+            edited, _ = self.mend.edit(batch)
+        # MEND.edit returns a functional copy holding p + update; commit those weights in place, as
+        # EasyEdit's executor does with the same update, so the next edit starts from them
+        names = [n for n, _ in self.model.named_parameters()]
+        new = dict(zip(names, edited.model.parameters(), strict=True))
+        with torch.no_grad():
+            for n in self.names:
+                self._params[n].copy_(new[n].detach())
+        return self._loss
+
+    def forward(self, batch: dict[str, Any]) -> Any:
+        """The backbone's output on ``batch`` at this run's precision."""
+        with gpu_like_autocast(self.model, self.dtype):
+            return self.model(batch)
+
+    def suspect(self) -> str:
+        """``"nan_normaliser_statistics: ..."`` when MEND's statistics explain a failure, else ``""``."""
+        # eval mode uses the statistics as they were before the edit; train mode re-estimates them during it
+        bad = self._statistics_before_edit if self.mode == "eval" else normaliser_problems(self.mend)
+        if not bad:
+            return ""
+        when = "before the edit (eval mode uses them as stored)" if self.mode == "eval" else "after re-estimation"
+        listed = ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else "")
+        return f"nan_normaliser_statistics: non-finite {when}: {listed}"
+
+    def normaliser_state(self) -> dict[str, Any]:
+        """MEND's running normaliser state (buffers and the ``norm_init`` flags), for a rollback."""
+        return {
+            key: ({k: v.clone() for k, v in t.named_buffers()}, getattr(t, "norm_init", None))
+            for key, t in self.mend.mend.items()
+        }
+
+    def restore_normaliser(self, state: dict[str, Any]) -> None:
+        """Put back a ``normaliser_state()`` (train mode updates the statistics during every edit)."""
+        with torch.no_grad():
+            for key, (buffers, norm_init) in state.items():
+                transform = self.mend.mend[key]
+                for name, value in buffers.items():
+                    setattr(transform, name, value.clone())  # MEND reassigns these buffers, so reassign too
+                transform.norm_init = norm_init
+
+    def close(self) -> None:
+        """Remove MEND's forward/backward hooks from the backbone."""
+        for handle in getattr(self.model, "handles", []):
+            handle.remove()
+        self.model.__dict__.pop("handles", None)
+
+
+class MendRollback:
+    """Guard rollback for MEND: the edited weights (bit for bit) and, in train mode, MEND's statistics."""
+
+    def __init__(self, stepper: MendInPlace) -> None:
+        self.stepper = stepper
+        self.weights = WeightRollback(stepper.model, stepper.names)
+
+    def checkpoint(self) -> tuple[Any, dict[str, Any]]:
+        return self.weights.checkpoint(), self.stepper.normaliser_state()
+
+    def changes(self, state: tuple[Any, dict[str, Any]]) -> list[str]:
+        return self.weights.changes(state[0])
+
+    def problems(self, state: tuple[Any, dict[str, Any]]) -> list[str]:
+        return self.weights.problems(state[0])
+
+    def undo(self, state: tuple[Any, dict[str, Any]]) -> None:
+        self.weights.undo(state[0])
+        self.stepper.restore_normaliser(state[1])
+
+
 def run_mend(
     model: nn.Module,
     hparams: Any,
@@ -119,89 +259,25 @@ def run_mend(
     """Edit ``model`` with EasyEdit's MEND, one batch after another, in place, and diagnose every edit.
 
     Args:
-        model: EasyEdit's backbone (e.g. ``Blip2OPT``); its ``inner_params`` are overwritten.
-        hparams: ``MENDMultimodalHparams``.
-        archive: MEND archive path (None: untrained MEND).
+        model, hparams, archive, mode, edit_lr_scale, precision: as for ``MendInPlace``.
         edit_batches: one EasyEdit ``edit_inner`` batch per edit.
         probe_batch: a fixed EasyEdit batch whose logits are checked after each edit.
-        mode: ``"train"`` (EasyEdit's executor) or ``"eval"`` (trained statistics) for MEND's normaliser.
-        edit_lr_scale: factor on MEND's learned edit learning rates.
-        precision: ``"fp16"`` (as EasyEdit runs BLIP-2 on a GPU) or ``"fp32"``.
         settings: extra entries for the report's settings.
 
     Returns:
         The ``RunReport`` ("MEND (EasyEdit)"). The model keeps every committed edit.
     """
-    if mode not in ("train", "eval"):
-        raise ValueError(f"run_mend: mode must be 'train' or 'eval', got {mode!r}")
-    if precision not in ("fp16", "fp32"):
-        raise ValueError(f"run_mend: precision must be 'fp16' or 'fp32', got {precision!r}")
-    if precision == "fp32":
-        model.float()
-    mend = load_mend(model, hparams, archive)
-    mend.eval()  # the backbone runs without dropout: the run is deterministic
-    mend.mend.train(mode == "train")  # only the normaliser's mode is the setting under study
-    if edit_lr_scale != 1.0:
-        mend.edit_lrs.data.mul_(edit_lr_scale)
-    names = list(hparams.inner_params)
-    params = dict(model.named_parameters())
-    dtype = torch.float16 if precision == "fp16" else torch.float32
-    seen: dict[str, float] = {}
-    statistics: dict[str, list[str]] = {"before_edit": normaliser_problems(mend)}
-    stats_at_start = statistics["before_edit"]
-
-    def observed_loss(config: Any, pred: Any, targ: Any) -> dict[str, Any]:  # records MEND's edit loss
-        out = loss_fn(config, pred, targ)
-        seen["nll"] = float(out["nll"].detach())
-        return out
-
-    loss_fn, mend.edit_loss_fn = mend.edit_loss_fn, observed_loss
-
-    def apply_edit(batch: dict[str, Any]) -> float:
-        seen["nll"] = math.nan
-        statistics["before_edit"] = normaliser_problems(mend)
-        with torch.enable_grad(), gpu_like_autocast(model, dtype):
-            edited, _ = mend.edit(batch)
-        # MEND.edit returns a functional copy holding p + update; commit those weights in place, as
-        # EasyEdit's executor does with the same update, so the next edit starts from them
-        new = dict(zip([n for n, _ in model.named_parameters()], edited.model.parameters(), strict=True))
-        with torch.no_grad():
-            for n in names:
-                params[n].copy_(new[n].detach())
-        return seen["nll"]
-
-    def probe() -> Any:
-        with gpu_like_autocast(model, dtype):
-            return model(probe_batch)
-
-    def suspect() -> str:
-        # eval mode uses the statistics as they were before the edit; train mode re-estimates them during it
-        bad = statistics["before_edit"] if mode == "eval" else normaliser_problems(mend)
-        if not bad:
-            return ""
-        when = "before the edit (eval mode uses them as stored)" if mode == "eval" else "after re-estimation"
-        listed = ", ".join(bad[:4]) + (" ..." if len(bad) > 4 else "")
-        return f"nan_normaliser_statistics: non-finite {when}: {listed}"
-
-    recorded = {
-        "editor": "EasyEdit MEND (easyeditor.trainer.algs.MEND)",
-        "archive": archive,
-        "normaliser_mode": mode,
-        "edit_lr_scale": edit_lr_scale,
-        "learned_edit_lrs": [float(x) for x in mend.edit_lrs.detach()],
-        "precision": precision,
-        "weights_dtype": str(params[names[0]].dtype).replace("torch.", ""),
-        "inner_params": names,
-        "normaliser_nonfinite_at_start": len(stats_at_start),
-        "smallest_normaliser_std_before": smallest_std(mend) if mode == "eval" else None,
-        **(settings or {}),
-    }
+    stepper = MendInPlace(model, hparams, archive, mode, edit_lr_scale, precision)
     try:
-        run = run_sequence(
-            "MEND (EasyEdit)", edit_batches, apply_edit, probe, model, WeightTracker(model, names), recorded, suspect
+        return run_sequence(
+            "MEND (EasyEdit)",
+            edit_batches,
+            stepper.edit,
+            lambda: stepper.forward(probe_batch),
+            model,
+            WeightTracker(model, stepper.names),
+            {**stepper.settings, **(settings or {})},
+            stepper.suspect,
         )
     finally:
-        for handle in getattr(model, "handles", []):  # MEND's hooks on the edited layers
-            handle.remove()
-        model.__dict__.pop("handles", None)
-    return run
+        stepper.close()
