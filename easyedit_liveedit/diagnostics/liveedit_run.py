@@ -8,7 +8,6 @@ the same probe input after every edit, at the same precision.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from ..editor import LiveEdit
-from .mend_run import gpu_like_autocast
+from .precision import gpu_like_autocast, set_precision
 from .report import RunReport
 from .sequence import run_sequence
 from .weights import WeightTracker
@@ -68,18 +67,15 @@ def run_liveedit(
     Returns:
         The ``RunReport`` ("LiveEdit") and the editor (its library holds the committed edits).
     """
-    if precision == "fp32":
-        model.float()
-    dtype = torch.float16 if precision == "fp16" else torch.float32
+    set_precision(model, precision)
     editor, note = build_liveedit(model, hparams)
 
-    def apply_edit(batch: dict[str, Any]) -> float:
-        with torch.no_grad(), gpu_like_autocast(model, dtype):
-            editor.add_edits(batch)
-        return math.nan  # an edit is one forward pass; LiveEdit computes no loss
+    def apply_edit(batch: dict[str, Any]) -> None:
+        with torch.no_grad(), gpu_like_autocast(model, precision):
+            editor.add_edits(batch)  # an edit is one forward pass; LiveEdit computes no loss
 
     def probe() -> Any:
-        with gpu_like_autocast(model, dtype):
+        with gpu_like_autocast(model, precision):
             return editor(probe_batch)
 
     tracker = WeightTracker(model, tracked_weights) if tracked_weights else None
@@ -91,7 +87,8 @@ def run_liveedit(
         **(settings or {}),
     }
     try:
-        run = run_sequence("LiveEdit", edit_batches, apply_edit, probe, editor, tracker, recorded)
+        focus = "model.opt_model" if hasattr(model, "opt_model") else ""
+        run = run_sequence("LiveEdit", edit_batches, apply_edit, probe, editor, tracker, recorded, focus=focus)
     finally:
         editor.detach_hooks()
     run.settings["experts_in_library"] = len(editor.library)

@@ -13,19 +13,18 @@ Settings that decide whether MEND collapses, all recorded in the report:
   re-estimates its statistics from the edits' own tokens, starting afresh at the first edit. ``"eval"``
   uses the statistics stored in the archive; with an untrained archive these are NaN.
 - ``edit_lr_scale``: multiplies MEND's learned per-weight edit learning rates (1 = as trained).
-- ``precision``: ``"fp16"`` runs the backbone as EasyEdit's BLIP-2 does on a GPU: OPT weights in fp16 and
-  its forward under fp16 autocast where ``Blip2OPT.maybe_autocast`` asks for it; ``"fp32"`` casts the
+- ``precision``: ``"fp16"`` runs the backbone as EasyEdit's BLIP-2 runs on a GPU (OPT weights in fp16, fp16
+  autocast where ``Blip2OPT.maybe_autocast`` asks for it; see ``precision.py``); ``"fp32"`` casts the
   backbone to fp32.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 
 from .. import compat
 from .guard import WeightRollback
+from .precision import gpu_like_autocast, set_precision
 from .report import RunReport
 from .sequence import run_sequence
 from .weights import WeightTracker
@@ -88,24 +88,6 @@ def smallest_std(mend: nn.Module) -> float:
     return min(values, default=math.nan)
 
 
-@contextlib.contextmanager
-def gpu_like_autocast(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
-    """Make ``Blip2OPT.maybe_autocast`` autocast on the CPU as it does on CUDA (it is a no-op on the CPU).
-
-    EasyEdit's BLIP-2 keeps OPT's weights in fp16 and relies on CUDA autocast inside ``maybe_autocast``;
-    on the CPU that method returns a null context and the fp16 OPT then meets fp32 inputs. Overriding the
-    method on this one instance, for the duration of the block, reproduces the GPU numerics.
-    """
-    if not hasattr(model, "maybe_autocast"):
-        yield
-        return
-    model.maybe_autocast = lambda *args, **kwargs: torch.autocast("cpu", dtype=dtype)
-    try:
-        yield
-    finally:
-        del model.maybe_autocast
-
-
 class MendInPlace:
     """EasyEdit's MEND committing every edit into the backbone in place (sequential editing, no restore).
 
@@ -134,12 +116,8 @@ class MendInPlace:
         """
         if mode not in ("train", "eval"):
             raise ValueError(f"MEND run: mode must be 'train' or 'eval', got {mode!r}")
-        if precision not in ("fp16", "fp32"):
-            raise ValueError(f"MEND run: precision must be 'fp16' or 'fp32', got {precision!r}")
-        if precision == "fp32":
-            model.float()
+        set_precision(model, precision)
         self.model, self.mode, self.precision = model, mode, precision
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.mend = load_mend(model, hparams, archive)
         self.mend.eval()  # the backbone runs without dropout: the run is deterministic
         self.mend.mend.train(mode == "train")  # only the normaliser's mode is the setting under study
@@ -175,7 +153,7 @@ class MendInPlace:
         """One MEND edit committed in place; returns MEND's loss on the edit sample before the edit."""
         self._loss = math.nan
         self._statistics_before_edit = normaliser_problems(self.mend)
-        with torch.enable_grad(), gpu_like_autocast(self.model, self.dtype):
+        with torch.enable_grad(), gpu_like_autocast(self.model, self.precision):
             edited, _ = self.mend.edit(batch)
         # MEND.edit returns a functional copy holding p + update; commit those weights in place, as
         # EasyEdit's executor does with the same update, so the next edit starts from them
@@ -188,7 +166,7 @@ class MendInPlace:
 
     def forward(self, batch: dict[str, Any]) -> Any:
         """The backbone's output on ``batch`` at this run's precision."""
-        with gpu_like_autocast(self.model, self.dtype):
+        with gpu_like_autocast(self.model, self.precision):
             return self.model(batch)
 
     def suspect(self) -> str:
@@ -278,6 +256,7 @@ def run_mend(
             WeightTracker(model, stepper.names),
             {**stepper.settings, **(settings or {})},
             stepper.suspect,
+            focus="opt_model" if hasattr(model, "opt_model") else "",
         )
     finally:
         stepper.close()

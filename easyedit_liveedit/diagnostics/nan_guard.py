@@ -12,15 +12,21 @@ then does the same with LiveEdit on a fresh copy of the backbone.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import compat
+from ..liveedit_hparams import LiveEditMultimodalHparams
 from .liveedit_run import run_liveedit
+from .mend_archive import train_mend_archive
 from .mend_run import run_mend
 from .report import RunReport, format_table, plot_norm_history, write_json
 
@@ -51,6 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fp16 = OPT weights in fp16 with GPU-style autocast, as EasyEdit runs BLIP-2 (default); fp32",
     )
     p.add_argument("--archive", default=None, help="MEND archive (default: the YAML's 'archive')")
+    p.add_argument(
+        "--train-hparams",
+        default=None,
+        help="EasyEdit MEND training YAML: if the archive does not exist, train it first with MultimodalTrainer",
+    )
+    p.add_argument("--train-data", default=None, help="VQA JSON to train on (default: the toy world's train split)")
+    p.add_argument("--train-steps", type=int, default=None, help="training steps (default: the YAML's max_iters)")
     p.add_argument("--probe", type=int, default=4, help="records in the fixed probe batch (default 4)")
     p.add_argument("--liveedit-hparams", default=None, help="LiveEdit editing YAML (skip LiveEdit if absent)")
     p.add_argument("--liveedit-edits", type=int, default=None, help="edits for LiveEdit (default: --edits)")
@@ -58,11 +71,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_world(hparams: Any, data: str, size: int) -> tuple[torch.nn.Module, Any]:
-    """EasyEdit's backbone and its VQA data set for ``hparams`` (the toy world's when the YAML names it)."""
+def toy_world_of(hparams: Any) -> Any | None:
+    """The toy world whose OPT folder the YAML's ``name`` points at (None for any other backbone)."""
+    root = Path(str(hparams.name)).parent
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        return None
     from .. import toyworld
 
-    return toyworld.load_backbone_and_dataset(hparams, data, size)
+    name = json.loads(manifest.read_text())["config"]["name"]
+    return toyworld.load(name, cache=root.parent, progress=False)
+
+
+@contextlib.contextmanager
+def easyedit_context(world: Any | None) -> Iterator[None]:
+    """The context in which EasyEdit's constructors build the YAML's backbone and read its data on this machine."""
+    with contextlib.ExitStack() as stack:
+        if world is not None:
+            stack.enter_context(world.easyedit_patches())
+        stack.enter_context(compat.cuda_to_cpu())
+        yield
+
+
+def load_backbone(hparams: Any, world: Any | None) -> torch.nn.Module:
+    """A fresh backbone built by EasyEdit's own constructor for ``hparams`` (call inside ``easyedit_context``)."""
+    if world is not None:
+        return world.load_model()
+    models = importlib.import_module("easyeditor.trainer.models")
+    return models.get_model(hparams).eval()
+
+
+def load_dataset(hparams: Any, data: str, size: int) -> Any:
+    """EasyEdit's ``VQADataset`` over the first ``size`` usable records of ``data``."""
+    easyeditor = importlib.import_module("easyeditor")
+    return easyeditor.VQADataset(str(data), config=hparams, size=size)
 
 
 def batches(dataset: Any, count: int, probe: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -78,41 +120,50 @@ def batches(dataset: Any, count: int, probe: int) -> tuple[list[dict[str, Any]],
 
 def run(args: argparse.Namespace) -> list[RunReport]:
     """Everything but the printing: the MEND run, then the LiveEdit run; returns their reports."""
-    import easyeditor
-
+    easyeditor = importlib.import_module("easyeditor")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     hparams = easyeditor.MENDMultimodalHparams.from_hparams(args.hparams)
+    world = toy_world_of(hparams)
     archive = args.archive if args.archive is not None else hparams.archive
     if archive is not None and not Path(archive).is_file():
-        raise FileNotFoundError(f"{args.hparams}: MEND archive {archive!r} does not exist")
+        if not args.train_hparams:
+            raise FileNotFoundError(
+                f"{args.hparams}: MEND archive {archive!r} does not exist; train it with EasyEdit's "
+                "MultimodalTrainer (--train-hparams hparams/TRAINING/MEND/<model>.yaml) or pass --archive"
+            )
+        training = easyeditor.MENDMultimodalTrainingHparams.from_hparams(args.train_hparams)
+        train_json = args.train_data or (world.split("vqa_train") if world is not None else None)
+        if train_json is None:
+            raise ValueError("--train-data is required to train a MEND archive outside the toy world")
+        patches = world.easyedit_patches() if world is not None else None
+        archive = str(train_mend_archive(training, train_json, args.data, args.train_steps, patches))
     settings = {"hparams": args.hparams, "data": args.data, "edits": args.edits}
-    with compat.cuda_to_cpu():
-        model, dataset = load_world(hparams, args.data, max(args.edits, args.probe))
+    count = args.liveedit_edits or args.edits
+    with easyedit_context(world):
+        dataset = load_dataset(hparams, args.data, max(args.edits, count, args.probe))
         edits, probe = batches(dataset, args.edits, args.probe)
-        mend = run_mend(
-            model,
-            hparams,
-            archive,
-            edits,
-            probe,
-            mode=args.mode,
-            edit_lr_scale=args.edit_lr_scale,
-            precision=args.precision,
-            settings=settings,
-        )
-        runs = [mend]
-        if args.liveedit_hparams:
-            from ..liveedit_hparams import LiveEditMultimodalHparams
-
-            live_hparams = LiveEditMultimodalHparams.from_hparams(args.liveedit_hparams)
-            count = args.liveedit_edits or args.edits
-            model, dataset = load_world(hparams, args.data, max(count, args.probe))  # the unedited backbone
-            edits, probe = batches(dataset, count, args.probe)
-            live, _ = run_liveedit(
+        model = load_backbone(hparams, world)
+        runs = [
+            run_mend(
                 model,
-                live_hparams,
+                hparams,
+                archive,
                 edits,
+                probe,
+                mode=args.mode,
+                edit_lr_scale=args.edit_lr_scale,
+                precision=args.precision,
+                settings=settings,
+            )
+        ]
+        if args.liveedit_hparams:
+            live_hparams = LiveEditMultimodalHparams.from_hparams(args.liveedit_hparams)
+            live_edits, _ = batches(dataset, count, args.probe)
+            live, _ = run_liveedit(
+                load_backbone(hparams, world),  # a fresh, unedited backbone
+                live_hparams,
+                live_edits,
                 probe,
                 tracked_weights=hparams.inner_params,
                 precision=args.precision,

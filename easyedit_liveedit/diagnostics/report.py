@@ -33,7 +33,7 @@ class EditRecord:
     """The state of the model right after edit ``index`` (0-based)."""
 
     index: int
-    edit_loss: float  # the editor's own loss on the edit sample before the edit (nan if not reported)
+    edit_loss: float | None  # the editor's own loss on the edit sample before the edit (None: it has none)
     weights: list[WeightStat]
     logits_min: float
     logits_max: float
@@ -112,7 +112,7 @@ def format_table(run: RunReport) -> str:
         rows.append(
             (
                 str(r.index + 1),
-                _fmt(r.edit_loss),
+                "-" if r.edit_loss is None else _fmt(r.edit_loss),
                 _fmt(r.weight_norm_total),
                 _fmt(r.largest_relative_update),
                 _fmt(r.logits_min),

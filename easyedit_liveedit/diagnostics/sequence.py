@@ -46,20 +46,22 @@ def _range(value: Any) -> tuple[float, float, bool]:
 def run_sequence(
     editor: str,
     edits: Sequence[Any],
-    apply_edit: Callable[[Any], float],
+    apply_edit: Callable[[Any], float | None],
     probe: Callable[[], Any],
     watch_model: nn.Module,
     tracker: WeightTracker | None,
     settings: dict[str, Any],
     suspect: Callable[[], str] | None = None,
     stop_at_failure: bool = True,
+    focus: str = "",
 ) -> RunReport:
     """Apply ``edits`` one after another without restoring, diagnosing the model after each.
 
     Args:
         editor: name shown in the report.
         edits: the edit sequence (whatever ``apply_edit`` takes).
-        apply_edit: commits one edit in place; returns the editor's own loss on the edit sample (or nan).
+        apply_edit: commits one edit in place; returns the editor's own loss on the edit sample (None if the
+            editor computes none).
         probe: one forward pass on a fixed input; its logits (or whole output) must stay finite.
         watch_model: the module whose submodules are hooked during the probe.
         tracker: the edited weights to measure (None for editors that change no weight).
@@ -67,6 +69,8 @@ def run_sequence(
         suspect: called when something went non-finite; a non-empty answer is a cause that overrides the
             generic classification, as ``"nan_normaliser_statistics: <detail>"``.
         stop_at_failure: end the run at the first failing edit (what follows is NaN propagating).
+        focus: name prefix of the modules whose headroom is reported (e.g. ``"opt_model"``: the language model
+            the edits act on); "" considers every module.
 
     Returns:
         The ``RunReport``. Invariant: ``report.failure.edit`` is the first edit after which a tracked weight or
@@ -76,7 +80,7 @@ def run_sequence(
     for index, edit in enumerate(edits):
         before = tracker.snapshot() if tracker is not None else None
         try:
-            loss = float(apply_edit(edit))
+            loss = apply_edit(edit)
         except Exception as error:  # the editor's own failure is a finding, not a crash of the diagnostic
             run.failure = Failure("edit_raised", index, "", "", detail=repr(error))
             LOG.warning("%s: edit %d raised %r", editor, index + 1, error)
@@ -87,13 +91,13 @@ def run_sequence(
         lo, hi, logits_finite = _range(logits_of(output))
         record = EditRecord(
             index=index,
-            edit_loss=loss,
+            edit_loss=None if loss is None else float(loss),
             weights=weights,
             logits_min=lo,
             logits_max=hi,
             finite=logits_finite and all(w.finite for w in weights),
         )
-        tight = watch.result.tightest(1)
+        tight = watch.result.tightest(1, prefix=focus)
         if tight:
             record.tightest_module, record.tightest_headroom = tight[0].name, tight[0].headroom
             record.tightest_dtype = tight[0].dtype
@@ -101,7 +105,7 @@ def run_sequence(
         if first is not None:
             record.first_module, record.first_module_inputs_finite = first.name, first.inputs_finite
         run.edits.append(record)
-        LOG.info("%s: edit %d loss %.4g logits [%.4g, %.4g]", editor, index + 1, loss, lo, hi)
+        LOG.info("%s: edit %d loss %s logits [%.4g, %.4g]", editor, index + 1, loss, lo, hi)
         if record.finite:
             continue
         run.failure = _classify(record, suspect)

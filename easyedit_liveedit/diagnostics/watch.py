@@ -91,9 +91,9 @@ class WatchResult:
         bad = [r for r in self.records if not r.finite]
         return min(bad, key=lambda r: r.first_nonfinite_call) if bad else None
 
-    def tightest(self, k: int = 3) -> list[ModuleRecord]:
-        """The ``k`` finite modules closest to overflowing their dtype (smallest headroom first)."""
-        finite = [r for r in self.records if r.finite and r.max_abs > 0]
+    def tightest(self, k: int = 3, prefix: str = "") -> list[ModuleRecord]:
+        """The ``k`` finite modules named ``prefix...`` closest to overflowing their dtype (least headroom first)."""
+        finite = [r for r in self.records if r.finite and r.max_abs > 0 and r.name.startswith(prefix)]
         return sorted(finite, key=lambda r: r.headroom)[:k]
 
     def record(self, name: str) -> ModuleRecord:
