@@ -1,0 +1,283 @@
+"""CPU pretraining of the toy BLIP-2-OPT so that it genuinely answers before any edit.
+
+What the model sees, per step (a seeded stream, so a run is reproducible on the same machine):
+* image questions about the *train* pool only (canonical view or the other view), every kind and phrasing, in
+  both prompt formats EasyEdit uses: the VQA template of ``VQADataset`` ("Question: {} Short answer: {answer}")
+  and the bare "{question} {answer}" of ``MultimodalEditor``'s metric; captions and the classification prompt;
+* text-only arithmetic facts in all four phrasings (the paraphrases make T-Locality/T-Generality meaningful).
+
+Loss: the teacher-forced answer loss of ``Blip2OPT`` (prompt tokens masked, exactly as its ``forward`` does)
+plus an auxiliary digit classifier on the mean Q-Former output. The auxiliary head stands in for BLIP-2's
+first training stage (image-text representation learning): without it the LM learns to ignore the image
+(DESIGN 9). The head is thrown away after pretraining; it is not part of the saved model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import facts
+from .config import ToyWorldConfig
+
+LOG = logging.getLogger(__name__)
+
+VQA_TEMPLATE = "Question: {} Short answer: "  # VQADataset.prompt
+
+
+@dataclass(frozen=True)
+class Example:
+    """One teacher-forced example: image slot (-1 = text only), prompt text, answer text."""
+
+    image: int
+    prompt: str
+    answer: str
+
+
+def image_examples(slot: int, label: int) -> list[Example]:
+    """Every question the toy world asks about one image, in both of EasyEdit's prompt formats."""
+    out = []
+    for kind in facts.VQA_KINDS:
+        for question in kind.templates:
+            out.append(Example(slot, VQA_TEMPLATE.format(question), kind.answer(label)))
+            out.append(Example(slot, question, kind.answer(label)))
+    for prompt in facts.CAPTION_PROMPTS:
+        out.append(Example(slot, prompt, facts.caption(label)))
+    for prompt in facts.CLASSIFICATION_PROMPTS:
+        out.append(Example(slot, prompt, facts.DIGIT_WORDS[label]))
+        out.append(Example(slot, VQA_TEMPLATE.format(prompt), facts.DIGIT_WORDS[label]))
+    return out
+
+
+def text_examples() -> list[Example]:
+    """Every arithmetic fact in every phrasing."""
+    return [
+        Example(-1, *facts.arithmetic(a, b, t))
+        for a in range(10)
+        for b in range(10)
+        for t in range(len(facts.ARITHMETIC_TEMPLATES))
+    ]
+
+
+class Encoder:
+    """Tokenises prompt+answer once per distinct string, the way EasyEdit's code does at each call."""
+
+    def __init__(self, tok) -> None:
+        self.tok = tok
+        self._cache: dict[tuple[str, str], tuple[list[int], int]] = {}
+
+    def __call__(self, example: Example) -> tuple[list[int], int]:
+        key = (example.prompt, example.answer)
+        if key not in self._cache:
+            # The VQA template already ends with the space; the bare format joins with one space (as EasyEdit).
+            text = (
+                example.prompt + example.answer
+                if example.prompt.endswith(" ")
+                else example.prompt + " " + example.answer
+            )
+            ids = self.tok(text).input_ids
+            prompt_len = len(self.tok.encode(example.prompt))
+            if ids[:prompt_len] != self.tok.encode(example.prompt):
+                raise ValueError(f"tokenizer: prompt {example.prompt!r} is not a token prefix of {text!r}")
+            self._cache[key] = (ids, prompt_len)
+        return self._cache[key]
+
+    def batch(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded ids, attention mask and labels (-100 on prompt and padding), as ``Blip2OPT`` builds them."""
+        encoded = [self(e) for e in examples]
+        width = max(len(ids) for ids, _ in encoded)
+        ids = torch.full((len(encoded), width), self.tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (tokens, _) in enumerate(encoded):
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        for row, (_, prompt_len) in enumerate(encoded):
+            labels[row, :prompt_len] = -100
+        return ids, mask, labels
+
+
+def image_prefix(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ViT -> ln_vision -> Q-Former -> opt_proj, as in ``Blip2OPT.forward``; returns (Q-Former out, OPT prefix)."""
+    image_embeds = model.ln_vision(model.visual_encoder(images))  # (B, N+1, d_vit)
+    image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long)
+    query = model.query_tokens.expand(images.shape[0], -1, -1)  # (B, n_query, d_q)
+    out = model.Qformer.bert(
+        query_embeds=query, encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts, return_dict=True
+    ).last_hidden_state  # (B, n_query, d_q)
+    return out, model.opt_proj(out)  # (B, n_query, d_opt)
+
+
+def lm_logits_and_loss(
+    model: nn.Module, prefix: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """OPT over [image prefix; text], with no loss on the prefix (``Blip2OPT.forward``'s ``empty_targets``)."""
+    embeds = model.opt_model.model.decoder.embed_tokens(ids)  # (B, T, d_opt)
+    if prefix is not None:
+        embeds = torch.cat([prefix, embeds], dim=1)
+        mask = torch.cat([torch.ones(prefix.shape[:2], dtype=mask.dtype), mask], dim=1)
+        labels = torch.cat([torch.full(prefix.shape[:2], -100, dtype=labels.dtype), labels], dim=1)
+    out = model.opt_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, return_dict=True)
+    return out.logits, out.loss
+
+
+@torch.no_grad()
+def answer_accuracy(
+    model: nn.Module, encoder: Encoder, images: torch.Tensor | None, examples: list[Example], batch_size: int = 256
+) -> float:
+    """Teacher-forced token accuracy over the answer tokens (EasyEdit's metric, batched with right padding)."""
+    model.eval()
+    correct = total = 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        ids, mask, labels = encoder.batch(chunk)
+        prefix = None
+        if images is not None:
+            prefix = image_prefix(model, images[[e.image for e in chunk]])[1]
+        logits, _ = lm_logits_and_loss(model, prefix, ids, mask, labels)
+        logits = logits[:, -ids.shape[1] :]  # text positions only
+        pred = logits[:, :-1].argmax(-1)  # position t predicts token t+1
+        target = labels[:, 1:]
+        keep = target != -100
+        correct += int((pred[keep] == target[keep]).sum())
+        total += int(keep.sum())
+    return correct / max(total, 1)
+
+
+def pretrain(
+    model: nn.Module,
+    tok,
+    config: ToyWorldConfig,
+    train_images: torch.Tensor,
+    train_labels: list[int],
+    heldout_images: torch.Tensor | None = None,
+    heldout_labels: list[int] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train every part of the toy backbone on the train pool; returns timing and held-out accuracy.
+
+    Args:
+        model: a fresh ``Blip2OPT`` from ``backbone.construct``.
+        tok: the OPT-side tokenizer.
+        config: sizes and schedule (``steps``, ``batch_size``, ``text_batch_size``, ``lr``, ``warmup``).
+        train_images: (2 * n, 3, S, S): the n train scans' canonical views, then their other views.
+        train_labels: the n labels.
+        heldout_images, heldout_labels: optional held-out scans whose accuracy the progress bar reports.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``{"steps", "seconds", "final_loss", "heldout_digit_accuracy"}``.
+    """
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng([config.seed, 4])
+    n = len(train_labels)
+    examples = [e for slot in range(2 * n) for e in image_examples(slot, train_labels[slot % n])]
+    texts = text_examples()
+    labels_by_slot = torch.tensor([train_labels[slot % n] for slot in range(2 * n)])
+    encoder = Encoder(tok)
+
+    for param in model.parameters():  # Blip2OPT freezes its ViT; the toy ViT is trained from scratch here
+        param.requires_grad_(True)
+    aux_head = nn.Linear(model.query_tokens.shape[-1], 10)  # stand-in for BLIP-2 stage 1; discarded afterwards
+    params = list(model.parameters()) + list(aux_head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
+
+    def lr_at(step: int) -> float:  # linear warm-up, then cosine decay to 5% of the peak
+        if step < config.warmup:
+            return config.lr * (step + 1) / config.warmup
+        progress_ = (step - config.warmup) / max(1, config.steps - config.warmup)
+        return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress_)))
+
+    heldout = []
+    if heldout_images is not None and heldout_labels is not None:
+        heldout = [
+            Example(i, kind.templates[0], kind.answer(y))
+            for i, y in enumerate(heldout_labels)
+            for kind in facts.VQA_KINDS[:1]
+        ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        result = _loop(
+            model,
+            config,
+            rng,
+            examples,
+            texts,
+            labels_by_slot,
+            encoder,
+            aux_head,
+            params,
+            optimizer,
+            lr_at,
+            train_images,
+            heldout_images,
+            heldout,
+            progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    result["threads"] = config.threads
+    LOG.info("pretraining: %s", result)
+    return result
+
+
+def _loop(
+    model,
+    config,
+    rng,
+    examples,
+    texts,
+    labels_by_slot,
+    encoder,
+    aux_head,
+    params,
+    optimizer,
+    lr_at,
+    train_images,
+    heldout_images,
+    heldout,
+    progress,
+) -> dict:
+    """The optimisation loop of ``pretrain`` (one seeded stream of batches)."""
+    start = time.perf_counter()
+    loss_value = float("nan")
+    bar = tqdm(range(config.steps), desc="pretraining toy BLIP-2", disable=not progress, mininterval=1.0)
+    model.train()
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        batch = [examples[i] for i in rng.integers(len(examples), size=config.batch_size)]
+        slots = [e.image for e in batch]
+        query_out, prefix = image_prefix(model, train_images[slots])
+        ids, mask, labels = encoder.batch(batch)
+        _, answer_loss = lm_logits_and_loss(model, prefix, ids, mask, labels)
+        aux_loss = F.cross_entropy(aux_head(query_out.mean(dim=1)), labels_by_slot[slots])
+        text_batch = [texts[i] for i in rng.integers(len(texts), size=config.text_batch_size)]
+        _, text_loss = lm_logits_and_loss(model, None, *encoder.batch(text_batch))
+        loss = answer_loss + text_loss + config.aux_weight * aux_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        loss_value = float(loss.detach())
+        if heldout and (step + 1) % 500 == 0:
+            acc = answer_accuracy(model, encoder, heldout_images, heldout)
+            bar.set_postfix(loss=f"{loss_value:.3f}", heldout_digit=f"{acc:.3f}")
+            model.train()
+        elif step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+    seconds = time.perf_counter() - start
+    model.eval()
+    result = {"steps": config.steps, "seconds": round(seconds, 1), "final_loss": round(loss_value, 4)}
+    if heldout:
+        result["heldout_digit_accuracy"] = round(answer_accuracy(model, encoder, heldout_images, heldout), 4)
+    return result

@@ -1,0 +1,89 @@
+"""compat sections 7 (image processor size) and 8 (Blip2OPT checkpoint), on the small toy world."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from easyedit_liveedit import compat, toyworld
+from easyedit_liveedit.toyworld import backbone
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "toyworld-cache"
+    return toyworld.build("small", cache=cache, progress=False, evaluate_limit=3)
+
+
+def test_easyedit_still_hard_codes_364_pixels():
+    """The reason for section 7: if EasyEdit stops hard-coding the size, the shim is no longer needed."""
+    for name in compat._MODULES_WITH_IMAGE_PROCESSOR:
+        assert "image_size=364" in inspect.getsource(importlib.import_module(name))
+
+
+def test_image_processor_size_applies_inside_the_context_only():
+    vqa = importlib.import_module("easyeditor.dataset.vqa")
+    original = vqa.BlipImageEvalProcessor
+    image = Image.new("RGB", (50, 40), "white")
+    with compat.image_processor_size(24):
+        for name in compat._MODULES_WITH_IMAGE_PROCESSOR:
+            processor = importlib.import_module(name).BlipImageEvalProcessor(image_size=364, mean=None, std=None)
+            assert processor(image).shape == (3, 24, 24)
+    assert vqa.BlipImageEvalProcessor is original
+    assert original(image_size=364)(image).shape == (3, 364, 364)
+
+
+def test_image_processor_size_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="size must be a positive int"):
+        with compat.image_processor_size(0):
+            pass
+
+
+def test_wheel_blip2opt_does_not_load_the_checkpoint(small_world):
+    """The reason for section 8: without it EasyEdit's constructor leaves 32 random query tokens."""
+    with compat.vision_tower_builder(backbone.build_vision_tower):
+        blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt")
+        layout = small_world.layout
+        model = blip2_opt.Blip2OPT(
+            vit_model="eva_clip_g",
+            img_size=364,
+            freeze_vit=True,
+            opt_model=str(layout.opt),
+            state_dict_file=str(layout.vision_weights),
+            qformer_name_or_path=str(layout.qformer),
+        )
+    assert model.query_tokens.shape[1] == 32
+    assert model.opt_model.dtype == torch.float16
+
+
+def test_blip2_checkpoint_loads_every_tensor_exactly(small_world):
+    layout = small_world.layout
+    blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt").Blip2OPT
+    original_init = blip2_opt.__init__
+    with compat.vision_tower_builder(backbone.build_vision_tower), compat.blip2_checkpoint(layout.checkpoint):
+        model = blip2_opt(
+            vit_model="eva_clip_g",
+            img_size=364,
+            freeze_vit=True,
+            opt_model=str(layout.opt),
+            state_dict_file=str(layout.vision_weights),
+            qformer_name_or_path=str(layout.qformer),
+        )
+    assert blip2_opt.__init__ is original_init
+    saved = load_file(str(layout.checkpoint))
+    assert model.query_tokens.shape[1] == small_world.config.num_query_tokens
+    state = model.state_dict()
+    assert set(state) == set(saved)
+    for name, tensor in saved.items():
+        assert state[name].dtype == torch.float32 and torch.equal(state[name], tensor), name
+
+
+def test_blip2_checkpoint_requires_an_existing_file(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        with compat.blip2_checkpoint(tmp_path / "missing.safetensors"):
+            pass

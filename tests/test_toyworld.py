@@ -1,0 +1,154 @@
+"""The toy world on its SMALL configuration: data, tokenizer, EasyEdit's datasets and metrics, caching."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+
+import pytest
+import torch
+
+import easyedit_liveedit  # noqa: F401  (applies the EasyEdit shims)
+from easyedit_liveedit import toyworld
+from easyedit_liveedit.toyworld import facts, pretrain
+from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
+from easyedit_liveedit.toyworld.records import RECORD_FIELDS
+
+MEND_TRAINING_YAML = PROJECT_ROOT / "hparams/TRAINING/MEND/toy-blip2.yaml"
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """The small toy world, built once per test session in a temporary cache."""
+    cache = tmp_path_factory.getbasetemp() / "toyworld-cache"
+    return toyworld.build("small", cache=cache, progress=False, evaluate_limit=3)
+
+
+@pytest.fixture(scope="session")
+def small_model(small_world):
+    return small_world.load_model()
+
+
+@pytest.fixture()
+def hparams(small_world):
+    """EasyEdit's MEND training hparams from the toy YAML, pointed at the small world."""
+    module = importlib.import_module("easyeditor.trainer.training_hparams")
+    return small_world.apply_paths(module.MENDMultimodalTrainingHparams.from_hparams(str(MEND_TRAINING_YAML)))
+
+
+def _records(world, name):
+    return json.loads(world.split(name).read_text())
+
+
+def test_default_config_meets_the_required_sizes():
+    kinds = len(facts.VQA_KINDS)
+    assert kinds * toyworld.DEFAULT.n_train_images >= 5000
+    assert kinds * toyworld.DEFAULT.n_eval_images >= 2000
+
+
+def test_splits_are_disjoint_and_free_of_conflicts(small_world):
+    train, evaluation = _records(small_world, "vqa_train"), _records(small_world, "vqa_eval")
+    config = small_world.config
+    assert len(train) == len(facts.VQA_KINDS) * config.n_train_images
+    assert len(evaluation) == len(facts.VQA_KINDS) * config.n_eval_images
+    for split in (train, evaluation):
+        keys = [(r["image"], r["kind"]) for r in split]
+        assert len(keys) == len(set(keys)), "two edits of one image with one question kind"
+        for record in split:
+            assert set(RECORD_FIELDS) <= set(record)
+            assert record["alt"] != record["pred"]
+            assert record["rephrase"] != record["src"]
+            assert record["image_rephrase"] != record["image"]
+            assert facts.KIND_BY_NAME[record["kind"]].answer(record["label"]) == record["pred"]
+    images = {name: {r["image"] for r in _records(small_world, name)} for name in ("vqa_train", "vqa_eval")}
+    mloc = {r["m_loc"] for r in train + evaluation}
+    cls = {r["image"] for r in _records(small_world, "classification")}
+    assert not images["vqa_train"] & images["vqa_eval"]
+    assert not (images["vqa_train"] | images["vqa_eval"]) & (mloc | cls)
+    assert not mloc & cls
+
+
+def test_classification_prompt_lists_every_class(small_world):
+    for record in _records(small_world, "classification"):
+        assert all(name in record["prompt"] for name in facts.DIGIT_WORDS)
+        assert record["answer"] == facts.DIGIT_WORDS[record["label"]]
+
+
+def test_tokenizer_fits_easyedit(small_world):
+    tok = small_world.tokenizer()
+    assert type(tok).__name__ == "GPT2Tokenizer"
+    assert tok.padding_side == "right"
+    assert tok("\n", add_special_tokens=False).input_ids  # Blip2OPT reads its first id
+    assert tok.encode("seven") == tok("seven", add_special_tokens=False).input_ids  # no BOS
+    for kind in facts.VQA_KINDS:
+        for question in kind.templates:
+            prompt = pretrain.VQA_TEMPLATE.format(question)
+            full = tok.encode(prompt + kind.answer(3))
+            assert full[: len(tok.encode(prompt))] == tok.encode(prompt)  # prompts_len masks the prompt only
+            assert len(full) == len(tok.encode(prompt)) + len(tok.encode(kind.answer(3)))
+
+
+def test_easyedit_datasets_collate_batches_that_feed_the_backbone(small_world, small_model, hparams):
+    dataset = importlib.import_module("easyeditor.dataset")
+    for cls, name in ((dataset.VQADataset, "vqa_train"), (dataset.CaptionDataset, "caption_train")):
+        with small_world.easyedit_patches():
+            data = cls(str(small_world.split(name)), size=4, config=hparams)
+        assert len(data) == 4
+        batch = data.collate_fn([data[0], data[1]])
+        size = small_world.config.image_size
+        assert batch["edit_inner"]["image"].shape == (2, 3, size, size)
+        for key in ("edit_inner", "edit_outer", "edit_outer_image", "loc", "loc_image"):
+            out = small_model(batch[key])
+            assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss), key
+            # Exactly the answer tokens are supervised: prompts_len masks the prompt and nothing more.
+            n_answer = [len(small_world.tokenizer().encode(t)) for t in (data[0]["target"], data[1]["target"])]
+            if cls is dataset.VQADataset and key in ("edit_inner", "edit_outer", "edit_outer_image"):
+                assert (out.labels != -100).sum(dim=1).tolist() == n_answer
+
+
+def test_easyedit_metric_scores_the_unedited_model(small_world, small_model, hparams):
+    """EasyEdit's compute_multimodal_edit_results agrees with the toy world's batched pretraining metric."""
+    evaluate = importlib.import_module("easyeditor.evaluate")
+    dataset = importlib.import_module("easyeditor.dataset")
+    with small_world.easyedit_patches():
+        data = dataset.VQADataset(str(small_world.split("vqa_eval")), size=6, config=hparams)
+    tok = small_world.tokenizer()
+    encoder = pretrain.Encoder(tok)
+    for i in range(len(data)):
+        item = dict(data[i])
+        item["target"] = item["pred"]  # score the true answer: how well the unedited model knows it
+        result = evaluate.compute_multimodal_edit_results(small_model, "blip2", hparams, tok, item, "cpu")
+        assert set(result) >= {"rewrite_acc", "rephrase_acc", "image_rephrase_acc", "locality_output"}
+        ours = pretrain.answer_accuracy(
+            small_model, encoder, item["image"][None], [pretrain.Example(0, item["prompt"], item["pred"])]
+        )
+        assert float(result["rewrite_acc"]) == pytest.approx(ours)
+
+
+def test_build_is_cached_and_load_is_exact(small_world, small_model, tmp_path_factory):
+    started = time.perf_counter()
+    again = toyworld.load("small", cache=small_world.layout.root.parent, progress=False)
+    assert time.perf_counter() - started < 5.0
+    assert again.manifest == small_world.manifest
+    reloaded = again.load_model()
+    from safetensors.torch import load_file
+
+    saved = load_file(str(small_world.layout.checkpoint))
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    assert small_world.manifest["sizes"]["parameters"] == sum(p.numel() for p in reloaded.parameters())
+
+
+def test_small_build_is_deterministic(small_world, tmp_path):
+    other = toyworld.build("small", cache=tmp_path, progress=False, evaluate_limit=1)
+    assert other.split("vqa_train").read_text() == small_world.split("vqa_train").read_text()
+    from safetensors.torch import load_file
+
+    ours, theirs = load_file(str(small_world.layout.checkpoint)), load_file(str(other.layout.checkpoint))
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_unknown_config_name_is_rejected():
+    with pytest.raises(ValueError, match="toy world config 'huge'"):
+        toyworld.build("huge")
