@@ -194,6 +194,55 @@ class LiveEdit(nn.Module):
         with self._calling(_Call(samples, "route")):
             return self.model(samples)
 
+    @torch.no_grad()
+    def generate(self, samples: dict[str, Any], max_new_tokens: int = 16) -> list[str]:
+        """Greedy answers to ``samples`` (``image`` + prompts in ``text_input``), with the KV cache.
+
+        Routing is computed once on the prompt and the chosen experts are applied to every generated
+        token. Prompts are batched by token length, so padding never sits between prompt and answer.
+        """
+        tok = self.adapter.tokenizer(self.model)
+        prompts = list(samples["text_input"])
+        lengths = [len(tok(p, add_special_tokens=False).input_ids) for p in prompts]
+        answers: list[str] = [""] * len(prompts)
+        for length in sorted(set(lengths)):
+            rows = [i for i, n in enumerate(lengths) if n == length]
+            image = samples.get("image")
+            group = {
+                "image": None if image is None else image[rows],
+                "text_input": [prompts[i] for i in rows],
+                "prompts_len": [length] * len(rows),
+            }
+            for i, answer in zip(rows, self._generate_group(group, tok, max_new_tokens), strict=True):
+                answers[i] = answer
+        return answers
+
+    def _generate_group(self, samples: dict[str, Any], tok: Any, max_new_tokens: int) -> list[str]:
+        language_model = self.adapter.language_model(self.model)
+        embeds, mask = self.adapter.prompt_embeddings(self.model, samples)
+        stop = {tok("\n", add_special_tokens=False).input_ids[0], tok.eos_token_id}
+        generated = []
+        with self._calling(_Call(samples, "route")):
+            out = language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=True, return_dict=True)
+            for _ in range(max_new_tokens):
+                next_ids = out.logits[:, -1].argmax(-1)  # (B,)
+                generated.append(next_ids)
+                if all(int(i) in stop for i in next_ids):
+                    break
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                out = language_model(
+                    input_ids=next_ids[:, None],
+                    attention_mask=mask,
+                    past_key_values=out.past_key_values,
+                    use_cache=True,
+                    return_dict=True,
+                )
+        answers = []
+        for row in torch.stack(generated, dim=1).tolist():  # (B, steps)
+            cut = next((j for j, t in enumerate(row) if t in stop), len(row))
+            answers.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
+        return answers
+
     def routing_report(self, samples: dict[str, Any]) -> list[list[tuple[int, float]]]:
         """Per input of ``samples``: the ``(expert_id, weight)`` pairs that fire, heaviest first.
 

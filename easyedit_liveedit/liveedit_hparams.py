@@ -214,6 +214,10 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     early_stop_key: str = "loss/total_edit_val"
     model_save_pt: int = 5000
     train_base: bool = False  # the backbone stays frozen: LiveEdit never trains it
+    # Read by EasyEdit's `get_model`: LiveEdit changes no backbone weight and keeps the backbone's dropout as is.
+    inner_params: list[str] = field(default_factory=list)
+    dropout: float | None = None
+    no_grad_layers: int | None = None
     model_parallel: bool = False
     eval_only: bool = False
     final_eval: bool = True

@@ -14,3 +14,33 @@ import torch  # noqa: E402
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def small_world():
+    """The toy world's test-sized configuration, built once into the project cache (seconds)."""
+    from easyedit_liveedit import toyworld
+
+    return toyworld.build("small", progress=False)
+
+
+def small_liveedit_hparams(world, training: bool = False, **overrides):
+    """LiveEdit hparams for the small toy world (tiny LiveEdit networks, layer 1 of its OPT)."""
+    from easyedit_liveedit import LiveEditMultimodalHparams, LiveEditMultimodalTrainingHparams
+
+    values = dict(
+        name="unset",
+        model_name="blip2",
+        model_class="Blip2OPT",
+        tokenizer_class="GPT2Tokenizer",
+        tokenizer_name="unset",
+        device="cpu",
+        edit_layer=1,
+        cross_attn_dim=32,
+        num_heads=4,
+        num_sentinel_tokens=world.config.num_query_tokens,
+    )
+    values.update({"alg": "LiveEdit"} if training else {"alg_name": "LiveEdit"})
+    values.update(overrides)
+    cls = LiveEditMultimodalTrainingHparams if training else LiveEditMultimodalHparams
+    return world.apply_paths(cls.from_dict(values))

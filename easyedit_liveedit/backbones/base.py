@@ -52,6 +52,17 @@ class BackboneAdapter(ABC):
             attention_mask: ``(B, T)`` the language model received; 1 on real tokens.
         """
 
+    @abstractmethod
+    def prompt_embeddings(self, model: nn.Module, samples: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """``inputs_embeds (B, T, d)`` and ``attention_mask (B, T)`` of image + prompt only, for generation.
+
+        ``samples["text_input"]`` holds the prompts; they must tokenise to equal lengths (no padding).
+        """
+
+    @abstractmethod
+    def tokenizer(self, model: nn.Module) -> Any:
+        """The language model's tokenizer (decodes generated ids, finds the end-of-answer token)."""
+
     def check_edit_layer(self, model: nn.Module, edit_layer: int) -> None:
         """Raise ``ValueError`` naming ``edit_layer`` if the backbone has no such layer."""
         n = len(self.decoder_layers(model))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .base import BackboneAdapter, TokenLayout, prefix_layout
@@ -26,3 +27,28 @@ class Blip2OPTAdapter(BackboneAdapter):
         # the first prompts_len text tokens out of the loss, so those are the prompt.
         num_image_tokens = model.query_tokens.shape[1] if samples.get("image") is not None else 0
         return prefix_layout(attention_mask, num_image_tokens, samples["prompts_len"])
+
+    def tokenizer(self, model: nn.Module) -> Any:
+        return model.opt_tokenizer
+
+    def prompt_embeddings(self, model: nn.Module, samples: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        # The same construction as Blip2OPT.forward (the wheel's Blip2OPT has no generate()).
+        tokens = model.opt_tokenizer(samples["text_input"], return_tensors="pt", padding="longest")
+        tokens = tokens.to(model.opt_model.device)
+        embeds = model.opt_model.model.decoder.embed_tokens(tokens.input_ids)  # (B, T_text, d)
+        mask = tokens.attention_mask
+        image = samples.get("image")
+        if image is not None:
+            image_embeds = model.ln_vision(model.visual_encoder(image))  # (B, patches, d_vit)
+            queries = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
+            image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image.device)
+            query_output = model.Qformer.bert(
+                query_embeds=queries,
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=image_atts,
+                return_dict=True,
+            )
+            image_tokens = model.opt_proj(query_output.last_hidden_state).to(embeds.dtype)  # (B, n_query, d)
+            embeds = torch.cat([image_tokens, embeds], dim=1)
+            mask = torch.cat([torch.ones(image_tokens.shape[:2], dtype=mask.dtype, device=mask.device), mask], dim=1)
+        return embeds, mask

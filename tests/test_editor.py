@@ -1,0 +1,165 @@
+"""LiveEdit around EasyEdit's Blip2OPT (the small toy world): edits, routing, generation, invariants."""
+
+import pytest
+import torch
+from conftest import small_liveedit_hparams
+
+from easyedit_liveedit.editor import LiveEdit
+
+
+@pytest.fixture
+def setup(small_world):
+    model = small_world.load_model()
+    hparams = small_liveedit_hparams(small_world)
+    return model, small_world.tokenizer(), LiveEdit(model, hparams), (hparams, small_world.config.image_size)
+
+
+@pytest.fixture
+def every_expert_fires(monkeypatch):
+    """Routing seam for mechanics tests: the hard filter keeps every expert for inputs with an image.
+
+    An untrained network routes at random; these tests check what happens once experts are chosen.
+    """
+    import easyedit_liveedit.library as library
+
+    def keep_all(visual_sim, sentinel_sim, has_image=None):
+        keep = torch.ones_like(visual_sim, dtype=torch.bool)
+        return keep if has_image is None else keep & has_image[:, None]
+
+    monkeypatch.setattr(library, "hard_filter", keep_all)
+
+
+def _add_strong_experts(editor, samples) -> list[int]:
+    """Store experts with the edit's real keys but random factors, so their residual is surely non-zero.
+
+    An untrained generator can produce factors whose ReLU bottleneck is closed on every token; the
+    mechanics tests need experts that visibly act.
+    """
+    from easyedit_liveedit.modules import Experts
+
+    made = editor.make_experts(samples)
+    g = torch.Generator().manual_seed(7)
+    U = torch.randn(made.U.shape, generator=g)
+    V = torch.randn(made.V.shape, generator=g)
+    return editor.library.add(Experts(psi=made.psi, phi=made.phi, U=U, V=V))
+
+
+def _samples(tok, context, n, seed=0):
+    """``n`` edit-style samples (prompt + target, random images) as EasyEdit's metric code builds them."""
+    from easyeditor.evaluate.evaluate import prepare_multimodal_edit
+
+    hparams, image_size = context
+    prompts = [f"what digit is shown {'here ' * (i % 3)}?" for i in range(n)]
+    targets = (["seven", "two", "odd", "nine"] * n)[:n]
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(n, 3, image_size, image_size, generator=g)
+    return prepare_multimodal_edit(hparams, tok, targets, prompts, image)
+
+
+def test_base_weights_never_change_bit_for_bit(setup):
+    model, tok, editor, size = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for i in range(100):
+        editor.add_edits(_samples(tok, size, 1, seed=i))
+    assert len(editor.library) == 100
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_backbone_called_directly_stays_unedited_and_reset_restores(setup):
+    model, tok, editor, size = setup
+    samples = _samples(tok, size, 2)
+    plain = model(samples).logits
+    editor.add_edits(samples)
+    assert torch.equal(model(samples).logits, plain)  # the hook is inert outside LiveEdit's calls
+    editor.reset()
+    assert torch.equal(editor(samples).logits, plain)
+
+
+def test_an_expert_that_fires_changes_the_answer_logits(setup, every_expert_fires):
+    model, tok, editor, size = setup
+    samples = _samples(tok, size, 2)
+    plain = model(samples).logits
+    ids = _add_strong_experts(editor, samples)
+    report = editor.routing_report(samples)
+    fired = {expert for row in report for expert, _ in row}
+    assert fired <= set(ids)
+    edited = editor(samples).logits
+    assert [len(row) for row in report] == [2, 2]
+    for row in report:  # w = sigmoid(a) * softmax(a): positive, and a row sums to less than 1
+        assert all(w > 0 for _, w in row) and sum(w for _, w in row) < 1
+    assert (edited - plain).abs().amax() > 1e-3
+
+
+def test_remove_one_expert(setup):
+    _, tok, editor, size = setup
+    ids = editor.add_edits(_samples(tok, size, 3))
+    editor.remove(ids[1])
+    assert editor.library.ids() == [ids[0], ids[2]]
+    with pytest.raises(KeyError):
+        editor.remove(ids[1])
+
+
+def test_batched_inference_routes_each_sample_like_alone(setup, every_expert_fires):
+    _, tok, editor, size = setup
+    _add_strong_experts(editor, _samples(tok, size, 4, seed=1))
+    batch = _samples(tok, size, 3, seed=2)
+    together = editor(batch)
+    report = editor.routing_report(batch)
+    for b in range(3):
+        alone_samples = {k: (v[b : b + 1] if k == "image" else v[b : b + 1]) for k, v in batch.items()}
+        alone = editor(alone_samples)
+        real = together.attention_mask[b].bool()
+        assert torch.allclose(together.logits[b][real], alone.logits[0][alone.attention_mask[0].bool()], atol=1e-5)
+        (alone_report,) = editor.routing_report(alone_samples)
+        assert [i for i, _ in alone_report] == [i for i, _ in report[b]]
+        assert [w for _, w in alone_report] == pytest.approx([w for _, w in report[b]], abs=1e-6)
+
+
+def _greedy_without_cache(editor, tok, image, prompt, steps):
+    """Reference decoder: re-run the whole sequence through ``editor(...)`` for every new token (no KV cache)."""
+    prompt_ids = tok(prompt, add_special_tokens=False).input_ids
+    stop = {tok("\n", add_special_tokens=False).input_ids[0], tok.eos_token_id}
+    new_ids: list[int] = []
+    for _ in range(steps):
+        text = tok.decode(prompt_ids + new_ids)
+        run = {"image": image, "text_input": [text], "prompts_len": [len(prompt_ids)], "labels": [""]}
+        next_id = int(editor(run).logits[0, -1].argmax())
+        if next_id in stop:
+            break
+        new_ids.append(next_id)
+    return tok.decode(new_ids, skip_special_tokens=True).strip()
+
+
+def test_generation_with_kv_cache_matches_full_recomputation_with_experts(setup, every_expert_fires):
+    model, tok, editor, context = setup
+    edits = _samples(tok, context, 2, seed=3)
+    _add_strong_experts(editor, edits)
+    prompts = ["what digit is shown ?", "what digit is shown here here ?"]
+    assert all(editor.routing_report(_samples(tok, context, 2, seed=3)))
+    answers = editor.generate({"image": edits["image"], "text_input": prompts}, max_new_tokens=4)
+    for b, prompt in enumerate(prompts):
+        assert answers[b] == _greedy_without_cache(editor, tok, edits["image"][b : b + 1], prompt, steps=4)
+
+
+def test_edit_contract_and_checkpoint_holds_only_the_networks(setup):
+    model, tok, editor, size = setup
+    edited, info = editor.edit(_samples(tok, size, 2))
+    assert edited is editor and info == {"edit/experts": 2.0}
+    state = editor.state_dict()
+    assert state.keys() == editor.net.state_dict().keys()
+    assert not any(k.startswith("model.") for k in state)
+    assert {id(p) for p in editor.outer_parameters()} == {id(p) for p in editor.net.parameters()}
+
+
+def test_train_mode_keeps_the_backbone_in_eval(setup):
+    model, _, editor, _ = setup
+    editor.train()
+    assert editor.net.training and not model.training
+
+
+def test_edit_layer_out_of_range_names_the_key(small_world):
+    model = small_world.load_model()
+    with pytest.raises(ValueError, match="edit_layer"):
+        LiveEdit(model, small_liveedit_hparams(small_world, edit_layer=99))
