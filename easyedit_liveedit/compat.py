@@ -256,3 +256,34 @@ def blip2_checkpoint(path: str | Any) -> Iterator[None]:
         yield
     finally:
         blip2_opt.__init__ = original_init
+
+
+# --- 9. Integer device indices, which section 3 does not treat as CUDA ----------------------------------------
+# EasyEdit's YAMLs say `device: 0`; `VQADataset.collate_fn` then calls `dict_to(batch, 0)` -> `tensor.to(0)`
+# (and `BatchEncoding.to(0)`), `BaseTrainer` calls `module.to(config.device)`; on a machine without CUDA these
+# fail with "Cannot access accelerator device when none is available". Section 3 rewrites CUDA strings and
+# torch.device objects only. Without CUDA, this mode maps integer device indices given to `Tensor.to` and
+# `Module.to` (parsed by `torch._C._nn._parse_to`) to the CPU; like section 3 it touches devices only.
+# (Candidate to fold into section 3.)
+def _cuda_or_index(device: Any) -> bool:
+    return _is_cuda(device) or (isinstance(device, int) and not isinstance(device, bool))
+
+
+class _DeviceArgumentsToCpu(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch._C._nn._parse_to or func is torch.Tensor.to:
+            if _cuda_or_index(kwargs.get("device")):
+                kwargs["device"] = "cpu"
+            args = tuple("cpu" if _cuda_or_index(a) else a for a in args)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def device_arguments_to_cpu() -> Iterator[None]:
+    """Run ``module.to("cuda:N")`` and ``tensor.to(N)`` on the CPU when CUDA is unavailable (see section 9)."""
+    if torch.cuda.is_available():
+        yield
+        return
+    with _DeviceArgumentsToCpu():
+        yield

@@ -94,8 +94,8 @@ def test_easyedit_datasets_collate_batches_that_feed_the_backbone(small_world, s
     for cls, name in ((dataset.VQADataset, "vqa_train"), (dataset.CaptionDataset, "caption_train")):
         with small_world.easyedit_patches():
             data = cls(str(small_world.split(name)), size=4, config=hparams)
+            batch = data.collate_fn([data[0], data[1]])
         assert len(data) == 4
-        batch = data.collate_fn([data[0], data[1]])
         size = small_world.config.image_size
         assert batch["edit_inner"]["image"].shape == (2, 3, size, size)
         for key in ("edit_inner", "edit_outer", "edit_outer_image", "loc", "loc_image"):

@@ -84,9 +84,12 @@ class Encoder:
                 else example.prompt + " " + example.answer
             )
             ids = self.tok(text).input_ids
-            prompt_len = len(self.tok.encode(example.prompt))
-            if ids[:prompt_len] != self.tok.encode(example.prompt):
-                raise ValueError(f"tokenizer: prompt {example.prompt!r} is not a token prefix of {text!r}")
+            prompt_ids, answer_ids = self.tok.encode(example.prompt), self.tok.encode(example.answer)
+            if ids[: len(prompt_ids)] != prompt_ids or ids[len(ids) - len(answer_ids) :] != answer_ids:
+                raise ValueError(f"tokenizer: {text!r} does not split into the prompt's and the answer's tokens")
+            # Supervise the answer's tokens only (the joining space of the bare format too is masked), which are
+            # exactly the tokens EasyEdit's metric scores (`tok(target, add_special_tokens=False)`).
+            prompt_len = len(ids) - len(answer_ids)
             self._cache[key] = (ids, prompt_len)
         return self._cache[key]
 
