@@ -8,7 +8,17 @@ from .registration import register
 
 register()
 
+from .editor import LiveEdit  # noqa: E402
 from .liveedit_hparams import LiveEditMultimodalHparams, LiveEditMultimodalTrainingHparams  # noqa: E402
+from .multimodal_editor import MultimodalEditor  # noqa: E402
+from .trainer import LiveEditMultimodalTrainer  # noqa: E402
 
-__all__ = ["LiveEditMultimodalHparams", "LiveEditMultimodalTrainingHparams", "register"]
+__all__ = [
+    "LiveEdit",
+    "LiveEditMultimodalHparams",
+    "LiveEditMultimodalTrainer",
+    "LiveEditMultimodalTrainingHparams",
+    "MultimodalEditor",
+    "register",
+]
 __version__ = "0.1.0"

@@ -23,11 +23,16 @@ LOG = logging.getLogger(__name__)
 _ATTACHED = "_liveedit_editor"  # attribute of the backbone holding its editor (not a registered submodule)
 
 
+def attached_editor(model: nn.Module) -> LiveEdit | None:
+    """The LiveEdit editor built for this backbone by an earlier edit, if any."""
+    return model.__dict__.get(_ATTACHED)
+
+
 def editor_for(model: nn.Module, hparams: LiveEditMultimodalHparams) -> LiveEdit:
     """The LiveEdit editor of ``model``: built and loaded from ``hparams.archive`` on first use."""
     if isinstance(model, LiveEdit):
         return model
-    editor = model.__dict__.get(_ATTACHED)
+    editor = attached_editor(model)
     if editor is None:
         if hparams.archive is None:
             raise ValueError(

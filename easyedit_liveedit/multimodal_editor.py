@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import compat
 from .editor import LiveEdit
+from .liveedit_main import attached_editor
 
 LOG = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class MultimodalEditor(_WheelEditor):
             pre_scores = [evaluate(self.model, r) for r in tqdm(requests, desc="pre-edit scores", disable=not verbose)]
         all_metrics, edited_model, weights_copy = [], self.model, {}
         for i, request in enumerate(tqdm(requests, desc=f"{self.alg_name} edits", disable=not verbose)):
-            experts_before = _liveedit_ids(edited_model)
+            experts_before = _liveedit_ids(self.model)
             start = perf_counter()
             edited_model, weights_copy = self.apply_algo(
                 self.model, self.tok, [request], self.hparams, copy=False, return_orig_weights=True,
@@ -122,23 +123,22 @@ class MultimodalEditor(_WheelEditor):
             all_metrics.append(metrics)
         return all_metrics, edited_model, weights_copy
 
-    def _undo(self, edited_model: Any, weights_copy: dict, experts_before: set[int] | None) -> None:
+    def _undo(self, edited_model: Any, weights_copy: dict, experts_before: set[int]) -> None:
         """Restore weight-editing methods' weights; remove the experts LiveEdit added for this request."""
         nethook = importlib.import_module("easyeditor.util.nethook")
         with torch.no_grad():
             for name, value in weights_copy.items():
                 param = nethook.get_parameter(self.model, name)
                 param[...] = value.to(param.device)
-        if experts_before is not None:
+        if isinstance(edited_model, LiveEdit):
             for expert_id in set(edited_model.library.ids()) - experts_before:
                 edited_model.remove(expert_id)
 
 
-def _liveedit_ids(model: Any) -> set[int] | None:
-    """Ids of a LiveEdit editor's experts (None for other methods)."""
-    attached = getattr(model, "__dict__", {}).get("_liveedit_editor")
-    editor = model if isinstance(model, LiveEdit) else attached
-    return set(editor.library.ids()) if editor is not None else None
+def _liveedit_ids(model: Any) -> set[int]:
+    """Ids of the experts of the LiveEdit editor attached to ``model`` (empty if there is none yet)."""
+    editor = attached_editor(model)
+    return set(editor.library.ids()) if editor is not None else set()
 
 
 def _locality_from_outputs(metrics: dict) -> None:
