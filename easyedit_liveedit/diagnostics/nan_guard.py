@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
-import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from .. import compat
 from ..liveedit_hparams import LiveEditMultimodalHparams
@@ -39,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Run EasyEdit's MEND edit after edit, find where it first goes non-finite, compare LiveEdit.",
     )
     p.add_argument("--hparams", required=True, help="EasyEdit MEND editing YAML (alg_name: MEND)")
-    p.add_argument("--data", required=True, help="MMEdit JSON (VQA records) giving the edit sequence")
+    p.add_argument(
+        "--data", default=None, help="MMEdit JSON (VQA records) giving the edit sequence (toy world: its eval split)"
+    )
     p.add_argument("--edits", type=int, default=10, help="number of sequential edits (default 10)")
     p.add_argument("--out", default="nan_guard_out", help="folder for nan_guard.json and nan_guard.png")
     p.add_argument(
@@ -67,20 +70,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--probe", type=int, default=4, help="records in the fixed probe batch (default 4)")
     p.add_argument("--liveedit-hparams", default=None, help="LiveEdit editing YAML (skip LiveEdit if absent)")
     p.add_argument("--liveedit-edits", type=int, default=None, help="edits for LiveEdit (default: --edits)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: these small matrices do not split well)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log every edit")
     return p.parse_args(argv)
 
 
+def load_mend_hparams(path: str) -> Any:
+    """EasyEdit's ``MENDMultimodalHparams`` from an editing YAML written for EasyEdit main or for the wheel.
+
+    The wheel's class requires ``alg: MEND`` (main's YAMLs have only ``alg_name``) and rejects keys main added
+    (e.g. ``exact_match``); both are reconciled here, with a warning naming each dropped key.
+    """
+    easyeditor = importlib.import_module("easyeditor")
+    cls = easyeditor.MENDMultimodalHparams
+    with open(path, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict) or config.get("alg_name", config.get("alg")) != "MEND":
+        raise ValueError(f"{path}: expected a MEND editing YAML (alg_name: MEND)")
+    config.setdefault("alg", "MEND")
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in sorted(set(config) - known):
+        LOG.warning("%s: key %r is not known to easyeditor 0.0.1.dev0's MENDMultimodalHparams; ignored", path, key)
+        config.pop(key)
+    hparams = cls(**cls.construct_float_from_scientific_notation(config))  # YAML reads 1e-4 as a string
+    return cpu_safe_device(hparams)
+
+
+def cpu_safe_device(hparams: Any) -> Any:
+    """Write an integer ``device`` as ``"cuda:<n>"`` when CUDA is unavailable; returns ``hparams``.
+
+    EasyEdit's datasets and trainer call ``.to(hparams.device)``; an integer there means ``cuda:<n>`` to torch,
+    which ``compat.cuda_to_cpu`` only redirects when it is spelled as a CUDA device.
+    """
+    if isinstance(hparams.device, int) and not torch.cuda.is_available():
+        hparams.device = f"cuda:{hparams.device}"
+    return hparams
+
+
 def toy_world_of(hparams: Any) -> Any | None:
-    """The toy world whose OPT folder the YAML's ``name`` points at (None for any other backbone)."""
-    root = Path(str(hparams.name)).parent
-    manifest = root / "manifest.json"
-    if not manifest.is_file():
-        return None
+    """The toy world a YAML's ``name`` points at (``<cache>/toyworld/<config>/opt``), with the hparams'
+    paths re-pointed at it (so ``EASYEDIT_LIVEEDIT_CACHE`` is honoured); None for any other backbone."""
     from .. import toyworld
 
-    name = json.loads(manifest.read_text())["config"]["name"]
-    return toyworld.load(name, cache=root.parent, progress=False)
+    folder = Path(str(hparams.name)).parent
+    if folder.name not in toyworld.CONFIGS or folder.parent.name != "toyworld":
+        return None
+    world = toyworld.load(folder.name, progress=False)
+    world.apply_paths(hparams)
+    return world
 
 
 @contextlib.contextmanager
@@ -123,7 +162,7 @@ def run(args: argparse.Namespace) -> list[RunReport]:
     easyeditor = importlib.import_module("easyeditor")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    hparams = easyeditor.MENDMultimodalHparams.from_hparams(args.hparams)
+    hparams = load_mend_hparams(args.hparams)
     world = toy_world_of(hparams)
     archive = args.archive if args.archive is not None else hparams.archive
     if archive is not None and not Path(archive).is_file():
@@ -132,16 +171,22 @@ def run(args: argparse.Namespace) -> list[RunReport]:
                 f"{args.hparams}: MEND archive {archive!r} does not exist; train it with EasyEdit's "
                 "MultimodalTrainer (--train-hparams hparams/TRAINING/MEND/<model>.yaml) or pass --archive"
             )
-        training = easyeditor.MENDMultimodalTrainingHparams.from_hparams(args.train_hparams)
+        training = cpu_safe_device(easyeditor.MENDMultimodalTrainingHparams.from_hparams(args.train_hparams))
+        if world is not None:
+            world.apply_paths(training)
         train_json = args.train_data or (world.split("vqa_train") if world is not None else None)
         if train_json is None:
             raise ValueError("--train-data is required to train a MEND archive outside the toy world")
         patches = world.easyedit_patches() if world is not None else None
-        archive = str(train_mend_archive(training, train_json, args.data, args.train_steps, patches))
-    settings = {"hparams": args.hparams, "data": args.data, "edits": args.edits}
+        val_json = args.data or (world.split("vqa_eval") if world is not None else train_json)
+        archive = str(train_mend_archive(training, train_json, val_json, args.train_steps, patches))
+    data = args.data or (str(world.split("vqa_eval")) if world is not None else None)
+    if data is None:
+        raise ValueError("--data is required outside the toy world")
+    settings = {"hparams": args.hparams, "data": data, "edits": args.edits}
     count = args.liveedit_edits or args.edits
     with easyedit_context(world):
-        dataset = load_dataset(hparams, args.data, max(args.edits, count, args.probe))
+        dataset = load_dataset(hparams, data, max(args.edits, count, args.probe))
         edits, probe = batches(dataset, args.edits, args.probe)
         model = load_backbone(hparams, world)
         runs = [
@@ -178,6 +223,7 @@ def run(args: argparse.Namespace) -> list[RunReport]:
 def main(argv: list[str] | None = None) -> int:
     """Command line: prints the tables; exit status 0 whether or not MEND failed (finding a failure is success)."""
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     runs = run(args)
     for report in runs:

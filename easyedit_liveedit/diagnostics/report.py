@@ -77,6 +77,7 @@ class RunReport:
     settings: dict[str, Any]
     edits: list[EditRecord] = field(default_factory=list)
     failure: Failure | None = None
+    initial: list[WeightStat] = field(default_factory=list)  # the tracked weights before the first edit
 
     @property
     def stayed_finite(self) -> bool:
@@ -169,11 +170,13 @@ def plot_norm_history(runs: list[RunReport], path: str | os.PathLike) -> None:
 
     fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 4.2), squeeze=False)
     for ax, run in zip(axes[0], runs, strict=True):
-        names = [w.name for w in run.edits[0].weights] if run.edits else []
+        names = [w.name for w in run.initial]
+        spread = []
         for j, name in enumerate(names):
-            xs = [r.index + 1 for r in run.edits if math.isfinite(r.weights[j].norm)]
-            ys = [r.weights[j].norm for r in run.edits if math.isfinite(r.weights[j].norm)]
-            ax.plot(xs, ys, marker=".", label=name.split("decoder.")[-1])
+            points = [(0, run.initial[j].norm)] + [(r.index + 1, r.weights[j].norm) for r in run.edits]
+            points = [(x, y) for x, y in points if math.isfinite(y)]
+            ax.plot([x for x, _ in points], [y for _, y in points], marker=".", label=name.split("decoder.")[-1])
+            spread += [y for _, y in points]
         if run.failure is not None:
             x = run.failure.edit + 1
             ax.axvline(x, color="red", linestyle="--")
@@ -187,10 +190,10 @@ def plot_norm_history(runs: list[RunReport], path: str | os.PathLike) -> None:
                 fontsize=8,
             )
         ax.set_title(run.editor, fontsize=10)
-        ax.set_xlabel("sequential edit")
+        ax.set_xlabel("sequential edit (0 = before editing)")
         ax.set_ylabel("Frobenius norm of edited weight")
-        if any(r.weights and r.weights[0].norm > 0 for r in run.edits):
-            ax.set_yscale("log")
+        if spread and min(spread) > 0 and max(spread) / min(spread) > 20:
+            ax.set_yscale("log")  # geometric growth reads as a straight line
         if names:
             ax.legend(fontsize=7)
     fig.tight_layout()

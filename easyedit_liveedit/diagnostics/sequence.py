@@ -77,6 +77,8 @@ def run_sequence(
         the probe output held a non-finite value.
     """
     run = RunReport(editor=editor, settings=dict(settings))
+    if tracker is not None:
+        run.initial = tracker.measure()
     for index, edit in enumerate(edits):
         before = tracker.snapshot() if tracker is not None else None
         try:
