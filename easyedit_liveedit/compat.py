@@ -9,6 +9,7 @@ Nothing else in the project patches third-party code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import sys
@@ -158,29 +159,6 @@ def _unshadow_easyeditor_util() -> bool:
     return shadowed
 
 
-_applied: dict[str, Any] = {}
-
-
-def apply() -> dict[str, Any]:
-    """Apply every import-time shim (idempotent) and import easyeditor; returns what each shim did.
-
-    Call this before importing anything from easyeditor; `import easyedit_liveedit` does it.
-    """
-    if _applied:
-        return _applied
-    _applied["torchvision_ops_declared"] = _declare_torchvision_ops()
-    _applied["transformers_helpers_restored"] = _restore_moved_transformers_helpers()
-    with warnings.catch_warnings():
-        # easyeditor imports timm's pre-1.0 module paths; timm answers each with a FutureWarning meant for
-        # easyeditor's authors, not for our users.
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\..*")
-        importlib.import_module("easyeditor")
-    _applied["easyeditor_util_unshadowed"] = _unshadow_easyeditor_util()
-    training_hparams = importlib.import_module("easyeditor.trainer.training_hparams")
-    _applied["model_parallel_defaulted"] = _default_model_parallel(training_hparams)
-    return _applied
-
-
 # --- 7. The 364-pixel image processor hard-coded in EasyEdit's multimodal datasets and editor -----------------
 # `VQADataset.__init__`, `CaptionDataset.__init__` and `MultimodalEditor.__init__` each build
 # `BlipImageEvalProcessor(image_size=364, ...)` through their module's global name, whatever the backbone's
@@ -287,3 +265,62 @@ def device_arguments_to_cpu() -> Iterator[None]:
         return
     with _DeviceArgumentsToCpu():
         yield
+
+
+# --- 10. MEND's multimodal executor passes label strings -------------------------------------------------------
+# `MendMultimodalRewriteExecutor.apply_to_model` (ALG_MULTIMODAL_DICT['MEND']) builds `labels = trg`, the target
+# strings, and hands them to `MEND.edit`, whose loss (`masked_log_probs`) needs token ids: every multimodal MEND
+# edit through EasyEdit's editor fails with "'list' object has no attribute 'clone'". `MEND.edit` is wrapped so
+# that string labels become the target's token ids, right-aligned and padded with -100 (the format of
+# `VQADataset.collate_fn`, without a BOS: the loss compares the last label positions with the last logits).
+# Tensor labels (EasyEdit's trainer) pass through untouched; the edit itself is EasyEdit's code.
+def _label_ids(model: torch.nn.Module, labels: list[str]) -> torch.Tensor:
+    tok = getattr(model, "opt_tokenizer", None) or model.llama_tokenizer
+    ids = [tok(label, add_special_tokens=False).input_ids for label in labels]
+    out = torch.full((len(ids), max(map(len, ids))), -100, dtype=torch.long)
+    for row, sequence in enumerate(ids):
+        out[row, out.shape[1] - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
+    return out
+
+
+def _mend_label_strings_to_ids(mend_class: type) -> bool:
+    """Wrap ``MEND.edit`` (once) so string labels become token ids; returns True if it wrapped it now."""
+    original = mend_class.edit
+    if getattr(original, "__wrapped__", None) is not None:
+        return False
+
+    @functools.wraps(original)
+    def edit(self: Any, batch: dict, *args: Any, **kwargs: Any) -> Any:
+        labels = batch.get("labels") if isinstance(batch, dict) else None
+        if isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels):
+            device = next(self.model.parameters()).device
+            batch = {**batch, "labels": _label_ids(self.model, labels).to(device)}
+        return original(self, batch, *args, **kwargs)
+
+    mend_class.edit = edit
+    return True
+
+
+_applied: dict[str, Any] = {}
+
+
+def apply() -> dict[str, Any]:
+    """Apply every import-time shim (idempotent) and import easyeditor; returns what each shim did.
+
+    Call this before importing anything from easyeditor; `import easyedit_liveedit` does it.
+    """
+    if _applied:
+        return _applied
+    _applied["torchvision_ops_declared"] = _declare_torchvision_ops()
+    _applied["transformers_helpers_restored"] = _restore_moved_transformers_helpers()
+    with warnings.catch_warnings():
+        # easyeditor imports timm's pre-1.0 module paths; timm answers each with a FutureWarning meant for
+        # easyeditor's authors, not for our users.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\..*")
+        importlib.import_module("easyeditor")
+    _applied["easyeditor_util_unshadowed"] = _unshadow_easyeditor_util()
+    training_hparams = importlib.import_module("easyeditor.trainer.training_hparams")
+    _applied["model_parallel_defaulted"] = _default_model_parallel(training_hparams)
+    mend = importlib.import_module("easyeditor.trainer.algs.MEND").MEND
+    _applied["mend_label_strings_converted"] = _mend_label_strings_to_ids(mend)
+    return _applied

@@ -127,3 +127,39 @@ def test_easyeditor_util_alg_dict_imports_after_the_plugin():
 
 def test_apply_is_idempotent():
     assert compat.apply() is compat.apply()
+
+
+# 10. MEND's multimodal executor passes label strings
+def test_mend_executor_still_builds_label_strings():
+    import inspect
+
+    mend_main = importlib.import_module("easyeditor.models.mend.mend_main")
+    source = inspect.getsource(mend_main.MendMultimodalRewriteExecutor.apply_to_model)
+    assert "labels = trg" in source
+
+
+def test_mend_edit_gets_right_aligned_token_id_labels_from_strings(small_world):
+    mend = importlib.import_module("easyeditor.trainer.algs.MEND").MEND
+    assert compat.apply()["mend_label_strings_converted"] is True
+    assert mend.edit.__wrapped__ is not None  # EasyEdit's MEND.edit is wrapped once
+
+    class Recorder:  # stands in for MEND: the wrapper reads `.model` and hands the batch on
+        model = small_world.load_model()
+
+        def edit(self, batch, condition=None):
+            self.seen = batch
+            return "edited"
+
+    assert compat._mend_label_strings_to_ids(Recorder) is True
+    assert compat._mend_label_strings_to_ids(Recorder) is False  # idempotent
+    tok = small_world.tokenizer()
+    recorder = Recorder()
+    assert recorder.edit({"labels": [" seven", " nine two"], "text_input": ["a", "b"]}) == "edited"
+    labels = recorder.seen["labels"]
+    seven, nine_two = (tok(t, add_special_tokens=False).input_ids for t in (" seven", " nine two"))
+    assert labels.shape == (2, len(nine_two))
+    assert labels[1].tolist() == nine_two
+    assert labels[0].tolist() == [-100] * (len(nine_two) - len(seven)) + seven
+    tensor_labels = torch.tensor([[5, 6]])
+    recorder.edit({"labels": tensor_labels})
+    assert recorder.seen["labels"] is tensor_labels  # EasyEdit's trainer batches pass through untouched
