@@ -1,0 +1,307 @@
+"""The comparison runner: every editor, one lifelong edit sequence each, scored by EasyEdit's own metric code.
+
+For each method (DESIGN.md section 4, "T sequential edits"):
+
+1. its EasyEdit hparams are loaded and its archive is trained or loaded (``archives.py``);
+2. a fresh backbone is built by EasyEdit's constructor; the first ``T_max`` records of the eval split are
+   read by EasyEdit's own dataset class with the method's hparams (every method edits the same records in the
+   same order; a fingerprint of the sequence is recorded per method so that this can be checked);
+3. pre-edit outputs of all ``T_max`` records are computed on the unedited backbone (locality compares
+   against them; EasyEdit main computes ``pre`` after an in-place edit, which makes locality trivially 1.0);
+4. the records are edited one after another through ``ALG_MULTIMODAL_DICT[alg_name]`` (EasyEdit's editing
+   entry, as ``MultimodalEditor`` calls it) without restoring anything; after edit ``T``, for every ``T`` in
+   ``edits``, all of the first ``T`` records are scored with ``compute_multimodal_edit_results`` and the EMT
+   probe is run (``probe.py``);
+5. a failure (non-finite logits, an exception, running out of memory) ends that method's sequence and fills
+   its remaining rows with the failure; nothing is dropped.
+
+Memory is the process's resident set size (RSS), sampled every 20 ms while the method runs (tracemalloc does not
+see torch's allocations); the figure is the peak RSS of the whole process during that method's run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import importlib
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import compat
+from .memory import PeakRss
+from .probe import ProbeResult, classification_accuracy
+
+LOG = logging.getLogger(__name__)
+
+METRICS = {  # EasyEdit's key -> the column name used in the literature
+    "rewrite_acc": "Reliability",
+    "rephrase_acc": "T-Gen",
+    "image_rephrase_acc": "M-Gen",
+    "locality_acc": "T-Loc",
+    "multimodal_locality_acc": "M-Loc",
+}
+_LOCALITY_OUTPUTS = {"locality_output": "locality_acc", "multimodal_locality_output": "multimodal_locality_acc"}
+_STATEFUL_EXECUTORS = ("MEND", "SERAC", "SERAC_MULTI")  # EasyEdit executors that bind the first model they see
+
+
+@dataclass
+class MethodRun:
+    """What the runner needs to run one method (built by the CLI from the Hydra config).
+
+    Attributes:
+        name: display name (``LiveEdit``, ``MEND``, ...).
+        hparams: the editing hparams object (``alg_name`` picks ``ALG_MULTIMODAL_DICT``'s entry); its
+            ``archive`` must exist, or ``prepare`` must make it exist.
+        prepare: called once before editing (trains or checks the archive); may raise.
+        not_run: a reason the method cannot run here; the table shows ``not run: <reason>``.
+    """
+
+    name: str
+    hparams: Any = None
+    prepare: Callable[[], None] | None = None
+    not_run: str | None = None
+
+
+@dataclass
+class Backbone:
+    """How to build a fresh, unedited backbone and read data for it (the toy world or EasyEdit's own path).
+
+    Attributes:
+        load: hparams -> ``(model, tokenizer)``, called inside ``patches()``.
+        patches: context in which EasyEdit's constructors and datasets run on this machine.
+        load_image: relative image path -> processed tensor, for the EMT probe.
+    """
+
+    load: Callable[[Any], tuple[Any, Any]]
+    patches: Callable[[], contextlib.AbstractContextManager]
+    load_image: Callable[[str], torch.Tensor] | None = None
+
+
+@dataclass
+class CompareSettings:
+    """The run: which records, how many edits, where the EMT probe's images are."""
+
+    eval_json: str
+    dataset_class: str = "VQADataset"  # or CaptionDataset (EasyEdit's)
+    edits: list[int] = field(default_factory=lambda: [1, 10, 100, 1000])
+    classification_records: list[dict] | None = None  # None: no EMT probe for this data set
+    probe_batch_size: int = 16
+    score: bool = True  # False: only the EMT probe (the `probe` command), no EasyEdit metrics
+
+    def __post_init__(self) -> None:
+        if not self.edits or any(not isinstance(t, int) or t < 1 for t in self.edits):
+            raise ValueError(f"edits: expected positive integers, got {self.edits!r}")
+        self.edits = sorted(set(self.edits))
+
+
+@dataclass
+class Row:
+    """One line of the table: a method after ``edits`` sequential edits."""
+
+    method: str
+    edits: int
+    status: str = "ok"
+    metrics: dict[str, float] = field(default_factory=dict)
+    emt_before: float = math.nan
+    emt_after: float = math.nan
+    latency_s: float = math.nan  # median seconds per edit (executor call only; the median ignores the first
+    # call's one-time setup, e.g. loading the archive, which EasyEdit's executors do lazily)
+    peak_rss_mib: float = math.nan
+    sequence: str = ""  # fingerprint of the first `edits` records this method edited
+
+
+def _request(item: dict) -> dict:
+    """An EasyEdit dataset item as the request dict EasyEdit's executors and metric code read."""
+    keys = ("prompt", "target", "image", "rephrase_prompt", "image_rephrase", "locality_prompt",
+            "locality_ground_truth", "multimodal_locality_image", "multimodal_locality_prompt",
+            "multimodal_locality_ground_truth")  # fmt: skip
+    return {k: item[k] for k in keys if k in item}
+
+
+def fingerprint(requests: list[dict]) -> str:
+    """A short hash of the edit sequence: texts and image tensors, in order."""
+    digest = hashlib.sha256()
+    for r in requests:
+        for key in sorted(r):
+            value = r[key]
+            if isinstance(value, torch.Tensor):
+                digest.update(value.detach().float().cpu().numpy().round(4).tobytes())
+            else:
+                digest.update(repr(value).encode())
+    return digest.hexdigest()[:12]
+
+
+class _FiniteWatch:
+    """Calls the edited model as EasyEdit's metric code does, remembering whether any logit was non-finite."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.finite = True
+
+    def __call__(self, samples: dict) -> Any:
+        output = self.model(samples)
+        logits = output if isinstance(output, torch.Tensor) else output.logits
+        self.finite &= bool(torch.isfinite(logits).all())
+        return output
+
+
+def _score(model: Any, hparams: Any, tok: Any, request: dict) -> dict:
+    evaluate = importlib.import_module("easyeditor.evaluate")
+    with torch.no_grad():
+        return evaluate.compute_multimodal_edit_results(model, hparams.model_name, hparams, tok, request, "cpu")
+
+
+def _lifelong_scores(posts: list[dict], pres: list[dict]) -> dict[str, float]:
+    """Mean of each metric over the scored records; locality = share of argmax tokens equal to the unedited's."""
+    values: dict[str, list[float]] = {key: [] for key in METRICS}
+    for post, pre in zip(posts, pres, strict=True):
+        for key in ("rewrite_acc", "rephrase_acc", "image_rephrase_acc"):
+            if key in post:
+                values[key].append(float(post[key]))
+        for output, key in _LOCALITY_OUTPUTS.items():
+            if output in post:
+                values[key].append(float(np.mean(np.equal(post[output], pre[output]))))
+    return {key: float(np.mean(v)) if v else math.nan for key, v in values.items()}
+
+
+def _reset_executor(alg_name: str) -> None:
+    """EasyEdit's MEND/SERAC executors keep the first model they were called with (``is_init``); a fresh
+    backbone needs a fresh binding, or the edits would land on the previous method's model."""
+    if alg_name not in _STATEFUL_EXECUTORS:
+        return
+    apply_fn = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT[alg_name]
+    executor = getattr(apply_fn, "__self__", None)
+    if executor is not None and getattr(executor, "is_init", False):
+        executor.reset_model()
+
+
+def _failure(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".splitlines()[0][:160]
+    if isinstance(error, MemoryError) or "out of memory" in text.lower():
+        return f"out of memory ({text})"
+    return f"error ({text})"
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings, progress: bool = True) -> list[Row]:
+    """One method's lifelong sequence; returns one ``Row`` per edit count (failures included)."""
+    rows = [Row(method.name, t) for t in settings.edits]
+    if method.not_run:
+        for row in rows:
+            row.status = f"not run: {method.not_run}"
+        return rows
+    t_max = settings.edits[-1]
+    done: set[int] = set()
+    monitor = PeakRss()
+    model = tok = edited = None
+    try:
+        if method.prepare is not None:
+            method.prepare()  # training is not part of the editing run's memory or latency
+        with monitor, backbone.patches(), compat.cuda_to_cpu():
+            hparams = method.hparams
+            apply_fn = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT[hparams.alg_name]
+            _reset_executor(hparams.alg_name)
+            dataset = getattr(importlib.import_module("easyeditor"), settings.dataset_class)
+            data = dataset(settings.eval_json, config=hparams, size=t_max)
+            if len(data) < t_max:
+                raise ValueError(f"{settings.eval_json}: {len(data)} usable records, fewer than {t_max} edits")
+            requests = [_request(data[i]) for i in range(t_max)]
+            model, tok = backbone.load(hparams)
+
+            # Pre-edit outputs and the EMT baseline, on the unedited backbone.
+            pres = [
+                _score(model, hparams, tok, r) if settings.score else {}
+                for r in tqdm(requests, desc=f"{method.name} pre-edit", disable=not progress)
+            ]
+            emt_before = _probe(model, tok, backbone, settings)
+            latencies: list[float] = []
+            edited = model
+            bar = tqdm(total=t_max, desc=f"{method.name} edits", unit="edit", disable=not progress)
+            for i, request in enumerate(requests):
+                start = time.perf_counter()
+                edited, _ = apply_fn(model, tok, [request], hparams, copy=False, return_orig_weights=False,
+                                     keep_original_weight=False)  # fmt: skip
+                latencies.append(time.perf_counter() - start)
+                bar.update(1)
+                t = i + 1
+                if t not in settings.edits:
+                    continue
+                watch = _FiniteWatch(edited)
+                row = rows[settings.edits.index(t)]
+                if settings.score:
+                    posts = [_score(watch, hparams, tok, r) for r in requests[:t]]
+                    row.metrics = _lifelong_scores(posts, pres[:t])
+                probe = _probe(watch, tok, backbone, settings)
+                row.emt_before, row.emt_after = emt_before.accuracy, probe.accuracy
+                row.latency_s = float(np.median(latencies))
+                row.sequence = fingerprint(requests[:t])
+                done.add(t)
+                if not watch.finite:
+                    raise FloatingPointError(f"non-finite logits after edit {t}")
+            bar.close()
+    except FloatingPointError as error:
+        LOG.warning("%s: %s", method.name, error)
+        _fail(rows, done, f"NaN ({error})", include_last=True)
+    except Exception as error:  # noqa: BLE001  (any failure must show in the table, never end the comparison)
+        LOG.error("%s failed:\n%s", method.name, traceback.format_exc())
+        _fail(rows, done, _failure(error))
+    finally:
+        del model, tok, edited
+        if method.hparams is not None:
+            _reset_executor(method.hparams.alg_name)  # let the executor drop this backbone
+        gc.collect()
+    for row in rows:
+        row.peak_rss_mib = monitor.peak_mib
+    return rows
+
+
+def _fail(rows: list[Row], done: set[int], status: str, include_last: bool = False) -> None:
+    """Mark every row not completed (and, for NaN, the row that detected it) with the failure."""
+    last = max(done) if done else None
+    for row in rows:
+        if row.edits not in done or (include_last and row.edits == last):
+            row.status = status
+
+
+def _probe(model: Any, tok: Any, backbone: Backbone, settings: CompareSettings) -> ProbeResult:
+    if not settings.classification_records or backbone.load_image is None:
+        return ProbeResult(math.nan, 0, True)
+    return classification_accuracy(
+        model, tok, settings.classification_records, backbone.load_image, settings.probe_batch_size
+    )
+
+
+def compare(
+    methods: list[MethodRun],
+    backbone: Backbone,
+    settings: CompareSettings,
+    threads: int | None = None,
+    progress: bool = True,
+) -> list[Row]:
+    """Run every method on the same edit sequence; returns all rows, method by method (see module docstring)."""
+    rows: list[Row] = []
+    with _threads(threads):
+        for method in methods:
+            LOG.info("comparing %s at %s edits", method.name, settings.edits)
+            rows.extend(run_method(method, backbone, settings, progress=progress))
+    return rows

@@ -1,0 +1,239 @@
+"""What each command of the command line does, given the composed Hydra configuration.
+
+The CLI (``cli.py``) parses and validates; this module turns the configuration into the objects the comparison
+runner takes (``compare.MethodRun``, ``compare.Backbone``, ``compare.CompareSettings``), runs the command and
+writes its files into the run directory. Relative paths in the configuration are read from the working
+directory when they exist there, else from the project root (so the commands work from anywhere in a checkout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from . import archives, compat
+from .compare import Backbone, CompareSettings, MethodRun, Row, compare
+from .plots import plot
+from .probe import load_records
+from .table import markdown, write_csv
+from .toyworld.layout import PROJECT_ROOT
+
+LOG = logging.getLogger(__name__)
+
+_DATASETS = {"vqa": "VQADataset", "caption": "CaptionDataset"}
+
+
+def project_path(path: str | Path) -> Path:
+    """``path`` as given if it exists (or is absolute), else relative to the project root."""
+    path = Path(path)
+    return path if path.is_absolute() or path.exists() else PROJECT_ROOT / path
+
+
+class Runner:
+    """The commands, sharing one toy world / backbone description per run."""
+
+    def __init__(self, cfg: Any, out: Path) -> None:
+        self.cfg = cfg
+        self.out = Path(out)
+        if cfg.data.kind not in _DATASETS:
+            raise ValueError(f"data.kind={cfg.data.kind!r}: expected one of {sorted(_DATASETS)}")
+        self.world = self._world()
+        torch.set_num_threads(cfg.run.threads)
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _world(self) -> Any:
+        if self.cfg.model.toy_world is None:
+            return None
+        from . import toyworld
+
+        return toyworld.load(self.cfg.model.toy_world, progress=self.cfg.run.progress)
+
+    def _data_path(self, key: str, toy_split: str) -> Path | None:
+        value = self.cfg.data.get(key)
+        if value is not None:
+            return project_path(value)
+        if self.world is not None:
+            return self.world.split(toy_split)
+        return None
+
+    def data_paths(self) -> tuple[Path, Path, Path | None]:
+        """``(train_json, eval_json, classification_json)`` of the configured data."""
+        kind = self.cfg.data.kind
+        train = self._data_path("train_json", f"{kind}_train")
+        evaluation = self._data_path("eval_json", f"{kind}_eval")
+        if train is None or evaluation is None:
+            raise ValueError(f"data={self.cfg.data.name}: set data.train_json and data.eval_json for a real backbone")
+        return train, evaluation, self._data_path("classification_json", "classification")
+
+    def backbone(self) -> Backbone:
+        """How to build a fresh backbone: the toy world's, or EasyEdit's ``MultimodalEditor`` constructor."""
+        if self.world is not None:
+            world = self.world
+            loader = importlib.import_module("easyedit_liveedit.toyworld.evaluate").ImageLoader(
+                world.layout.images, world.config.image_size
+            )
+            return Backbone(load=lambda h: (world.load_model(), world.tokenizer()), patches=world.easyedit_patches,
+                            load_image=loader)  # fmt: skip
+
+        def load(hparams: Any) -> tuple[Any, Any]:
+            editor = importlib.import_module("easyedit_liveedit").MultimodalEditor(hparams)
+            return editor.model.eval(), editor.tok
+
+        def load_image(relative: str) -> torch.Tensor:
+            from PIL import Image
+
+            processors = importlib.import_module("easyeditor.dataset.processor.blip_processors")
+            processor = processors.BlipImageEvalProcessor(image_size=364, mean=None, std=None)
+            image_root = Path(self.cfg.data.get("image_root") or ".")
+            with Image.open(image_root / relative) as image:
+                return processor(image.convert("RGB"))
+
+        return Backbone(load=load, patches=contextlib.nullcontext, load_image=load_image)
+
+    def settings(self, score: bool = True) -> CompareSettings:
+        _, evaluation, classification = self.data_paths()
+        records = None
+        if classification is not None and classification.is_file():
+            records = load_records(classification, self.cfg.run.probe_limit)
+        return CompareSettings(
+            eval_json=str(evaluation),
+            dataset_class=_DATASETS[self.cfg.data.kind],
+            edits=list(self.cfg.run.edits),
+            classification_records=records,
+            score=score,
+        )
+
+    def method_run(self, method_cfg: Any, force_train: bool | None = None) -> MethodRun:
+        """A ``MethodRun`` for one method config: hparams loaded, archive trained on demand, or why it cannot run."""
+        name = method_cfg.name
+        editing_yaml = project_path(method_cfg.hparams)
+        if not editing_yaml.is_file():
+            reason = f"no {method_cfg.hparams}"
+            if method_cfg.requires:
+                reason += f"; {name} needs {method_cfg.requires}, not available offline here"
+            return MethodRun(name, not_run=reason)
+        hparams = archives.load_hparams(name, editing_yaml, dict(method_cfg.overrides))
+        if not hasattr(hparams, "model_parallel"):
+            # MEND.__init__ reads it; the wheel's editing hparams lack it (compat section 5 covers training only).
+            hparams.model_parallel = False
+        if self.world is not None:
+            self.world.apply_paths(hparams)
+        if method_cfg.training_hparams is None:
+            return MethodRun(name, hparams=hparams)
+        training = archives.load_hparams(
+            name, project_path(method_cfg.training_hparams), dict(method_cfg.training_overrides), training=True
+        )
+        if self.world is not None:
+            self.world.apply_paths(training)
+        training.results_dir = str(project_path(self.cfg.run.archive_dir))
+        if self.cfg.run.train_steps is not None:
+            training.max_iters = self.cfg.run.train_steps
+        archive = project_path(method_cfg.archive) if method_cfg.archive else archives.archive_path(training)
+        hparams.archive = str(archive)
+        retrain = self.cfg.run.retrain if force_train is None else force_train
+        train_json, _, _ = self.data_paths()
+
+        def prepare() -> None:
+            if archive.is_file() and not retrain:
+                LOG.info("%s: using the archive %s", name, archive)
+                return
+            if method_cfg.archive:
+                raise FileNotFoundError(f"method.archive={method_cfg.archive!r} does not exist")
+            patches = self.world.easyedit_patches if self.world is not None else compat.cuda_to_cpu
+            written = archives.train_archive(name, training, train_json, _DATASETS[self.cfg.data.kind],
+                                             self.out / "training" / name, patches, self.cfg.run.val_size)  # fmt: skip
+            if written != archive:
+                raise RuntimeError(f"{name}: the trainer wrote {written}, expected {archive}")
+
+        return MethodRun(name, hparams=hparams, prepare=prepare)
+
+    def _methods(self, names: list[str]) -> list[MethodRun]:
+        from .cli import method_config
+
+        return [self.method_run(method_config(self.cfg, name)) for name in names]
+
+    # ---------------------------------------------------------------------------------------- commands
+    def _report(self, rows: list[Row], title: str) -> str:
+        from .cli import dump
+
+        text = markdown(rows)
+        (self.out / "table.md").write_text(f"# {title}\n\n{text}")
+        write_csv(rows, self.out / "table.csv")
+        dump(rows, self.out / "rows.json")
+        plot(rows, self.out / "plot.png", title=title)
+        return text
+
+    def _title(self, what: str) -> str:
+        c = self.cfg
+        return f"{what}: model={c.model.name} data={c.data.name} edits={list(c.run.edits)}"
+
+    def train(self) -> str:
+        """Meta-train the selected method's archive (again, if it exists); returns where it is."""
+        run = self.method_run(self.cfg.method, force_train=True)
+        if run.not_run:
+            raise RuntimeError(f"{run.name} cannot be trained here: {run.not_run}")
+        if run.prepare is None:
+            return f"{run.name} needs no training"
+        run.prepare()
+        (self.out / "archive.txt").write_text(f"{run.hparams.archive}\n")
+        return f"{run.name} archive: {run.hparams.archive}"
+
+    def edit(self) -> str:
+        """The selected method's lifelong sequence, scored after each of ``run.edits``."""
+        rows = compare(self._methods([self.cfg.method.name]), self.backbone(), self.settings(),
+                       threads=self.cfg.run.threads, progress=self.cfg.run.progress)  # fmt: skip
+        return self._report(rows, self._title(f"edit {self.cfg.method.name}"))
+
+    def compare(self) -> str:
+        """Every method of ``run.methods`` on the same sequence."""
+        rows = compare(self._methods(list(self.cfg.run.methods)), self.backbone(), self.settings(),
+                       threads=self.cfg.run.threads, progress=self.cfg.run.progress)  # fmt: skip
+        return self._report(rows, self._title("compare"))
+
+    def probe(self) -> str:
+        """The EMT probe only: classification accuracy before and after each of ``run.edits`` edits."""
+        settings = self.settings(score=False)
+        if not settings.classification_records:
+            raise ValueError(f"data={self.cfg.data.name}: no classification records (data.classification_json)")
+        rows = compare(self._methods([self.cfg.method.name]), self.backbone(), settings,
+                       threads=self.cfg.run.threads, progress=self.cfg.run.progress)  # fmt: skip
+        return self._report(rows, self._title(f"EMT probe {self.cfg.method.name}"))
+
+    def diagnose(self) -> str:
+        """The NaN guard on EasyEdit's MEND (and LiveEdit on the same sequence), with this run's archives."""
+        from .cli import method_config
+        from .diagnostics import nan_guard
+
+        d = self.cfg.diagnose
+        _, evaluation, _ = self.data_paths()
+        mend = self.method_run(method_config(self.cfg, "MEND"))
+        if mend.not_run:
+            raise RuntimeError(f"MEND cannot run here: {mend.not_run}")
+        mend.prepare()
+        argv = ["--hparams", str(self._yaml_copy(mend.hparams, "mend.yaml")), "--archive", mend.hparams.archive,
+                "--data", str(evaluation), "--edits", str(d.edits), "--out", str(self.out), "--mode", d.mode,
+                "--precision", d.precision, "--edit-lr-scale", str(d.edit_lr_scale),
+                "--threads", str(self.cfg.run.threads)]  # fmt: skip
+        if d.with_liveedit:
+            live = self.method_run(method_config(self.cfg, "LiveEdit"))
+            if live.not_run is None:
+                live.prepare()
+                argv += ["--liveedit-hparams", str(self._yaml_copy(live.hparams, "liveedit.yaml"))]
+        LOG.info("nan_guard %s", " ".join(argv))
+        status = nan_guard.main(argv)
+        return f"nan_guard exit status {status}"
+
+    def _yaml_copy(self, hparams: Any, name: str) -> Path:
+        """The hparams as a YAML file in the run directory (toy-world paths and archive already applied)."""
+        from dataclasses import fields
+
+        values = {f.name: getattr(hparams, f.name) for f in fields(hparams) if f.name != "source"}
+        path = self.out / name
+        path.write_text(yaml.safe_dump(values, sort_keys=False))
+        return path
