@@ -152,3 +152,22 @@ def test_small_build_is_deterministic(small_world, tmp_path):
 def test_unknown_config_name_is_rejected():
     with pytest.raises(ValueError, match="toy world config 'huge'"):
         toyworld.build("huge")
+
+
+def test_multimodal_editor_builds_the_toy_backbone(small_world):
+    """EasyEdit's MultimodalEditor, from the toy MEND YAML, builds the pretrained toy model itself."""
+    mend_hparams = importlib.import_module("easyeditor.models.mend.mend_multimodal_hparams")
+    hparams = small_world.apply_paths(
+        mend_hparams.MENDMultimodalHparams.from_hparams(str(PROJECT_ROOT / "hparams/MEND/toy-blip2.yaml"))
+    )
+    editors = importlib.import_module("easyeditor.editors.multimodal_editor")
+    with small_world.easyedit_patches():
+        editor = editors.MultimodalEditor.from_hparams(hparams)
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    size = small_world.config.image_size
+    assert editor.vis_tok(Image.new("RGB", (64, 64), "white")).shape == (3, size, size)
+    saved = load_file(str(small_world.layout.checkpoint))
+    assert torch.equal(editor.model.query_tokens.detach(), saved["query_tokens"])
+    assert type(editor.tok).__name__ == "GPT2Tokenizer"

@@ -7,7 +7,8 @@ Each becomes an RGB PNG of ``size`` x ``size`` pixels (bicubic upscaling, dark i
 geometric transform: a rotation of +-10..15 degrees, a scale of 0.85..1.0 and a shift of at most one source
 pixel, drawn per image from a seeded generator. The digit, writer and stroke are unchanged, so every
 question about the image has the same answer on both views, yet the pixels differ (the model cannot match
-the view by memorised pixels).
+the view by memorised pixels). Pretraining shows the model train scans through fresh views of the same
+family (``pretrain.random_views``), never the eval scans or their views.
 """
 
 from __future__ import annotations
