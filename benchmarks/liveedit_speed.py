@@ -1,0 +1,122 @@
+"""Speed and memory of LiveEdit on the toy world's backbone: edit latency, inference overhead, bytes per expert.
+
+Usage (from the project root, after `make setup`):
+    .venv/bin/python benchmarks/liveedit_speed.py [--archive PATH] [--experts 1000 100000] [--repeats 30]
+
+Measures, at batch 1 and batch 8 on the default toy world:
+- edit latency: `LiveEdit.add_edits` (the backbone up to layer l_e + the expert generator) against one full
+  forward pass of the unedited backbone on the same sample;
+- inference: a forward pass with N experts in the library against the unedited forward pass. The library is
+  filled with the experts of real edits (eval records, one partial forward each); beyond the number of eval
+  records the real experts are repeated with small noise on keys and factors, which exercises routing over N
+  experts (what scales with N) while the number of experts that pass the hard filter stays realistic;
+- bytes per expert (`ExpertLibrary.bytes_per_expert`).
+Median wall-clock time of `--repeats` runs after warm-up; torch uses one thread (as the toy world does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import easyedit_liveedit  # noqa: F401  (registers LiveEdit, applies the EasyEdit shims)
+from easyedit_liveedit import LiveEditMultimodalHparams, toyworld
+from easyedit_liveedit.editor import LiveEdit
+from easyedit_liveedit.modules import Experts
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def eval_samples(world: toyworld.ToyWorld, hparams: LiveEditMultimodalHparams, n: int, offset: int = 0) -> list[dict]:
+    """EasyEdit-format edit samples (src + alt, image) for eval records ``offset..offset+n``."""
+    from easyeditor.evaluate.evaluate import prepare_multimodal_edit
+
+    from easyedit_liveedit.toyworld.evaluate import ImageLoader
+
+    records = json.loads(world.split("vqa_eval").read_text())[offset : offset + n]
+    load = ImageLoader(world.layout.images, world.config.image_size)
+    tok = world.tokenizer()
+    return [prepare_multimodal_edit(hparams, tok, r["alt"], r["src"], load(r["image"])) for r in records]
+
+
+def batch_of(samples: list[dict]) -> dict:
+    return {
+        "image": torch.cat([s["image"] for s in samples]),
+        "text_input": [t for s in samples for t in s["text_input"]],
+        "prompts_len": [n for s in samples for n in s["prompts_len"]],
+        "labels": [""] * len(samples),
+    }
+
+
+def fill_library(editor: LiveEdit, real: list[dict], n: int, seed: int = 0) -> None:
+    """``n`` experts: those of the real edits, then noisy copies of them."""
+    editor.reset()
+    made = [editor.make_experts(s) for s in real]
+    base = Experts(*(torch.cat([getattr(e, f) for e in made]) for f in ("psi", "phi", "U", "V")))
+    editor.library.add(base)
+    g = torch.Generator().manual_seed(seed)
+    while len(editor.library) < n:
+        take = min(len(base), n - len(editor.library))
+        noisy = Experts(*(t[:take] + 0.05 * t[:take].std() * torch.randn(t[:take].shape, generator=g)
+                          for t in (base.psi, base.phi, base.U, base.V)))  # fmt: skip
+        editor.library.add(noisy)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archive", help="trained LiveEdit archive (default: the toy YAML's)")
+    parser.add_argument("--experts", type=int, nargs="+", default=[1000, 100000])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--real-edits", type=int, default=1000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    world = toyworld.load("default", progress=False)
+    hparams = world.apply_paths(LiveEditMultimodalHparams.from_hparams("hparams/LiveEdit/toy-blip2.yaml"))
+    model = world.load_model()
+    editor = LiveEdit(model, hparams)
+    archive = args.archive or hparams.archive
+    editor.load_state_dict(torch.load(archive, map_location="cpu", weights_only=True)["model"])
+    editor.eval()
+
+    results: dict[str, object] = {"archive": archive}
+    with torch.no_grad():
+        for batch_size in (1, 8):
+            batch = batch_of(eval_samples(world, hparams, batch_size, offset=1500))
+            forward = median_seconds(lambda b=batch: model(b), args.repeats)
+            editor.reset()
+            edit = median_seconds(lambda b=batch: editor.make_experts(b), args.repeats)
+            results[f"batch{batch_size}"] = {"forward_ms": 1e3 * forward, "edit_ms": 1e3 * edit,
+                                             "edit_over_forward": edit / forward}  # fmt: skip
+        real = eval_samples(world, hparams, args.real_edits)
+        for n in args.experts:
+            fill_library(editor, real, n)
+            for batch_size in (1, 8):
+                batch = batch_of(eval_samples(world, hparams, batch_size, offset=1500))
+                forward = median_seconds(lambda b=batch: model(b), args.repeats)
+                routed = median_seconds(lambda b=batch: editor(b), args.repeats)
+                fired = sum(len(row) for row in editor.routing_report(batch)) / batch_size
+                results[f"experts{n}_batch{batch_size}"] = {
+                    "forward_ms": 1e3 * forward, "edited_ms": 1e3 * routed, "overhead": routed / forward,
+                    "experts_fired_per_input": fired,
+                }  # fmt: skip
+        results["bytes_per_expert"] = editor.library.bytes_per_expert()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
