@@ -167,3 +167,32 @@ def test_cli_prints_the_tables_and_writes_json_and_plot(small):
     data = json.loads((out / "nan_guard.json").read_text())
     assert data["runs"][0]["settings"]["normaliser_mode"] == "eval" and len(data["runs"]) == 1
     assert (out / "nan_guard.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_documented_reproduction_on_the_default_backbone(tmp_path):
+    """README "NaN guard": on the default toy backbone (fp16 as EasyEdit runs BLIP-2), EasyEdit's MEND with trained
+    normaliser statistics and 1000x its learned edit lr goes non-finite within 10 sequential edits in an edited
+    layer's fc2 output, while at the shipped values it stays finite; LiveEdit stays finite on the same sequence.
+
+    Trains the MEND archive with EasyEdit's MultimodalTrainer (500 steps of hparams/TRAINING/MEND/toy-blip2.yaml).
+    """
+    config = yaml.safe_load((ROOT / "hparams/TRAINING/MEND/toy-blip2.yaml").read_text())
+    config["results_dir"] = str(tmp_path)
+    train_yaml = tmp_path / "train.yaml"
+    train_yaml.write_text(yaml.safe_dump(config))
+    archive = tmp_path / "models/MEND/blip2"
+    common = ["--hparams", str(ROOT / "hparams/MEND/toy-blip2.yaml"), "--archive", str(archive), "--edits", "10"]
+    training = ["--train-hparams", str(train_yaml), "--train-steps", "500"]
+    live = ["--liveedit-hparams", str(ROOT / "hparams/LiveEdit/toy-blip2.yaml"), "--liveedit-edits", "100"]
+    failing = nan_guard.run(
+        nan_guard.parse_args(
+            common + training + live + ["--mode", "eval", "--edit-lr-scale", "1000", "--out", str(tmp_path / "a")]
+        )
+    )
+    mend, liveedit = failing
+    assert mend.failure is not None and mend.failure.kind == "activation_overflow"
+    assert mend.failure.edit < 10 and mend.failure.module.endswith("fc2")
+    assert liveedit.failure is None and len(liveedit.edits) == 100
+    shipped = nan_guard.run(nan_guard.parse_args(common + ["--out", str(tmp_path / "b")]))
+    assert shipped[0].failure is None and shipped[0].settings["normaliser_mode"] == "train"

@@ -50,7 +50,8 @@ def train_mend_archive(
     config = copy.deepcopy(training_hparams)
     if steps is not None:
         config.max_iters = steps
-    config.val_interval = min(config.val_interval, max(config.max_iters // 2, 1))  # save at least once
+    # EasyEdit saves the archive only at a validation, and its loop stops at step max_iters - 1: validate there
+    config.val_interval = min(config.val_interval, max(config.max_iters - 1, 1))
     config.final_eval = False  # the run only needs the archive; EasyEdit saves it at each validation
     config.debug = False  # EasyEdit skips saving when debug is set and save is not
     with contextlib.ExitStack() as stack:
