@@ -78,15 +78,21 @@ def _restore_moved_transformers_helpers() -> list[str]:
     return missing
 
 
-# --- 3. `cuda:{device}` hard-coded across the wheel ------------------------------------------------------
+# --- 3. `cuda:{device}` and `device: 0` hard-coded across the wheel ---------------------------------------
 # `MultimodalEditor.__init__/edit`, the MEND/SERAC executors, `MEND.__init__`, `SERAC.__init__` and the
-# evaluate helpers build `f"cuda:{hparams.device}"` whatever the hparams say. On a machine without CUDA,
-# this mode rewrites any CUDA device that reaches a torch call into the CPU while it is active. Devices
-# are the only thing it touches; it is a no-op when CUDA is available.
+# evaluate helpers build `f"cuda:{hparams.device}"` whatever the hparams say; EasyEdit's YAMLs say `device: 0`,
+# which reaches `tensor.to(0)` (`VQADataset.collate_fn`'s `dict_to`) and `module.to(0)` (`BaseTrainer`). On a
+# machine without CUDA these fail. While active, this mode rewrites every CUDA device (string, torch.device, or
+# an integer index given to `Tensor.to` / `Module.to`, which parses it with `torch._C._nn._parse_to`) that
+# reaches a torch call into the CPU. Devices are the only thing it touches; it is a no-op when CUDA exists.
 def _is_cuda(device: Any) -> bool:
     if isinstance(device, torch.device):
         return device.type == "cuda"
     return isinstance(device, str) and device.startswith("cuda")
+
+
+def _is_cuda_or_index(device: Any) -> bool:
+    return _is_cuda(device) or (isinstance(device, int) and not isinstance(device, bool))
 
 
 class _CudaToCpu(TorchFunctionMode):
@@ -94,16 +100,18 @@ class _CudaToCpu(TorchFunctionMode):
         kwargs = dict(kwargs or {})
         if func is torch.Tensor.cuda:  # tensor.cuda(device=None, non_blocking=False)
             return args[0].to("cpu")
-        if _is_cuda(kwargs.get("device")):
+        moves = func is torch.Tensor.to or func is torch._C._nn._parse_to  # take the device positionally too
+        is_device = _is_cuda_or_index if moves else _is_cuda
+        if is_device(kwargs.get("device")):
             kwargs["device"] = "cpu"
-        if func is torch.Tensor.to:  # tensor.to(device, ...) takes the device positionally too
-            args = tuple("cpu" if _is_cuda(a) else a for a in args)
+        if moves:
+            args = tuple("cpu" if _is_cuda_or_index(a) else a for a in args)
         return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
 def cuda_to_cpu() -> Iterator[None]:
-    """Run EasyEdit code that hard-codes ``cuda:{device}`` on the CPU when CUDA is unavailable."""
+    """Run EasyEdit code that hard-codes ``cuda:{device}`` or ``device: 0`` on the CPU when CUDA is unavailable."""
     if torch.cuda.is_available():
         yield
         return
@@ -236,38 +244,7 @@ def blip2_checkpoint(path: str | Any) -> Iterator[None]:
         blip2_opt.__init__ = original_init
 
 
-# --- 9. Integer device indices, which section 3 does not treat as CUDA ----------------------------------------
-# EasyEdit's YAMLs say `device: 0`; `VQADataset.collate_fn` then calls `dict_to(batch, 0)` -> `tensor.to(0)`
-# (and `BatchEncoding.to(0)`), `BaseTrainer` calls `module.to(config.device)`; on a machine without CUDA these
-# fail with "Cannot access accelerator device when none is available". Section 3 rewrites CUDA strings and
-# torch.device objects only. Without CUDA, this mode maps integer device indices given to `Tensor.to` and
-# `Module.to` (parsed by `torch._C._nn._parse_to`) to the CPU; like section 3 it touches devices only.
-# (Candidate to fold into section 3.)
-def _cuda_or_index(device: Any) -> bool:
-    return _is_cuda(device) or (isinstance(device, int) and not isinstance(device, bool))
-
-
-class _DeviceArgumentsToCpu(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        if func is torch._C._nn._parse_to or func is torch.Tensor.to:
-            if _cuda_or_index(kwargs.get("device")):
-                kwargs["device"] = "cpu"
-            args = tuple("cpu" if _cuda_or_index(a) else a for a in args)
-        return func(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def device_arguments_to_cpu() -> Iterator[None]:
-    """Run ``module.to("cuda:N")`` and ``tensor.to(N)`` on the CPU when CUDA is unavailable (see section 9)."""
-    if torch.cuda.is_available():
-        yield
-        return
-    with _DeviceArgumentsToCpu():
-        yield
-
-
-# --- 10. MEND's multimodal executor passes label strings -------------------------------------------------------
+# --- 9. MEND's multimodal executor passes label strings -------------------------------------------------------
 # `MendMultimodalRewriteExecutor.apply_to_model` (ALG_MULTIMODAL_DICT['MEND']) builds `labels = trg`, the target
 # strings, and hands them to `MEND.edit`, whose loss (`masked_log_probs`) needs token ids: every multimodal MEND
 # edit through EasyEdit's editor fails with "'list' object has no attribute 'clone'". `MEND.edit` is wrapped so

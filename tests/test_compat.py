@@ -53,6 +53,8 @@ def test_easyeditor_qformer_imports_with_the_moved_helpers():
 def test_cuda_device_still_fails_on_this_machine():
     with pytest.raises((AssertionError, RuntimeError)):
         torch.zeros(1).to("cuda:0")
+    with pytest.raises(RuntimeError):  # EasyEdit's `device: 0`
+        torch.zeros(1).to(0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA redirect is a no-op where CUDA exists")
@@ -63,7 +65,12 @@ def test_cuda_to_cpu_redirects_every_way_easyeditor_names_cuda():
         made = torch.zeros(2, device=torch.device("cuda:0"))
         moved = torch.ones(2).cuda()
         positional = torch.ones(2).to("cuda:1", torch.float16)
-    assert {layer.weight.device.type, made.device.type, moved.device.type, positional.device.type} == {"cpu"}
+        index = torch.ones(2).to(0)
+        keyword_index = torch.ones(2).to(device=0)
+        module_index = torch.nn.Linear(2, 2).to(0)
+        assert torch.ones(2).to(torch.float64).dtype == torch.float64  # dtypes pass through
+    moved_tensors = (layer.weight, made, moved, positional, index, keyword_index, module_index.weight)
+    assert {t.device.type for t in moved_tensors} == {"cpu"}
     assert positional.dtype == torch.float16
     # Outside the context, nothing is redirected.
     with pytest.raises((AssertionError, RuntimeError)):

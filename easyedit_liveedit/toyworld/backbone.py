@@ -127,12 +127,11 @@ def easyedit_patches(layout: Layout, image_size: int) -> Iterator[None]:
     Inside it: ``Blip2OPT`` builds the ToyViT (compat section 4), EasyEdit's datasets and ``MultimodalEditor``
     process images at ``image_size`` (section 7), and every ``Blip2OPT`` loads ``blip2.safetensors`` with its
     number of query tokens (section 8); without CUDA, EasyEdit's hard-coded ``cuda:{device}`` and its YAMLs'
-    ``device: 0`` run on the CPU (sections 3 and 9; both are no-ops when CUDA is available). Keep the context
+    ``device: 0`` run on the CPU (section 3; a no-op when CUDA is available). Keep the context
     open for as long as EasyEdit code runs (datasets move batches to the device when they collate).
     """
     with contextlib.ExitStack() as stack:
         stack.enter_context(compat.cuda_to_cpu())
-        stack.enter_context(compat.device_arguments_to_cpu())
         stack.enter_context(compat.vision_tower_builder(build_vision_tower))
         stack.enter_context(compat.image_processor_size(image_size))
         stack.enter_context(compat.blip2_checkpoint(layout.checkpoint))
