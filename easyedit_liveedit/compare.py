@@ -297,11 +297,17 @@ def compare(
     settings: CompareSettings,
     threads: int | None = None,
     progress: bool = True,
+    on_method_done: Callable[[list[Row]], None] | None = None,
 ) -> list[Row]:
-    """Run every method on the same edit sequence; returns all rows, method by method (see module docstring)."""
+    """Run every method on the same edit sequence; returns all rows, method by method (see module docstring).
+
+    ``on_method_done(rows_so_far)`` is called after each method, so a long run can write its table as it goes.
+    """
     rows: list[Row] = []
     with _threads(threads):
         for method in methods:
             LOG.info("comparing %s at %s edits", method.name, settings.edits)
             rows.extend(run_method(method, backbone, settings, progress=progress))
+            if on_method_done is not None:
+                on_method_done(list(rows))
     return rows

@@ -44,6 +44,7 @@ class Runner:
         if cfg.data.kind not in _DATASETS:
             raise ValueError(f"data.kind={cfg.data.kind!r}: expected one of {sorted(_DATASETS)}")
         self.world = self._world()
+        self.rows: list[Row] = []  # the last table, for callers that want the rows rather than the text
         torch.set_num_threads(cfg.run.threads)
 
     # ------------------------------------------------------------------------------------------ setup
@@ -162,6 +163,7 @@ class Runner:
     def _report(self, rows: list[Row], title: str) -> str:
         from .cli import dump
 
+        self.rows = rows
         text = markdown(rows)
         (self.out / "table.md").write_text(f"# {title}\n\n{text}")
         write_csv(rows, self.out / "table.csv")
@@ -192,9 +194,11 @@ class Runner:
 
     def compare(self) -> str:
         """Every method of ``run.methods`` on the same sequence."""
+        title = self._title("compare")
         rows = compare(self._methods(list(self.cfg.run.methods)), self.backbone(), self.settings(),
-                       threads=self.cfg.run.threads, progress=self.cfg.run.progress)  # fmt: skip
-        return self._report(rows, self._title("compare"))
+                       threads=self.cfg.run.threads, progress=self.cfg.run.progress,
+                       on_method_done=lambda done: self._report(done, title + " (partial)"))  # fmt: skip
+        return self._report(rows, title)
 
     def probe(self) -> str:
         """The EMT probe only: classification accuracy before and after each of ``run.edits`` edits."""

@@ -1,8 +1,8 @@
 """The command line as users run it: ``python -m easyedit_liveedit <command> overrides...`` in a subprocess.
 
-One real run (``compare`` on the small toy world: trains both archives for two steps, then edits) and one
-``--multirun`` sweep over methods that reuses those archives; the bad-argument cases run in parallel with the
-first, since each subprocess spends most of its time importing EasyEdit.
+One real run, a ``--multirun`` sweep of ``edit`` over every method on the small toy world (with archives trained
+for two steps by the compare tests' helper), and the bad-argument cases, all started at once, since each
+subprocess spends most of its time importing EasyEdit.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_compare import small_archives
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["model.toy_world=small", "run.edits=[1,2]", "run.probe_limit=4", "run.threads=1", "run.progress=false"]
@@ -32,18 +33,21 @@ def _finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def runs(small_world, tmp_path_factory):
-    """The compare run and the bad-argument runs, started together; then the multirun that reuses archives."""
+    """A multirun sweep over every method, the bare command and bad arguments, started together."""
     base = tmp_path_factory.mktemp("cli")
-    common = [*SMALL, f"run.output_dir={base / 'out'}", f"run.archive_dir={base / 'archives'}"]
+    common = [
+        *SMALL,
+        f"run.output_dir={base / 'out'}",
+        f"run.archive_dir={small_archives(tmp_path_factory, small_world)}",
+    ]
     started = {
-        "compare": _start(["compare", *common, "run.train_steps=2", "run.val_size=4"], base),
+        "multirun": _start(["edit", *common, "--multirun", "method=LiveEdit,MEND,SERAC,IKE"], base),
+        "bare": _start([], base),
         "bad_option": _start(["edit", "method=NOPE", *common], base),
         "bad_key": _start(["edit", "run.no_such_key=1", *common], base),
         "bad_command": _start(["comparre", *common], base),
     }
-    results = {name: _finish(p) for name, p in started.items()}
-    results["multirun"] = _finish(_start(["edit", "--multirun", "method=LiveEdit,MEND", *common], base))
-    return base, results
+    return base, {name: _finish(p) for name, p in started.items()}
 
 
 def _table(run_dir: Path) -> list[dict[str, str]]:
@@ -51,38 +55,39 @@ def _table(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_compare_writes_config_log_table_and_plot(runs):
-    base, results = runs
-    result = results["compare"]
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (base / "out" / "compare").iterdir()
-    for name in ("config.yaml", ".hydra/config.yaml", "easyedit-liveedit.log", "table.md", "table.csv", "plot.png"):
-        assert (run_dir / name).is_file(), name
-    rows = _table(run_dir)
-    assert [(r["Method"], r["Edits"]) for r in rows] == [
-        (m, t) for m in ("LiveEdit", "MEND", "SERAC", "IKE") for t in ("1", "2")
-    ]
-    status = {r["Method"]: r["Status"] for r in rows}
-    assert status["LiveEdit"] == status["MEND"] == "ok"
-    assert status["SERAC"].startswith("not run:") and status["IKE"].startswith("not run:")
-    assert "| LiveEdit | 2 | ok |" in result.stdout  # the Markdown table is the command's output
-    for method in ("LiveEdit", "MEND"):  # trained by the run, where run.archive_dir says
-        assert (base / "archives" / "models" / method / "blip2").is_file()
-
-
-def test_multirun_sweeps_methods_with_their_archives(runs):
+def test_multirun_sweeps_methods_and_writes_config_log_table_and_plot(runs):
     base, results = runs
     result = results["multirun"]
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (base / "out" / "multirun").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["0_edit_LiveEdit", "1_edit_MEND"]
-    for job, method in zip(jobs, ("LiveEdit", "MEND"), strict=True):
-        rows = _table(sweep / job)
-        assert [(r["Method"], r["Status"]) for r in rows] == [(method, "ok"), (method, "ok")]
-    # both methods edited the same records: the sequence fingerprints agree at each edit count
-    fingerprints = [[r["Sequence"] for r in _table(sweep / job)] for job in jobs]
-    assert fingerprints[0] == fingerprints[1]
+    assert jobs == ["0_edit_LiveEdit", "1_edit_MEND", "2_edit_SERAC", "3_edit_IKE"]
+    for job in jobs:
+        for name in (
+            "config.yaml",
+            ".hydra/config.yaml",
+            "easyedit-liveedit.log",
+            "table.md",
+            "table.csv",
+            "plot.png",
+        ):
+            assert (sweep / job / name).is_file(), (job, name)
+    tables = {job.split("_")[-1]: _table(sweep / job) for job in jobs}
+    for method, rows in tables.items():
+        assert [(r["Method"], r["Edits"]) for r in rows] == [(method, "1"), (method, "2")]
+        expected = "ok" if method in ("LiveEdit", "MEND") else "not run:"
+        assert all(r["Status"].startswith(expected) for r in rows), rows
+    # both editors edited the same records: the sequence fingerprints agree at each edit count
+    assert [r["Sequence"] for r in tables["LiveEdit"]] == [r["Sequence"] for r in tables["MEND"]]
+    assert "| LiveEdit | 2 | ok |" in result.stdout  # the Markdown table is the command's output
+    assert "edits=[1, 2]" in (sweep / jobs[0] / "table.md").read_text()  # the override reached the run
+
+
+def test_bare_command_prints_usage_and_easyedit_tables(runs):
+    result = runs[1]["bare"]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: easyedit-liveedit")
+    assert "LiveEdit     easyedit_liveedit.liveedit_main.apply_liveedit_to_multimodal_model" in result.stdout
 
 
 def test_bad_group_option_names_the_group_and_the_choices(runs):

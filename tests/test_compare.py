@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -35,23 +36,19 @@ def _hparams(world, method: str, training: bool = False, **overrides):
     return world.apply_paths(hparams)
 
 
-@pytest.fixture(scope="module")
-def trained(small_world, tmp_path_factory):
-    """LiveEdit and MEND archives, two steps of EasyEdit's trainer loop each (only their existence matters)."""
-    root = tmp_path_factory.mktemp("archives")
-    paths = {}
+def small_archives(tmp_path_factory, world) -> Path:
+    """LiveEdit and MEND archives for the small world, two steps of EasyEdit's trainer loop each (only their
+    existence matters); trained once per test session into ``<basetemp>/compare-archives`` (the CLI tests reuse
+    them through ``run.archive_dir``)."""
+    root = tmp_path_factory.getbasetemp() / "compare-archives"
     for method in ("LiveEdit", "MEND"):
-        training = _hparams(small_world, method, training=True, max_iters=2, results_dir=str(root))
-        paths[method] = archives.train_archive(
-            method,
-            training,
-            small_world.split("vqa_train"),
-            "VQADataset",
-            root / f"split-{method}",
-            small_world.easyedit_patches,
-            val_size=4,
-        )
-    return paths
+        training = _hparams(world, method, training=True, max_iters=2, results_dir=str(root))
+        if not archives.archive_path(training).is_file():
+            archives.train_archive(
+                method, training, world.split("vqa_train"), "VQADataset", root / f"split-{method}",
+                world.easyedit_patches, val_size=4,
+            )  # fmt: skip
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +72,24 @@ def _broken_prepare() -> None:
 
 
 @pytest.fixture(scope="module")
-def rows(small_world, trained, backbone, settings):
-    methods = []
-    for name in ("LiveEdit", "MEND"):
-        methods.append(MethodRun(name, hparams=_hparams(small_world, name, archive=str(trained[name]))))
-    methods += [
-        MethodRun("SERAC", not_run="no hparams/SERAC/toy-blip2.yaml"),
-        MethodRun("IKE", not_run="no sentence encoder offline"),
-        MethodRun("Broken", hparams=_hparams(small_world, "MEND"), prepare=_broken_prepare),
-    ]
-    return compare(methods, backbone, settings, threads=1, progress=False)
+def rows(small_world, tmp_path_factory, backbone, settings):
+    """``compare`` through the composed Hydra configuration (as the CLI runs it), plus a method that crashes."""
+    from hydra import compose, initialize_config_module
+
+    from easyedit_liveedit.config import register_configs
+    from easyedit_liveedit.runner import Runner
+
+    archive_dir = small_archives(tmp_path_factory, small_world)
+    register_configs()
+    with initialize_config_module("easyedit_liveedit.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "command=compare", "model.toy_world=small", "run.edits=[3,1]", "run.probe_limit=6", "run.threads=1",
+            "run.progress=false", f"run.archive_dir={archive_dir}",
+        ])  # fmt: skip
+    runner = Runner(cfg, tmp_path_factory.mktemp("compare-run"))
+    runner.compare()
+    broken = MethodRun("Broken", hparams=_hparams(small_world, "MEND"), prepare=_broken_prepare)
+    return runner.rows + compare([broken], backbone, settings, threads=1, progress=False)
 
 
 def test_every_method_appears_at_every_edit_count(rows):
@@ -127,8 +132,8 @@ def test_every_method_edits_the_identical_sequence(rows, small_world, settings):
 
 def test_failures_are_rows_not_gaps(rows):
     by_method = {r.method: r for r in rows}
-    assert by_method["SERAC"].status == "not run: no hparams/SERAC/toy-blip2.yaml"
-    assert by_method["IKE"].status.startswith("not run:")
+    assert by_method["SERAC"].status.startswith("not run: no hparams/SERAC/toy-blip2.yaml; SERAC needs")
+    assert by_method["IKE"].status.startswith("not run: no hparams/IKE/toy-blip2.yaml; IKE needs a sentence encoder")
     broken = [r for r in rows if r.method == "Broken"]
     assert all(r.status == "error (RuntimeError: archive is corrupt)" for r in broken)
     assert all(not r.metrics for r in broken)
