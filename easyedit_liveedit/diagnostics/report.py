@@ -104,8 +104,8 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def format_table(run: RunReport) -> str:
-    """Fixed-width text table: one row per edit, then the summary sentence."""
+def format_table(run: RunReport, max_rows: int | None = 40) -> str:
+    """Fixed-width text table: one row per edit (the first and last rows only past ``max_rows``), then the summary."""
     header = ("edit", "loss", "sum|W|", "max dW/W", "logit min", "logit max", "headroom", "tightest module", "status")
     rows = []
     for r in run.edits:
@@ -123,6 +123,10 @@ def format_table(run: RunReport) -> str:
                 status,
             )
         )
+    if max_rows is not None and len(rows) > max_rows:
+        head, tail = max_rows - max_rows // 4, max_rows // 4
+        skipped = len(rows) - head - tail
+        rows = rows[:head] + [("...", f"({skipped} edits)", *[""] * (len(header) - 2))] + rows[-tail:]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = [f"== {run.editor} ==", "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
@@ -175,7 +179,8 @@ def plot_norm_history(runs: list[RunReport], path: str | os.PathLike) -> None:
         for j, name in enumerate(names):
             points = [(0, run.initial[j].norm)] + [(r.index + 1, r.weights[j].norm) for r in run.edits]
             points = [(x, y) for x, y in points if math.isfinite(y)]
-            ax.plot([x for x, _ in points], [y for _, y in points], marker=".", label=name.split("decoder.")[-1])
+            marker = "." if len(points) <= 50 else None
+            ax.plot([x for x, _ in points], [y for _, y in points], marker=marker, label=name.split("decoder.")[-1])
             spread += [y for _, y in points]
         if run.failure is not None:
             x = run.failure.edit + 1
