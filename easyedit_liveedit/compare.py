@@ -249,7 +249,9 @@ def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings,
                 watch = _FiniteWatch(edited)
                 row = rows[settings.edits.index(t)]
                 if settings.score:
-                    posts = [_score(watch, hparams, tok, r) for r in requests[:t]]
+                    scoring = tqdm(requests[:t], desc=f"{method.name} scores after {t}", leave=False,
+                                   disable=not progress)  # fmt: skip
+                    posts = [_score(watch, hparams, tok, r) for r in scoring]
                     row.metrics = _lifelong_scores(posts, pres[:t])
                 probe = _probe(watch, tok, backbone, settings)
                 row.emt_before, row.emt_after = emt_before.accuracy, probe.accuracy

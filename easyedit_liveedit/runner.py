@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,11 @@ class Runner:
 
     def settings(self, score: bool = True) -> CompareSettings:
         _, evaluation, classification = self.data_paths()
+        available, wanted = len(json.loads(evaluation.read_text())), max(self.cfg.run.edits)
+        if available < wanted:  # fail before any training, not as an error row after it
+            raise ValueError(
+                f"data={self.cfg.data.name}: {evaluation} holds {available} records, but run.edits asks for {wanted}"
+            )
         records = None
         if classification is not None and classification.is_file():
             records = load_records(classification, self.cfg.run.probe_limit)
