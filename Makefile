@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh Python 3.11 machine (no GPU, no model hub):
-#   make demo   set up .venv, then run the main job on the embedded toy world
-#   make test   set up .venv, then run the test suite (what CI runs)
+#   make demo   set up .venv, then run the main job: LiveEdit beside EasyEdit's editors on the toy world (quick preset)
+#   make test   set up .venv, then run the test suite (what CI runs; with CI set it adds the slow tests)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo compare test lint clean
 
 setup: $(STAMP)
 
@@ -23,10 +23,15 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m easyedit_liveedit
+	$(BIN)/python -m easyedit_liveedit compare run=quick
 
+compare: $(STAMP)
+	$(BIN)/python -m easyedit_liveedit compare
+
+# The default run skips tests marked slow (they build and use the full toy world); CI (CI=true) runs them too.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+	@if [ -n "$$CI" ]; then $(BIN)/python -m pytest -m slow; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
