@@ -17,11 +17,16 @@ def _seed() -> None:
 
 
 @pytest.fixture(scope="session")
-def small_world():
-    """The toy world's test-sized configuration, built once into the project cache (seconds)."""
+def small_world(tmp_path_factory):
+    """The toy world's test-sized configuration, built fresh once per test session (about ten seconds).
+
+    A fresh build, not the project cache: a cached world is reused while its configuration is unchanged, even
+    if the code that built it has changed since.
+    """
     from easyedit_liveedit import toyworld
 
-    return toyworld.build("small", progress=False)
+    cache = tmp_path_factory.getbasetemp() / "toyworld-cache"
+    return toyworld.build("small", cache=cache, progress=False, evaluate_limit=3)
 
 
 def small_liveedit_hparams(world, training: bool = False, **overrides):

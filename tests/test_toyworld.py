@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import time
 
 import pytest
 import torch
@@ -16,13 +15,6 @@ from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
 from easyedit_liveedit.toyworld.records import RECORD_FIELDS
 
 MEND_TRAINING_YAML = PROJECT_ROOT / "hparams/TRAINING/MEND/toy-blip2.yaml"
-
-
-@pytest.fixture(scope="session")
-def small_world(tmp_path_factory):
-    """The small toy world, built once per test session in a temporary cache."""
-    cache = tmp_path_factory.getbasetemp() / "toyworld-cache"
-    return toyworld.build("small", cache=cache, progress=False, evaluate_limit=3)
 
 
 @pytest.fixture(scope="session")
@@ -127,10 +119,8 @@ def test_easyedit_metric_scores_the_unedited_model(small_world, small_model, hpa
 
 
 def test_build_is_cached_and_load_is_exact(small_world, small_model, tmp_path_factory):
-    started = time.perf_counter()
     again = toyworld.load("small", cache=small_world.layout.root.parent, progress=False)
-    assert time.perf_counter() - started < 5.0
-    assert again.manifest == small_world.manifest
+    assert again.manifest == small_world.manifest  # not rebuilt: the manifest records the build's own timing
     reloaded = again.load_model()
     from safetensors.torch import load_file
 

@@ -15,17 +15,10 @@ import pytest
 import torch
 
 import easyedit_liveedit  # noqa: F401  (applies the EasyEdit shims)
-from easyedit_liveedit import toyworld
 from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
 
 MEND_TRAINING_YAML = PROJECT_ROOT / "hparams/TRAINING/MEND/toy-blip2.yaml"
 MEND_EDITING_YAML = PROJECT_ROOT / "hparams/MEND/toy-blip2.yaml"
-
-
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "toyworld-cache"
-    return toyworld.build("small", cache=cache, progress=False, evaluate_limit=3)
 
 
 @pytest.fixture(scope="module")
