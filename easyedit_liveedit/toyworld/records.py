@@ -74,6 +74,40 @@ def _two_phrasings(rng: np.random.Generator, phrasings: tuple[str, ...]) -> tupl
     return phrasings[int(first)], phrasings[int(second)]
 
 
+def _edit_record(
+    rng: np.random.Generator,
+    kind: str,
+    exclude_kind: str,
+    index: int,
+    src: str,
+    rephrase: str,
+    pred: str,
+    alternatives: list[str],
+    mloc: list[int],
+    labels: np.ndarray,
+    paths: dict,
+) -> dict:
+    """One MMEdit record about scan ``index``: its localities and a counterfactual ``alt`` drawn from ``rng``."""
+    label = int(labels[index])
+    loc, loc_ans = _text_locality(rng)
+    m_loc, m_loc_q, m_loc_a = _image_locality(rng, label, exclude_kind, mloc, labels, paths)
+    return {
+        "src": src,
+        "pred": pred,
+        "alt": alternatives[int(rng.integers(len(alternatives)))],
+        "rephrase": rephrase,
+        "image": paths[index][0],
+        "image_rephrase": paths[index][1],
+        "loc": loc,
+        "loc_ans": loc_ans,
+        "m_loc": m_loc,
+        "m_loc_q": m_loc_q,
+        "m_loc_a": m_loc_a,
+        "kind": kind,
+        "label": label,
+    }
+
+
 def vqa_records(images: list[int], labels: np.ndarray, paths: dict, mloc: list[int], seed: int) -> list[dict]:
     """E-VQA records: every image in ``images`` asked every question kind, in a seeded random order."""
     rng = np.random.default_rng([seed, 2])
@@ -84,24 +118,8 @@ def vqa_records(images: list[int], labels: np.ndarray, paths: dict, mloc: list[i
             src, rephrase = _two_phrasings(rng, kind.templates)
             pred = kind.answer(label)
             wrong = [a for a in kind.answers if a != pred]
-            loc, loc_ans = _text_locality(rng)
-            m_loc, m_loc_q, m_loc_a = _image_locality(rng, label, kind.name, mloc, labels, paths)
             records.append(
-                {
-                    "src": src,
-                    "pred": pred,
-                    "alt": wrong[int(rng.integers(len(wrong)))],
-                    "rephrase": rephrase,
-                    "image": paths[index][0],
-                    "image_rephrase": paths[index][1],
-                    "loc": loc,
-                    "loc_ans": loc_ans,
-                    "m_loc": m_loc,
-                    "m_loc_q": m_loc_q,
-                    "m_loc_a": m_loc_a,
-                    "kind": kind.name,
-                    "label": label,
-                }
+                _edit_record(rng, kind.name, kind.name, index, src, rephrase, pred, wrong, mloc, labels, paths)
             )
     order = rng.permutation(len(records))
     return [records[i] for i in order]
@@ -114,25 +132,9 @@ def caption_records(images: list[int], labels: np.ndarray, paths: dict, mloc: li
     for index in images:
         label = int(labels[index])
         src, rephrase = _two_phrasings(rng, facts.CAPTION_PROMPTS)
-        other = [d for d in range(10) if d != label]
-        loc, loc_ans = _text_locality(rng)
-        m_loc, m_loc_q, m_loc_a = _image_locality(rng, label, "", mloc, labels, paths)
+        others = [facts.caption(d) for d in range(10) if d != label]
         records.append(
-            {
-                "src": src,
-                "pred": facts.caption(label),
-                "alt": facts.caption(other[int(rng.integers(len(other)))]),
-                "rephrase": rephrase,
-                "image": paths[index][0],
-                "image_rephrase": paths[index][1],
-                "loc": loc,
-                "loc_ans": loc_ans,
-                "m_loc": m_loc,
-                "m_loc_q": m_loc_q,
-                "m_loc_a": m_loc_a,
-                "kind": "caption",
-                "label": label,
-            }
+            _edit_record(rng, "caption", "", index, src, rephrase, facts.caption(label), others, mloc, labels, paths)
         )
     return records
 
