@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 
 import pytest
 import torch
@@ -161,3 +162,27 @@ def test_multimodal_editor_builds_the_toy_backbone(small_world):
     saved = load_file(str(small_world.layout.checkpoint))
     assert torch.equal(editor.model.query_tokens.detach(), saved["query_tokens"])
     assert type(editor.tok).__name__ == "GPT2Tokenizer"
+
+
+def test_instance_contrast_is_symmetric_infonce_over_two_views(small_world, small_model):
+    """Equal embeddings for every view give uniform logits, so the loss is exactly log(n); otherwise it trains
+    the image encoder (gradient reaches the Q-Former)."""
+    size = small_world.config.image_size
+    images = torch.rand(6, 3, size, size)
+    head = torch.nn.Linear(small_model.query_tokens.shape[1] * small_model.query_tokens.shape[2], 8)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(1.0)
+    loss = pretrain.instance_contrastive_loss(small_model, head, images, torch.Generator().manual_seed(0), 0.1)
+    assert loss.item() == pytest.approx(math.log(6), rel=1e-5)
+
+    torch.nn.init.normal_(head.weight)
+    small_model.requires_grad_(True)
+    try:
+        loss = pretrain.instance_contrastive_loss(small_model, head, images, torch.Generator().manual_seed(0), 0.1)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert small_model.query_tokens.grad is not None and small_model.query_tokens.grad.abs().sum() > 0
+    finally:
+        small_model.requires_grad_(False)
+        small_model.zero_grad(set_to_none=True)

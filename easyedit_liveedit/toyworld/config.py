@@ -46,6 +46,11 @@ class ToyWorldConfig:
     lr: float = 2e-3
     warmup: int = 200
     aux_weight: float = 1.0  # digit classifier on the Q-Former output: stand-in for BLIP-2 stage 1
+    # Instance contrast between two random views of each scan: stand-in for stage 1's image-text contrastive
+    # learning, which makes image tokens describe *this* image (an MMEdit edit is about one image, not a class).
+    instance_weight: float = 1.0
+    instance_batch: int = 32  # scans per contrastive batch (each seen through two fresh views)
+    instance_temperature: float = 0.1
     # One intra-op thread: these matrices are too small to split, and on a shared 2-core machine a second
     # thread per process measured ~8x slower per op under contention.
     threads: int = 1
