@@ -383,3 +383,31 @@ def test_bare_llava_asks_to_be_wrapped_and_the_template_must_hold_one_image(tmp_
 def test_generation_counts_prompts_like_easyedit_does_for_the_family(family, editor):
     """``generate`` builds its own samples: its ``prompts_len`` must be EasyEdit's, or routing reads other tokens."""
     assert editor.adapter.prompts_len(family.model, PROMPTS) == family.samples(2)["prompts_len"]
+
+
+def test_easyedit_entry_point_and_metric_run_on_the_family(family, tmp_path):
+    """``ALG_MULTIMODAL_DICT['LiveEdit']`` with this family's ``model_name``, then EasyEdit's own accuracy metric."""
+    from easyeditor.evaluate.evaluate import compute_multimodal_edit_quality, prepare_multimodal_edit
+    from easyeditor.util.alg_dict import ALG_MULTIMODAL_DICT
+
+    from easyedit_liveedit.liveedit_main import attached_editor
+
+    untrained = LiveEdit(family.model, family.hparams())
+    torch.save({"model": untrained.state_dict(), "step": 0}, tmp_path / "liveedit.pt")
+    untrained.detach_hooks()
+    hparams = family.hparams(archive=str(tmp_path / "liveedit.pt"))
+    image = family.samples(1)["image"][0]  # (3, H, W), as MultimodalEditor's requests carry it
+    request = {"prompt": PROMPTS[0], "target": TARGETS[0], "image": image}
+    try:
+        edited, weights_copy = ALG_MULTIMODAL_DICT["LiveEdit"](family.model, family.tok, [request], hparams)
+        assert isinstance(edited, LiveEdit) and weights_copy == {} and len(edited.library) == 1
+        with torch.no_grad():
+            acc, _ = compute_multimodal_edit_quality(
+                edited, prepare_multimodal_edit(hparams, family.tok, TARGETS[0], PROMPTS[0], image)
+            )
+        assert 0.0 <= float(acc) <= 1.0
+    finally:
+        attached = attached_editor(family.model)
+        if attached is not None:  # the module-scoped model outlives this test
+            attached.detach_hooks()
+            del family.model.__dict__["_liveedit_editor"]
