@@ -145,9 +145,11 @@ def test_generation_with_kv_cache_matches_full_recomputation_with_experts(setup,
 
 
 def test_generation_counts_prompts_like_easyedit(setup):
-    _, tok, editor, context = setup
+    from easyeditor.evaluate.evaluate import prepare_multimodal_edit
+
+    _, tok, editor, (hparams, _) = setup
     prompts = ["what digit is shown ?", "what digit is shown here here ?"]
-    expected = _samples(tok, context, 2)["prompts_len"]  # EasyEdit's prepare_multimodal_edit, same prompts
+    expected = prepare_multimodal_edit(hparams, tok, ["seven", "two"], prompts, None)["prompts_len"]
     assert editor.adapter.prompts_len(editor.model, prompts) == expected
 
 
