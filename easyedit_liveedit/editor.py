@@ -203,7 +203,7 @@ class LiveEdit(nn.Module):
         """
         tok = self.adapter.tokenizer(self.model)
         prompts = list(samples["text_input"])
-        lengths = [len(tok(p, add_special_tokens=False).input_ids) for p in prompts]
+        lengths = self.adapter.prompts_len(self.model, prompts)  # counted as the edit samples were
         answers: list[str] = [""] * len(prompts)
         for length in sorted(set(lengths)):
             rows = [i for i, n in enumerate(lengths) if n == length]
@@ -220,7 +220,8 @@ class LiveEdit(nn.Module):
     def _generate_group(self, samples: dict[str, Any], tok: Any, max_new_tokens: int) -> list[str]:
         language_model = self.adapter.language_model(self.model)
         embeds, mask = self.adapter.prompt_embeddings(self.model, samples)
-        stop = {tok("\n", add_special_tokens=False).input_ids[0], tok.eos_token_id}
+        # The newline's last id: LLaMA's tokenizer encodes a lone "\n" as ["▁", "<0x0A>"].
+        stop = {tok("\n", add_special_tokens=False).input_ids[-1], tok.eos_token_id}
         generated = []
         with self._calling(_Call(samples, "route")):
             out = language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=True, return_dict=True)

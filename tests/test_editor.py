@@ -120,11 +120,12 @@ def test_batched_inference_routes_each_sample_like_alone(setup, every_expert_fir
 def _greedy_without_cache(editor, tok, image, prompt, steps):
     """Reference decoder: re-run the whole sequence through ``editor(...)`` for every new token (no KV cache)."""
     prompt_ids = tok(prompt, add_special_tokens=False).input_ids
-    stop = {tok("\n", add_special_tokens=False).input_ids[0], tok.eos_token_id}
+    stop = {tok("\n", add_special_tokens=False).input_ids[-1], tok.eos_token_id}
     new_ids: list[int] = []
     for _ in range(steps):
         text = tok.decode(prompt_ids + new_ids)
-        run = {"image": image, "text_input": [text], "prompts_len": [len(prompt_ids)], "labels": [""]}
+        # prompts_len as EasyEdit counts it for blip2 (tok.encode: BOS included), like the edit samples
+        run = {"image": image, "text_input": [text], "prompts_len": [len(tok.encode(prompt))], "labels": [""]}
         next_id = int(editor(run).logits[0, -1].argmax())
         if next_id in stop:
             break
@@ -141,6 +142,15 @@ def test_generation_with_kv_cache_matches_full_recomputation_with_experts(setup,
     answers = editor.generate({"image": edits["image"], "text_input": prompts}, max_new_tokens=4)
     for b, prompt in enumerate(prompts):
         assert answers[b] == _greedy_without_cache(editor, tok, edits["image"][b : b + 1], prompt, steps=4)
+
+
+def test_generation_counts_prompts_like_easyedit(setup):
+    from easyeditor.evaluate.evaluate import prepare_multimodal_edit
+
+    _, tok, editor, (hparams, _) = setup
+    prompts = ["what digit is shown ?", "what digit is shown here here ?"]
+    expected = prepare_multimodal_edit(hparams, tok, ["seven", "two"], prompts, None)["prompts_len"]
+    assert editor.adapter.prompts_len(editor.model, prompts) == expected
 
 
 def test_edit_contract_and_checkpoint_holds_only_the_networks(setup):

@@ -63,6 +63,16 @@ class BackboneAdapter(ABC):
     def tokenizer(self, model: nn.Module) -> Any:
         """The language model's tokenizer (decodes generated ids, finds the end-of-answer token)."""
 
+    def prompts_len(self, model: nn.Module, prompts: list[str]) -> list[int]:
+        """``prompts_len`` of ``prompts`` as EasyEdit's data code counts it for this family.
+
+        Generation builds its own samples, so it must count like the edit samples did, or the routing keys
+        would read a different set of prompt tokens. EasyEdit counts ``tok.encode(prompt)`` (special tokens
+        included) for every backbone but MiniGPT-4.
+        """
+        tok = self.tokenizer(model)
+        return [len(tok.encode(prompt)) for prompt in prompts]
+
     def check_edit_layer(self, model: nn.Module, edit_layer: int) -> None:
         """Raise ``ValueError`` naming ``edit_layer`` if the backbone has no such layer."""
         n = len(self.decoder_layers(model))
@@ -78,11 +88,28 @@ def prefix_layout(attention_mask: Tensor, num_image_tokens: int, prompts_len: li
         num_image_tokens: image tokens at the start of every sequence (0 for text-only inputs).
         prompts_len: text tokens of each sample's prompt.
     """
-    B, T = attention_mask.shape
-    positions = torch.arange(T, device=attention_mask.device)[None]  # (1, T)
-    prompt_end = num_image_tokens + torch.tensor(prompts_len, device=attention_mask.device)[:, None]  # (B, 1)
+    return span_layout(attention_mask, 0, num_image_tokens, num_image_tokens, prompts_len)
+
+
+def span_layout(
+    attention_mask: Tensor, image_start: int, num_image_tokens: int, text_start: int, prompts_len: list[int]
+) -> TokenLayout:
+    """Layout of sequences whose image tokens sit anywhere before the text (right padding).
+
+    Positions before ``text_start`` that are not image tokens (a BOS, a prompt template around the image)
+    are neither image, prompt nor answer: they are the same for every input, so they carry nothing to route on.
+
+    Args:
+        attention_mask: ``(B, T)``; 1 on real tokens.
+        image_start: position of the first image token (the same in every row).
+        num_image_tokens: image tokens per sequence (0 for text-only inputs).
+        text_start: position of the first text token of ``text_input`` (the same in every row).
+        prompts_len: text tokens of each sample's prompt, counted from ``text_start``.
+    """
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)[None]  # (1, T)
+    prompt_end = text_start + torch.tensor(prompts_len, device=attention_mask.device)[:, None]  # (B, 1)
     real = attention_mask.bool()
-    image = real & (positions < num_image_tokens)
-    prompt = real & (positions >= num_image_tokens) & (positions < prompt_end)
+    image = real & (positions >= image_start) & (positions < image_start + num_image_tokens)
+    prompt = real & (positions >= text_start) & (positions < prompt_end)
     answer = real & (positions >= prompt_end)
     return TokenLayout(image=image, prompt=prompt, answer=answer)
