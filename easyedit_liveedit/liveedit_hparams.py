@@ -199,6 +199,7 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     loc_lambda: float = 1.0
     soft_route_lambda: float = 1.0
     hard_route_lambda: float = 1.0
+    filter_lambda: float = 0.0  # ours: hard-filter calibration on every (input, edit) pair (losses.py); 0 = paper
 
     # EasyEdit's training loop (BaseTrainer / MultimodalTrainer) reads these.
     batch_size: int = 8

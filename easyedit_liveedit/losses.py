@@ -39,6 +39,12 @@ for the trainer:
   edit-side extractor is run on inputs too, not only on edit prompts. Out-of-scope pairs take one
   side from reliability/generality of sample ``i`` and the other from its locality.
 - Adam, lr 1e-4, multiplied by 0.1 after 10,000 steps; all loss weights 1.
+
+Beyond the official code, one optional term (group ``filter``, weight ``filter_lambda``, 0 = off, the paper's
+setting): the hard-filter calibration loss. The two InfoNCE terms only ask the matching edit to beat the
+sentinel; nothing asks a *non-matching* edit of the batch to stay below it, yet at inference every such edit
+that clears the bar is mixed in. The calibration term trains exactly the decision inference makes, on every
+(input, edit) pair of the batch.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from torch import Tensor
 from .routing import paired_similarity, similarity
 
 IGNORE_INDEX = -100
-LOSS_GROUPS = ("rel", "gen", "loc", "soft_route", "hard_route")  # each weighted by ``<group>_lambda``
+LOSS_GROUPS = ("rel", "gen", "loc", "soft_route", "hard_route", "filter")  # weighted by ``<group>_lambda``
 
 
 def _log_probs(logits: Tensor) -> Tensor:
@@ -147,6 +153,23 @@ def hard_routing_out_scope_loss(input_phi: Tensor, edit_phi: Tensor, sentinel_ph
     return -_sentinel_logits(input_phi, edit_phi, sentinel_phi).log_softmax(dim=1)[:, -1].mean()
 
 
+def hard_filter_calibration_loss(
+    input_phi: Tensor, edit_phi: Tensor, sentinel_phi: Tensor, in_scope: Tensor
+) -> Tensor:
+    """Logistic loss on the hard filter's own decision for every (input, edit) pair.
+
+    The margin ``sim(input_i, edit_j) - sim(input_i, sentinel_i)`` must be positive where edit ``j`` is in
+    scope of input ``i`` and negative elsewhere: ``mean softplus(-y_ij * margin_ij)`` with ``y = +-1``.
+
+    Args:
+        input_phi: ``(B, k, d_m)``; edit_phi: ``(M, k, d_m)``; sentinel_phi: ``(B, k, d_m)`` (input ``i``'s own).
+        in_scope: ``(B, M)`` bool, True where edit ``j`` is about the input's image.
+    """
+    margin = similarity(input_phi, edit_phi) - paired_similarity(input_phi, sentinel_phi)[:, None]  # (B, M)
+    sign = in_scope.to(margin.dtype) * 2 - 1
+    return F.softplus(-sign * margin).mean()
+
+
 def liveedit_loss(
     terms: Mapping[str, Tensor],
     *,
@@ -155,6 +178,7 @@ def liveedit_loss(
     loc_lambda: float = 1.0,
     soft_route_lambda: float = 1.0,
     hard_route_lambda: float = 1.0,
+    filter_lambda: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Weighted sum of the loss terms, plus float parts for logging.
 
@@ -164,14 +188,18 @@ def liveedit_loss(
             "soft_route/relative": ..., "soft_route/absolute": ..., "hard_route/in_scope": ...,
             "hard_route/out_scope": ...}``. Terms within a group add up (as officially); missing
             groups contribute nothing.
-        *_lambda: weight of each group (official configs: all 1).
+        *_lambda: weight of each group (official configs: all 1; ``filter`` is ours, off by default).
 
     Returns:
         ``(total, parts)``: ``parts`` has every term and every present group's sum (unweighted) and
         ``"total"`` (weighted).
     """
     lambdas = dict(
-        zip(LOSS_GROUPS, (rel_lambda, gen_lambda, loc_lambda, soft_route_lambda, hard_route_lambda), strict=True)
+        zip(
+            LOSS_GROUPS,
+            (rel_lambda, gen_lambda, loc_lambda, soft_route_lambda, hard_route_lambda, filter_lambda),
+            strict=True,
+        )
     )
     if not terms:
         raise ValueError("liveedit_loss: no loss terms given")

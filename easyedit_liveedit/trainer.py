@@ -9,7 +9,9 @@ arranged as the official code does, see ``losses.py``):
    batch's experts with learned soft weights: cross-entropy on the new answer;
 3. image-locality inputs mix only a random prefix: KL against the unedited backbone;
 4. routing losses on the keys those forwards computed: soft (relative InfoNCE + absolute sigmoid) and
-   hard (in-scope inputs prefer their edit over the sentinel; locality inputs prefer the sentinel).
+   hard (in-scope inputs prefer their edit over the sentinel; locality inputs prefer the sentinel), and, if
+   ``filter_lambda > 0``, the hard filter's own decision on every (input, edit) pair: an edit is in scope of
+   an input exactly when its image is the input's edit image (other questions about the same scan count).
 
 Validation does not mix: it stores the batch's experts in a fresh library and answers through the real
 inference path (hard + soft routing), so the logged accuracies are what editing will deliver.
@@ -29,6 +31,7 @@ from .library import ExpertLibrary
 from .losses import (
     IGNORE_INDEX,
     answer_cross_entropy,
+    hard_filter_calibration_loss,
     hard_routing_in_scope_loss,
     hard_routing_out_scope_loss,
     liveedit_loss,
@@ -66,6 +69,12 @@ def agreement(pre_logits: Tensor, post_logits: Tensor, labels: Tensor) -> float:
     return (pre_logits.argmax(-1)[where] == post_logits.argmax(-1)[where]).float().mean().item()
 
 
+def same_image(images: Tensor) -> Tensor:
+    """``(B, B)`` bool: samples ``i`` and ``j`` show the very same image (pixel for pixel)."""
+    flat = images.flatten(1)
+    return (flat[:, None] == flat[None]).all(dim=-1)
+
+
 def random_prefix(num_inputs: int, num_experts: int, device: torch.device) -> Tensor:
     """``(B, M)`` bool: input ``b`` switches on experts ``0..L_b-1`` with ``L_b ~ U{0..M}`` (distractors)."""
     lengths = torch.randint(0, num_experts + 1, (num_inputs, 1), device=device)
@@ -94,6 +103,7 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
                 loc_lambda=self.config.loc_lambda,
                 soft_route_lambda=self.config.soft_route_lambda,
                 hard_route_lambda=self.config.hard_route_lambda,
+                filter_lambda=self.config.filter_lambda,
             )
         if training:
             (total / self.config.accumulate_bs).backward()
@@ -129,6 +139,13 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
             sum(hard_routing_in_scope_loss(k.phi, experts.phi, k.sentinel) for k in in_scope_keys) / n
         )
         terms["hard_route/out_scope"] = hard_routing_out_scope_loss(out_keys.phi, experts.phi, out_keys.sentinel)
+        if self.config.filter_lambda > 0:
+            same = same_image(batch["edit_inner"]["image"])
+            calibration = [hard_filter_calibration_loss(k.phi, experts.phi, k.sentinel, same) for k in in_scope_keys]
+            calibration.append(
+                hard_filter_calibration_loss(out_keys.phi, experts.phi, out_keys.sentinel, torch.zeros_like(own))
+            )
+            terms["filter"] = sum(calibration) / len(calibration)
         return terms, info
 
     @torch.no_grad()

@@ -21,7 +21,7 @@ def archive(small_world, tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     hparams = small_liveedit_hparams(
         small_world, training=True, batch_size=4, val_batch_size=4, max_iters=24, log_interval=8,
-        val_interval=12, val_steps=2, results_dir=str(results),
+        val_interval=12, val_steps=2, results_dir=str(results), filter_lambda=1.0,
     )  # fmt: skip
     with small_world.easyedit_patches():
         train = VQADataset(str(small_world.split("vqa_train")), size=48, config=hparams)
@@ -42,6 +42,7 @@ def test_training_writes_an_archive_and_easyedit_metric_names(archive):
     for name in ("inner/acc_val", "edit/acc_val", "image_rephrase/acc_val", "loc/acc_val", "image_loc/acc_val"):
         assert 0.0 <= results[name] <= 1.0, name
     assert results["loc/acc_val"] == 1.0  # text-only inputs never route to an expert
+    assert results["loss/filter_val"] > 0.0  # the hard-filter calibration term is on in this run
 
 
 @pytest.fixture

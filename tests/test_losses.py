@@ -9,6 +9,7 @@ import torch
 
 from easyedit_liveedit.losses import (
     answer_cross_entropy,
+    hard_filter_calibration_loss,
     hard_routing_in_scope_loss,
     hard_routing_out_scope_loss,
     liveedit_loss,
@@ -139,6 +140,25 @@ def test_hard_routing_out_scope_loss_by_hand():
     rows = [[sim(IN[i], EDIT[j]) for j in range(3)] + [sim(IN[i], SENT[i])] for i in range(3)]
     expected = -sum(log_softmax(rows[i])[3] for i in range(3)) / 3
     assert hard_routing_out_scope_loss(t(IN), t(EDIT), t(SENT)).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_hard_filter_calibration_loss_by_hand():
+    in_scope = [[True, False, False], [False, True, True], [False, False, False]]
+    total = 0.0
+    for i in range(3):
+        for j in range(3):
+            margin = sim(IN[i], EDIT[j]) - sim(IN[i], SENT[i])
+            y = 1.0 if in_scope[i][j] else -1.0
+            total += math.log(1.0 + math.exp(-y * margin))
+    expected = total / 9
+    loss = hard_filter_calibration_loss(t(IN), t(EDIT), t(SENT), torch.tensor(in_scope))
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_filter_term_is_off_unless_weighted():
+    terms = {"rel": torch.tensor(1.0), "filter": torch.tensor(5.0)}
+    assert liveedit_loss(terms)[0].item() == pytest.approx(1.0)
+    assert liveedit_loss(terms, filter_lambda=0.5)[0].item() == pytest.approx(3.5)
 
 
 def test_liveedit_loss_weights_groups_and_reports_parts():
