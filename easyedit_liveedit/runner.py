@@ -131,8 +131,9 @@ class Runner:
             hparams.model_parallel = False
         if self.world is not None:
             self.world.apply_paths(hparams)
+        retrain = self.cfg.run.retrain if force_train is None else force_train
         if hparams.alg_name == "IKE":
-            return self._ike_run(name, hparams)
+            return self._ike_run(name, hparams, retrain)
         if method_cfg.training_hparams is None:
             return MethodRun(name, hparams=hparams)
         training = archives.load_hparams(
@@ -145,7 +146,6 @@ class Runner:
             training.max_iters = self.cfg.run.train_steps
         archive = project_path(method_cfg.archive) if method_cfg.archive else archives.archive_path(training)
         hparams.archive = str(archive)
-        retrain = self.cfg.run.retrain if force_train is None else force_train
         train_json, _, _ = self.data_paths()
 
         def prepare() -> None:
@@ -162,7 +162,7 @@ class Runner:
 
         return MethodRun(name, hparams=hparams, prepare=prepare)
 
-    def _ike_run(self, name: str, hparams: Any) -> MethodRun:
+    def _ike_run(self, name: str, hparams: Any, rebuild: bool) -> MethodRun:
         """IKE: its encoder resolved offline, its demonstrations built from the train split when missing.
 
         The demonstrations file lives with the run's archives (``<run.archive_dir>/IKE/embedding/``), named by
@@ -181,7 +181,7 @@ class Runner:
             with patches():
                 loaded["train_ds"] = dataset(str(train_json), config=hparams)
             path = ike.demonstrations_path(hparams)
-            if path.is_file() and not self.cfg.run.retrain:
+            if path.is_file() and not rebuild:
                 LOG.info("%s: using the demonstrations %s", name, path)
                 return
             ike.write_demonstrations(hparams, loaded["train_ds"])
@@ -210,13 +210,16 @@ class Runner:
         return f"{what}: model={c.model.name} data={c.data.name} edits={list(c.run.edits)}"
 
     def train(self) -> str:
-        """Meta-train the selected method's archive (again, if it exists); returns where it is."""
+        """Meta-train the selected method's archive (again, if it exists); for IKE, encode its demonstrations
+        again. Returns where the result is."""
         run = self.method_run(self.cfg.method, force_train=True)
         if run.not_run:
             raise RuntimeError(f"{run.name} cannot be trained here: {run.not_run}")
         if run.prepare is None:
             return f"{run.name} needs no training"
         run.prepare()
+        if run.hparams.alg_name == "IKE":  # IKE's "training" is encoding its demonstrations
+            return f"{run.name} demonstrations: {ike.demonstrations_path(run.hparams)}"
         (self.out / "archive.txt").write_text(f"{run.hparams.archive}\n")
         return f"{run.name} archive: {run.hparams.archive}"
 

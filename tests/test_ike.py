@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import math
 import pickle
 from types import SimpleNamespace
@@ -102,3 +103,22 @@ def test_ike_context_fits_the_small_backbone_and_scores_are_proportions(small_wo
         assert 0.0 <= float(scores[key]) <= 1.0 and not math.isnan(float(scores[key])), key
     for key in ("locality_output", "multimodal_locality_output"):
         assert np.shape(scores[key]) == np.shape(pre[key]), key
+
+
+def test_train_command_encodes_the_train_splits_demonstrations(small_world, tmp_path):
+    """``easyedit-liveedit train method=IKE``: the runner's IKE preparation, with the packaged encoder."""
+    from hydra import compose, initialize_config_module
+
+    from easyedit_liveedit.config import register_configs
+    from easyedit_liveedit.runner import Runner
+
+    register_configs()
+    with initialize_config_module("easyedit_liveedit.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["command=train", "method=IKE", "model.toy_world=small", "run.threads=1",
+                                           "run.progress=false", f"run.archive_dir={tmp_path}"])  # fmt: skip
+    result = Runner(cfg, tmp_path / "run").train()
+    path = tmp_path / "IKE" / "embedding" / "vqa_embeddings.pkl"
+    assert result == f"IKE demonstrations: {path}"
+    stored = pickle.loads(path.read_bytes())
+    records = len(json.loads(small_world.split("vqa_train").read_text()))
+    assert len(stored["sentences"]) == 3 * records and stored["embeddings"].shape == (3 * records, 384)
