@@ -15,6 +15,12 @@ For each method (DESIGN.md section 4, "T sequential edits"):
 5. a failure (non-finite logits, an exception, running out of memory) ends that method's sequence and fills
    its remaining rows with the failure; nothing is dropped.
 
+In-context editors (IKE) change no weight: EasyEdit's entry returns the demonstrations for the edit, and
+``MultimodalEditor`` scores each record with its own edit's demonstrations (``compute_icl_multimodal_edit_quality``).
+The runner does the same (``ike.in_context_scores``): after edit ``T`` each of the first ``T`` records is asked
+with the demonstrations retrieved when it was edited, fitted to the backbone's context window. EasyEdit's IKE
+keeps no memory of earlier edits, so its scores cannot change with ``T``; its EMT probe asks the unchanged backbone.
+
 Memory is the process's resident set size (RSS), sampled every 20 ms while the method runs (tracemalloc does not
 see torch's allocations); the figure is the peak RSS of the whole process during that method's run.
 """
@@ -37,7 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import compat
+from . import compat, ike
 from .memory import PeakRss
 from .probe import ProbeResult, classification_accuracy
 
@@ -52,6 +58,9 @@ METRICS = {  # EasyEdit's key -> the column name used in the literature
 }
 _LOCALITY_OUTPUTS = {"locality_output": "locality_acc", "multimodal_locality_output": "multimodal_locality_acc"}
 _STATEFUL_EXECUTORS = ("MEND", "SERAC", "SERAC_MULTI")  # EasyEdit executors that bind the first model they see
+# EasyEdit's SERAC_MULTI.forward tests `input_ids[:, -1] != 13` as one boolean: it reads one sample per call.
+_ONE_SAMPLE_PER_CALL = ("SERAC", "SERAC_MULTI")
+_IN_CONTEXT = ("IKE",)  # entries that return demonstrations, not a model (MultimodalEditor's `alg_name == 'IKE'`)
 
 
 @dataclass
@@ -64,12 +73,14 @@ class MethodRun:
             ``archive`` must exist, or ``prepare`` must make it exist.
         prepare: called once before editing (trains or checks the archive); may raise.
         not_run: a reason the method cannot run here; the table shows ``not run: <reason>``.
+        edit_kwargs: called after ``prepare``; extra keyword arguments of every editing call (IKE's ``train_ds``).
     """
 
     name: str
     hparams: Any = None
     prepare: Callable[[], None] | None = None
     not_run: str | None = None
+    edit_kwargs: Callable[[], dict] | None = None
 
 
 @dataclass
@@ -220,6 +231,8 @@ def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings,
         with monitor, backbone.patches(), compat.cuda_to_cpu():
             hparams = method.hparams
             apply_fn = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT[hparams.alg_name]
+            in_context = hparams.alg_name in _IN_CONTEXT
+            extra = method.edit_kwargs() if method.edit_kwargs is not None else {}
             _reset_executor(hparams.alg_name)
             dataset = getattr(importlib.import_module("easyeditor"), settings.dataset_class)
             data = dataset(settings.eval_json, config=hparams, size=t_max)
@@ -235,12 +248,19 @@ def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings,
             ]
             emt_before = _probe(model, tok, backbone, settings)
             latencies: list[float] = []
+            contexts: list[list[str]] = []  # in-context editors: each edit's demonstrations
+            window = ike.text_window(model)
             edited = model
             bar = tqdm(total=t_max, desc=f"{method.name} edits", unit="edit", disable=not progress)
             for i, request in enumerate(requests):
                 start = time.perf_counter()
-                edited, _ = apply_fn(model, tok, [request], hparams, copy=False, return_orig_weights=False,
-                                     keep_original_weight=False)  # fmt: skip
+                if in_context:  # one request, not a list, as MultimodalEditor calls IKE
+                    examples = apply_fn(model, tok, request, hparams, copy=False, return_orig_weights=False,
+                                        keep_original_weight=False, **extra)  # fmt: skip
+                    contexts.append(ike.fit_demonstrations(examples, request, tok, window))
+                else:
+                    edited, _ = apply_fn(model, tok, [request], hparams, copy=False, return_orig_weights=False,
+                                         keep_original_weight=False, **extra)  # fmt: skip
                 latencies.append(time.perf_counter() - start)
                 bar.update(1)
                 t = i + 1
@@ -251,9 +271,14 @@ def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings,
                 if settings.score:
                     scoring = tqdm(requests[:t], desc=f"{method.name} scores after {t}", leave=False,
                                    disable=not progress)  # fmt: skip
-                    posts = [_score(watch, hparams, tok, r) for r in scoring]
+                    if in_context:
+                        with torch.no_grad():
+                            posts = [ike.in_context_scores(watch, hparams, tok, r, c)
+                                     for r, c in zip(scoring, contexts, strict=True)]  # fmt: skip
+                    else:
+                        posts = [_score(watch, hparams, tok, r) for r in scoring]
                     row.metrics = _lifelong_scores(posts, pres[:t])
-                probe = _probe(watch, tok, backbone, settings)
+                probe = _probe(watch, tok, backbone, settings, one_sample=hparams.alg_name in _ONE_SAMPLE_PER_CALL)
                 row.emt_before, row.emt_after = emt_before.accuracy, probe.accuracy
                 row.latency_s = float(np.median(latencies))
                 row.sequence = fingerprint(requests[:t])
@@ -285,12 +310,13 @@ def _fail(rows: list[Row], done: set[int], status: str, include_last: bool = Fal
             row.status = status
 
 
-def _probe(model: Any, tok: Any, backbone: Backbone, settings: CompareSettings) -> ProbeResult:
+def _probe(
+    model: Any, tok: Any, backbone: Backbone, settings: CompareSettings, one_sample: bool = False
+) -> ProbeResult:
     if not settings.classification_records or backbone.load_image is None:
         return ProbeResult(math.nan, 0, True)
-    return classification_accuracy(
-        model, tok, settings.classification_records, backbone.load_image, settings.probe_batch_size
-    )
+    batch_size = 1 if one_sample else settings.probe_batch_size
+    return classification_accuracy(model, tok, settings.classification_records, backbone.load_image, batch_size)
 
 
 def compare(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import inspect
 import logging
 import sys
 import warnings
@@ -278,6 +279,45 @@ def _mend_label_strings_to_ids(mend_class: type) -> bool:
     return True
 
 
+# --- 10. SERAC's multimodal executor forgets every edit but the last ------------------------------------------
+# `SeracMultimodalRewriteExecutor.apply_to_model` (ALG_MULTIMODAL_DICT['SERAC_MULTI'] and ['SERAC']) calls
+# `self.alg.edit(...)`, which returns a *new* SERAC_MULTI whose memory is `self.alg`'s plus the edit, and never
+# keeps it: `self.alg` stays the SERAC with an empty memory, so edit T returns a model that remembers edit T alone
+# (its own `keep_original_weight` branch trims `self.alg`'s memory, which shows the memory was meant to grow).
+# The wrapper keeps the returned SERAC as the executor's `alg` unless `keep_original_weight` is set, so sequential
+# edits accumulate in SERAC's memory as the method intends. The edit, the classifier and the counterfactual model
+# are EasyEdit's code; only the executor's reference to the latest SERAC changes.
+_SERAC_EXECUTOR_KEYS = ("SERAC", "SERAC_MULTI")
+
+
+def _serac_keeps_its_memory(executor_class: type, alg_dict: dict) -> bool:
+    """Wrap ``apply_to_model`` (once) so the executor keeps the SERAC it returns; returns True if it wrapped now.
+
+    ``ALG_MULTIMODAL_DICT`` holds methods bound at import time, so its SERAC entries are re-bound to the wrapper
+    (same executor objects: ``__self__`` and ``reset_model`` keep working).
+    """
+    original = executor_class.apply_to_model
+    if getattr(original, "__wrapped__", None) is not None:
+        return False
+    parameters = inspect.signature(original)
+
+    @functools.wraps(original)
+    def apply_to_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+        edited, weights_copy = original(self, *args, **kwargs)
+        call = parameters.bind(self, *args, **kwargs)
+        call.apply_defaults()
+        if not call.arguments["keep_original_weight"]:
+            self.alg = edited
+        return edited, weights_copy
+
+    executor_class.apply_to_model = apply_to_model
+    for key in _SERAC_EXECUTOR_KEYS:
+        executor = getattr(alg_dict.get(key), "__self__", None)
+        if isinstance(executor, executor_class):
+            alg_dict[key] = executor.apply_to_model
+    return True
+
+
 _applied: dict[str, Any] = {}
 
 
@@ -300,4 +340,7 @@ def apply() -> dict[str, Any]:
     _applied["model_parallel_defaulted"] = _default_model_parallel(training_hparams)
     mend = importlib.import_module("easyeditor.trainer.algs.MEND").MEND
     _applied["mend_label_strings_converted"] = _mend_label_strings_to_ids(mend)
+    serac_executor = importlib.import_module("easyeditor.models.serac.serac_main").SeracMultimodalRewriteExecutor
+    alg_dict = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT
+    _applied["serac_memory_kept"] = _serac_keeps_its_memory(serac_executor, alg_dict)
     return _applied

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from . import archives, compat
+from . import archives, compat, ike
 from .compare import Backbone, CompareSettings, MethodRun, Row, compare
 from .plots import plot
 from .probe import load_records
@@ -131,6 +131,9 @@ class Runner:
             hparams.model_parallel = False
         if self.world is not None:
             self.world.apply_paths(hparams)
+        retrain = self.cfg.run.retrain if force_train is None else force_train
+        if hparams.alg_name == "IKE":
+            return self._ike_run(name, hparams, retrain)
         if method_cfg.training_hparams is None:
             return MethodRun(name, hparams=hparams)
         training = archives.load_hparams(
@@ -143,7 +146,6 @@ class Runner:
             training.max_iters = self.cfg.run.train_steps
         archive = project_path(method_cfg.archive) if method_cfg.archive else archives.archive_path(training)
         hparams.archive = str(archive)
-        retrain = self.cfg.run.retrain if force_train is None else force_train
         train_json, _, _ = self.data_paths()
 
         def prepare() -> None:
@@ -159,6 +161,32 @@ class Runner:
                 raise RuntimeError(f"{name}: the trainer wrote {written}, expected {archive}")
 
         return MethodRun(name, hparams=hparams, prepare=prepare)
+
+    def _ike_run(self, name: str, hparams: Any, rebuild: bool) -> MethodRun:
+        """IKE: its encoder resolved offline, its demonstrations built from the train split when missing.
+
+        The demonstrations file lives with the run's archives (``<run.archive_dir>/IKE/embedding/``), named by
+        the data kind, so a caption run never retrieves VQA demonstrations. EasyEdit's IKE entry requires the
+        train dataset (``train_ds``) as MultimodalEditor does; it is loaded once, in ``prepare``.
+        """
+        hparams.sentence_model_name = ike.resolve_sentence_model(hparams.sentence_model_name)
+        hparams.results_dir = str(project_path(self.cfg.run.archive_dir))
+        hparams.task_name = self.cfg.data.kind
+        train_json, _, _ = self.data_paths()
+        loaded: dict[str, Any] = {}
+
+        def prepare() -> None:
+            patches = self.world.easyedit_patches if self.world is not None else contextlib.nullcontext
+            dataset = getattr(importlib.import_module("easyeditor"), _DATASETS[self.cfg.data.kind])
+            with patches():
+                loaded["train_ds"] = dataset(str(train_json), config=hparams)
+            path = ike.demonstrations_path(hparams)
+            if path.is_file() and not rebuild:
+                LOG.info("%s: using the demonstrations %s", name, path)
+                return
+            ike.write_demonstrations(hparams, loaded["train_ds"])
+
+        return MethodRun(name, hparams=hparams, prepare=prepare, edit_kwargs=lambda: dict(loaded))
 
     def _methods(self, names: list[str]) -> list[MethodRun]:
         from .cli import method_config
@@ -182,13 +210,16 @@ class Runner:
         return f"{what}: model={c.model.name} data={c.data.name} edits={list(c.run.edits)}"
 
     def train(self) -> str:
-        """Meta-train the selected method's archive (again, if it exists); returns where it is."""
+        """Meta-train the selected method's archive (again, if it exists); for IKE, encode its demonstrations
+        again. Returns where the result is."""
         run = self.method_run(self.cfg.method, force_train=True)
         if run.not_run:
             raise RuntimeError(f"{run.name} cannot be trained here: {run.not_run}")
         if run.prepare is None:
             return f"{run.name} needs no training"
         run.prepare()
+        if run.hparams.alg_name == "IKE":  # IKE's "training" is encoding its demonstrations
+            return f"{run.name} demonstrations: {ike.demonstrations_path(run.hparams)}"
         (self.out / "archive.txt").write_text(f"{run.hparams.archive}\n")
         return f"{run.name} archive: {run.hparams.archive}"
 

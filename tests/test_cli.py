@@ -75,10 +75,9 @@ def test_multirun_sweeps_methods_and_writes_config_log_table_and_plot(runs):
     tables = {job.split("_")[-1]: _table(sweep / job) for job in jobs}
     for method, rows in tables.items():
         assert [(r["Method"], r["Edits"]) for r in rows] == [(method, "1"), (method, "2")]
-        expected = "ok" if method in ("LiveEdit", "MEND") else "not run:"
-        assert all(r["Status"].startswith(expected) for r in rows), rows
-    # both editors edited the same records: the sequence fingerprints agree at each edit count
-    assert [r["Sequence"] for r in tables["LiveEdit"]] == [r["Sequence"] for r in tables["MEND"]]
+        assert all(r["Status"] == "ok" for r in rows), rows
+    # every editor edited the same records: the sequence fingerprints agree at each edit count
+    assert len({tuple(r["Sequence"] for r in rows) for rows in tables.values()}) == 1
     assert "| LiveEdit | 2 | ok |" in result.stdout  # the Markdown table is the command's output
     assert "edits=[1, 2]" in (sweep / jobs[0] / "table.md").read_text()  # the override reached the run
 

@@ -37,11 +37,11 @@ def _hparams(world, method: str, training: bool = False, **overrides):
 
 
 def small_archives(tmp_path_factory, world) -> Path:
-    """LiveEdit and MEND archives for the small world, two steps of EasyEdit's trainer loop each (only their
-    existence matters); trained once per test session into ``<basetemp>/compare-archives`` (the CLI tests reuse
-    them through ``run.archive_dir``)."""
+    """LiveEdit, MEND and SERAC archives for the small world, two steps of EasyEdit's trainer loop each (only
+    their existence matters); trained once per test session into ``<basetemp>/compare-archives`` (the CLI tests
+    reuse them through ``run.archive_dir``)."""
     root = tmp_path_factory.getbasetemp() / "compare-archives"
-    for method in ("LiveEdit", "MEND"):
+    for method in ("LiveEdit", "MEND", "SERAC"):
         training = _hparams(world, method, training=True, max_iters=2, results_dir=str(root))
         if not archives.archive_path(training).is_file():
             archives.train_archive(
@@ -73,10 +73,12 @@ def _broken_prepare() -> None:
 
 @pytest.fixture(scope="module")
 def rows(small_world, tmp_path_factory, backbone, settings):
-    """``compare`` through the composed Hydra configuration (as the CLI runs it), plus a method that crashes."""
+    """``compare`` through the composed Hydra configuration (as the CLI runs it), plus a method that crashes and
+    one whose hparams YAML does not exist."""
     from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
 
-    from easyedit_liveedit.config import register_configs
+    from easyedit_liveedit.config import MethodConfig, register_configs
     from easyedit_liveedit.runner import Runner
 
     archive_dir = small_archives(tmp_path_factory, small_world)
@@ -89,18 +91,20 @@ def rows(small_world, tmp_path_factory, backbone, settings):
     runner = Runner(cfg, tmp_path_factory.mktemp("compare-run"))
     runner.compare()
     broken = MethodRun("Broken", hparams=_hparams(small_world, "MEND"), prepare=_broken_prepare)
-    return runner.rows + compare([broken], backbone, settings, threads=1, progress=False)
+    missing = runner.method_run(OmegaConf.structured(MethodConfig(name="NoYAML", hparams="hparams/NoYAML/x.yaml",
+                                                                  requires="a model from the hub")))  # fmt: skip
+    return runner.rows + compare([broken, missing], backbone, settings, threads=1, progress=False)
 
 
 def test_every_method_appears_at_every_edit_count(rows):
     assert [(r.method, r.edits) for r in rows] == [
-        (m, t) for m in ("LiveEdit", "MEND", "SERAC", "IKE", "Broken") for t in EDITS
+        (m, t) for m in ("LiveEdit", "MEND", "SERAC", "IKE", "Broken", "NoYAML") for t in EDITS
     ]
 
 
 def test_methods_that_ran_have_every_metric_as_a_proportion(rows):
     for row in rows:
-        if row.method in ("LiveEdit", "MEND"):
+        if row.method in ("LiveEdit", "MEND", "SERAC", "IKE"):
             assert row.status == "ok", row
             assert set(row.metrics) == set(METRICS)
             assert all(0.0 <= v <= 1.0 for v in row.metrics.values()), row.metrics
@@ -131,9 +135,9 @@ def test_every_method_edits_the_identical_sequence(rows, small_world, settings):
 
 
 def test_failures_are_rows_not_gaps(rows):
-    by_method = {r.method: r for r in rows}
-    assert by_method["SERAC"].status.startswith("not run: no hparams/SERAC/toy-blip2.yaml; SERAC needs")
-    assert by_method["IKE"].status.startswith("not run: no hparams/IKE/toy-blip2.yaml; IKE needs a sentence encoder")
+    missing = [r for r in rows if r.method == "NoYAML"]
+    assert all(r.status == "not run: no hparams/NoYAML/x.yaml; NoYAML needs a model from the hub, not available "
+               "offline here" for r in missing)  # fmt: skip
     broken = [r for r in rows if r.method == "Broken"]
     assert all(r.status == "error (RuntimeError: archive is corrupt)" for r in broken)
     assert all(not r.metrics for r in broken)
@@ -166,7 +170,7 @@ def test_table_and_plot_hold_every_row(rows, tmp_path):
         assert name in header
     table = read_csv(write_csv(rows, tmp_path / "table.csv"))
     assert [(r["Method"], int(r["Edits"])) for r in table] == [(r.method, r.edits) for r in rows]
-    assert all(r["Reliability"] == "" for r in table if r["Method"] in ("SERAC", "IKE", "Broken"))
+    assert all(r["Reliability"] == "" for r in table if r["Method"] in ("Broken", "NoYAML"))
     png = plot(rows, tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -212,3 +216,30 @@ def test_probe_accuracy_is_exact_label_match(small_world):
     half = answers[: len(answers) // 2] + wrong[len(answers) // 2 :]
     result = classification_accuracy(_Oracle(tok, half, len(tok)), tok, records, loader, batch_size=3)
     assert math.isclose(result.accuracy, (len(answers) // 2) / len(answers))
+
+
+# ------------------------------------------------------------------------------------- SERAC's memory
+def test_serac_remembers_every_edit_of_the_sequence(small_world, tmp_path_factory, settings):
+    """compat section 10 on EasyEdit's own executor: edit 2 returns a SERAC whose memory holds both edits."""
+    from easyedit_liveedit.compat import cuda_to_cpu
+
+    hparams = _hparams(small_world, "SERAC")
+    root = small_archives(tmp_path_factory, small_world)
+    hparams.archive = str(root / "models" / "SERAC_MULTI" / "blip2")
+    apply_fn = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT["SERAC_MULTI"]
+    with small_world.easyedit_patches(), cuda_to_cpu():
+        data = importlib.import_module("easyeditor").VQADataset(settings.eval_json, config=hparams, size=2)
+        requests = [_request(data[i]) for i in range(2)]
+        model, tok = small_world.load_model(), small_world.tokenizer()
+        facts = [f"{r['prompt']} {r['target']}" for r in requests]
+        try:
+            first, _ = apply_fn(model, tok, [requests[0]], hparams, keep_original_weight=False)
+            assert first.cache_inputs == facts[:1]
+            second, _ = apply_fn(model, tok, [requests[1]], hparams, keep_original_weight=False)
+            assert second.cache_inputs == facts  # EasyEdit's executor alone would return facts[1:] here
+            assert apply_fn.__self__.alg is second and second.model is model  # the backbone is never copied
+            kept, _ = apply_fn(model, tok, [requests[0]], hparams, keep_original_weight=True)
+            assert kept.cache_inputs == facts + facts[:1]
+            assert apply_fn.__self__.alg is second  # keep_original_weight: the executor's SERAC is not replaced
+        finally:
+            apply_fn.__self__.reset_model()

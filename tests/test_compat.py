@@ -136,7 +136,7 @@ def test_apply_is_idempotent():
     assert compat.apply() is compat.apply()
 
 
-# 10. MEND's multimodal executor passes label strings
+# 9. MEND's multimodal executor passes label strings
 def test_mend_executor_still_builds_label_strings():
     import inspect
 
@@ -170,3 +170,39 @@ def test_mend_edit_gets_right_aligned_token_id_labels_from_strings(small_world):
     tensor_labels = torch.tensor([[5, 6]])
     recorder.edit({"labels": tensor_labels})
     assert recorder.seen["labels"] is tensor_labels  # EasyEdit's trainer batches pass through untouched
+
+
+# 10. SERAC's multimodal executor keeps only its first (empty-memory) SERAC
+def test_serac_executor_still_edits_its_unchanged_serac():
+    import inspect
+
+    serac_main = importlib.import_module("easyeditor.models.serac.serac_main")
+    source = inspect.getsource(serac_main.SeracMultimodalRewriteExecutor.apply_to_model.__wrapped__)
+    assert "self.alg.edit(" in source
+    assert "self.alg = " not in source
+
+
+def test_serac_executor_keeps_the_serac_it_returns():
+    serac_main = importlib.import_module("easyeditor.models.serac.serac_main")
+    alg_dict = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT
+    assert compat.apply()["serac_memory_kept"] is True
+    for key in ("SERAC", "SERAC_MULTI"):  # the entries bound at import time call the wrapper
+        assert alg_dict[key].__func__ is serac_main.SeracMultimodalRewriteExecutor.apply_to_model
+
+    class Executor:  # EasyEdit's behaviour: every call edits `self.alg` and returns a new object
+        def __init__(self):
+            self.alg = ()
+
+        def apply_to_model(self, model, tok, requests, hparams, copy=False, return_orig_weights=False,
+                           keep_original_weight=False, **kwargs):  # fmt: skip
+            return self.alg + tuple(requests), {}
+
+    executor = Executor()
+    table = {"SERAC_MULTI": executor.apply_to_model, "MEND": print}
+    assert compat._serac_keeps_its_memory(Executor, table) is True
+    assert compat._serac_keeps_its_memory(Executor, table) is False  # idempotent
+    assert table["SERAC_MULTI"].__self__ is executor and table["MEND"] is print
+    assert table["SERAC_MULTI"](None, None, ["a"], None) == (("a",), {})
+    assert executor.apply_to_model(None, None, ["b"], None)[0] == ("a", "b")
+    assert executor.apply_to_model(None, None, ["c"], None, False, False, True)[0] == ("a", "b", "c")
+    assert executor.alg == ("a", "b")  # keep_original_weight (positional here): the memory was not replaced

@@ -10,6 +10,7 @@
     qformer/                 BERT config + weights + WordPiece vocab.txt (`qformer_name_or_path`)
     vision/                  ToyViT config.json + model.safetensors (`state_dict_file`)
     blip2.safetensors        the full Blip2OPT state (`qformer_checkpoint`, loaded by compat section 8)
+    serac-scope-bert/        SERAC's scope classifier (`cls_name`), written on first use (toyworld/serac.py)
 """
 
 from __future__ import annotations
@@ -69,3 +70,7 @@ class Layout:
     @property
     def checkpoint(self) -> Path:
         return self.root / "blip2.safetensors"
+
+    @property
+    def scope_classifier(self) -> Path:
+        return self.root / "serac-scope-bert"

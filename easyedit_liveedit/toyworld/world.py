@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import backbone, facts, images, records
+from . import backbone, facts, images, records, serac
 from .config import CONFIGS, ToyWorldConfig
 from .evaluate import ImageLoader, pre_edit_accuracy
 from .layout import Layout, cache_root
@@ -54,10 +54,22 @@ class ToyWorld:
         }
 
     def apply_paths(self, hparams: Any) -> Any:
-        """Point an EasyEdit hparams object at this world (e.g. when the cache root was overridden); returns it."""
+        """Point an EasyEdit hparams object at this world (e.g. when the cache root was overridden); returns it.
+
+        SERAC's hparams (those with ``small_name`` / ``cls_name``) also get the toy OPT as the counterfactual model
+        and the toy scope classifier, which is written on first use (``toyworld/serac.py``).
+        """
         for key, value in self.hparams_paths().items():
             setattr(hparams, key, value)
+        if hasattr(hparams, "small_name"):
+            hparams.small_name = str(self.layout.opt)
+        if hasattr(hparams, "cls_name"):
+            hparams.cls_name = str(self.scope_classifier())
         return hparams
+
+    def scope_classifier(self) -> Path:
+        """SERAC's scope classifier for this world (a seeded random tiny BERT), written if missing."""
+        return serac.write_scope_classifier(self.layout.qformer / "vocab.txt", self.layout.scope_classifier)
 
     @contextlib.contextmanager
     def easyedit_patches(self) -> Iterator[None]:
