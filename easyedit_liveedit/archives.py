@@ -94,8 +94,12 @@ def archive_path(training_hparams: Any) -> Path:
     return Path(training_hparams.results_dir) / "models" / training_hparams.alg / model_name
 
 
-def _split_train_val(train_json: Path, val_size: int, folder: Path) -> tuple[Path, Path]:
-    """Train records minus the last ``val_size`` (train file) and those last records (validation file)."""
+def split_train_val(train_json: Path, val_size: int, folder: Path) -> tuple[Path, Path]:
+    """Train records minus the last ``val_size`` (train file) and those last records (validation file).
+
+    Meta-training validates (and EasyEdit keeps the best checkpoint) on held-out *train* records, never on the
+    eval split that the edits are later scored on.
+    """
     records = json.loads(Path(train_json).read_text())
     if len(records) <= val_size:
         raise ValueError(f"{train_json}: {len(records)} records; need more than the {val_size} kept for validation")
@@ -150,7 +154,7 @@ def train_archive(
     config.debug = False  # EasyEdit skips saving when debug is set and save is not
     config.save = True
     config.val_interval = min(config.val_interval, max(config.max_iters // 2, 1))  # validate (and save) >= once
-    train_path, val_path = _split_train_val(Path(train_json), val_size, Path(work_dir))
+    train_path, val_path = split_train_val(Path(train_json), val_size, Path(work_dir))
     # EasyEdit runs round(max_iters / (len(train_set) / batch_size)) epochs: never let that round to zero.
     size = min(len(json.loads(train_path.read_text())), config.max_iters * config.batch_size + 1)
     if method == "LiveEdit":

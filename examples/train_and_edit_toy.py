@@ -28,15 +28,18 @@ from easyedit_liveedit import (
     MultimodalEditor,
     toyworld,
 )
+from easyedit_liveedit.archives import split_train_val
 
 
 def train(world: toyworld.ToyWorld) -> None:
     """Meta-train LiveEdit's expert generator, key extractors and sentinel (the backbone stays frozen)."""
     hparams = world.apply_paths(LiveEditMultimodalTrainingHparams.from_hparams("hparams/TRAINING/LiveEdit/toy-blip2"))
+    # validate on held-out train records: the eval split is only for scoring the edits
+    train_json, val_json = split_train_val(world.split("vqa_train"), 100, Path(hparams.results_dir) / "split")
     with world.easyedit_patches():
-        train_ds = VQADataset(str(world.split("vqa_train")), config=hparams)
-        eval_ds = VQADataset(str(world.split("vqa_eval")), size=400, config=hparams)
-        LiveEditMultimodalTrainer(config=hparams, train_set=train_ds, val_set=eval_ds).run()
+        train_ds = VQADataset(str(train_json), config=hparams)
+        val_ds = VQADataset(str(val_json), config=hparams)
+        LiveEditMultimodalTrainer(config=hparams, train_set=train_ds, val_set=val_ds).run()
 
 
 def edit_100(world: toyworld.ToyWorld) -> None:
