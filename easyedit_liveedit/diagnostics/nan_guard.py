@@ -25,9 +25,9 @@ import torch
 import yaml
 
 from .. import compat
-from ..archives import train_archive
 from ..liveedit_hparams import LiveEditMultimodalHparams
 from .liveedit_run import run_liveedit
+from .mend_archive import train_mend_archive
 from .mend_run import run_mend
 from .report import RunReport, format_table, plot_norm_history, write_json
 
@@ -177,11 +177,10 @@ def run(args: argparse.Namespace) -> list[RunReport]:
         train_json = args.train_data or (world.split("vqa_train") if world is not None else None)
         if train_json is None:
             raise ValueError("--train-data is required to train a MEND archive outside the toy world")
-        if args.train_steps is not None:
-            training.max_iters = args.train_steps
         training.results_dir = str(out)  # the archive goes below --out: never over another run's archive
-        patches = world.easyedit_patches if world is not None else None
-        archive = str(train_archive("MEND", training, train_json, "VQADataset", out / "mend_split", patches))
+        patches = world.easyedit_patches() if world is not None else None
+        val_json = args.data or (world.split("vqa_eval") if world is not None else train_json)
+        archive = str(train_mend_archive(training, train_json, val_json, args.train_steps, patches))
     data = args.data or (str(world.split("vqa_eval")) if world is not None else None)
     if data is None:
         raise ValueError("--data is required outside the toy world")
