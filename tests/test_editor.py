@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import small_liveedit_hparams
 
-from easyedit_liveedit.editor import LiveEdit
+from easyedit_liveedit.editor import LiveEdit, _Call
 
 
 @pytest.fixture
@@ -118,15 +118,27 @@ def test_batched_inference_routes_each_sample_like_alone(setup, every_expert_fir
 
 
 def _greedy_without_cache(editor, tok, image, prompt, steps):
-    """Reference decoder: re-run the whole sequence through ``editor(...)`` for every new token (no KV cache)."""
-    prompt_ids = tok(prompt, add_special_tokens=False).input_ids
+    """Reference decoder: the whole sequence through the routed language model for every new token (no KV cache).
+
+    Works on token ids (prompt embeddings + embeddings of the tokens generated so far): decoding to text and
+    re-tokenising is lossy for byte-level tokens, so a text-based reference could disagree for that reason alone.
+    """
+    samples = {
+        "image": image,
+        "text_input": [prompt],
+        "prompts_len": editor.adapter.prompts_len(editor.model, [prompt]),
+    }
+    language_model = editor.adapter.language_model(editor.model)
+    prompt_embeds, mask = editor.adapter.prompt_embeddings(editor.model, samples)
     stop = {tok("\n", add_special_tokens=False).input_ids[-1], tok.eos_token_id}
     new_ids: list[int] = []
     for _ in range(steps):
-        text = tok.decode(prompt_ids + new_ids)
-        # prompts_len as EasyEdit counts it for blip2 (tok.encode: BOS included), like the edit samples
-        run = {"image": image, "text_input": [text], "prompts_len": [len(tok.encode(prompt))], "labels": [""]}
-        next_id = int(editor(run).logits[0, -1].argmax())
+        generated = language_model.get_input_embeddings()(torch.tensor([new_ids], dtype=torch.long))
+        embeds = torch.cat([prompt_embeds, generated], dim=1)
+        full_mask = torch.cat([mask, mask.new_ones(1, len(new_ids))], dim=1)
+        with editor._calling(_Call(samples, "route")):  # routing computed afresh on every full pass
+            logits = language_model(inputs_embeds=embeds, attention_mask=full_mask, use_cache=False).logits
+        next_id = int(logits[0, -1].argmax())
         if next_id in stop:
             break
         new_ids.append(next_id)
