@@ -177,7 +177,9 @@ def run(args: argparse.Namespace) -> list[RunReport]:
         train_json = args.train_data or (world.split("vqa_train") if world is not None else None)
         if train_json is None:
             raise ValueError("--train-data is required to train a MEND archive outside the toy world")
-        training.results_dir = str(out)  # the archive goes below --out: never over another run's archive
+        # Train exactly where --archive points (<root>/models/MEND/<model>), else below --out: never over the
+        # archive a YAML shares with other runs.
+        training.results_dir = str(Path(args.archive).parents[2] if args.archive else out)
         patches = world.easyedit_patches() if world is not None else None
         val_json = args.data or (world.split("vqa_eval") if world is not None else train_json)
         archive = str(train_mend_archive(training, train_json, val_json, args.train_steps, patches))
