@@ -169,6 +169,16 @@ def test_cli_prints_the_tables_and_writes_json_and_plot(small):
     assert (out / "nan_guard.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_missing_archive_outside_easyedits_layout_is_named_before_training(small, tmp_path):
+    """EasyEdit's trainer can only write <dir>/models/MEND/<model>; any other --archive must fail at once."""
+    world = small["world"]
+    train_yaml = _small_yaml(ROOT / "hparams/TRAINING/MEND/toy-blip2.yaml", world, tmp_path / "train.yaml")
+    edit_yaml = _small_yaml(ROOT / "hparams/MEND/toy-blip2.yaml", world, tmp_path / "edit.yaml")
+    args = ["--hparams", str(edit_yaml), "--train-hparams", str(train_yaml), "--out", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=r"--archive .*mend\.pt: missing"):
+        nan_guard.run(nan_guard.parse_args(args + ["--archive", str(tmp_path / "mend.pt")]))
+
+
 @pytest.mark.slow
 def test_documented_reproduction_on_the_default_backbone(tmp_path):
     """README "NaN guard": on the default toy backbone (fp16 as EasyEdit runs BLIP-2), EasyEdit's MEND with trained

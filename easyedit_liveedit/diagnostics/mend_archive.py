@@ -20,12 +20,6 @@ from .. import compat
 LOG = logging.getLogger(__name__)
 
 
-def archive_path(training_hparams: Any) -> Path:
-    """Where EasyEdit's ``BaseTrainer`` saves the archive for these hparams."""
-    model_name = str(training_hparams.model_name).split("/")[-1]
-    return Path(training_hparams.results_dir) / "models" / training_hparams.alg / model_name
-
-
 def train_mend_archive(
     training_hparams: Any,
     train_json: str | Path,

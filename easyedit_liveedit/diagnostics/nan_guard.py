@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from .. import compat
+from ..archives import archive_path
 from ..liveedit_hparams import LiveEditMultimodalHparams
 from .liveedit_run import run_liveedit
 from .mend_archive import train_mend_archive
@@ -177,9 +178,15 @@ def run(args: argparse.Namespace) -> list[RunReport]:
         train_json = args.train_data or (world.split("vqa_train") if world is not None else None)
         if train_json is None:
             raise ValueError("--train-data is required to train a MEND archive outside the toy world")
-        # Train exactly where --archive points (<root>/models/MEND/<model>), else below --out: never over the
-        # archive a YAML shares with other runs.
-        training.results_dir = str(Path(args.archive).parents[2] if args.archive else out)
+        # Train exactly where --archive points, else below --out: never over the archive a YAML shares with
+        # other runs. EasyEdit's trainer saves at <results_dir>/models/<alg>/<model>, so --archive must be such a path.
+        wanted = Path(args.archive) if args.archive else None
+        training.results_dir = str(wanted.parents[2] if wanted is not None and len(wanted.parents) > 2 else out)
+        if wanted is not None and archive_path(training) != wanted:
+            raise ValueError(
+                f"--archive {wanted}: missing, and EasyEdit's trainer can only write <dir>/models/"
+                f"{training.alg}/{archive_path(training).name}; give such a path or an existing archive"
+            )
         patches = world.easyedit_patches() if world is not None else None
         val_json = args.data or (world.split("vqa_eval") if world is not None else train_json)
         archive = str(train_mend_archive(training, train_json, val_json, args.train_steps, patches))
