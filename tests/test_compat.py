@@ -206,3 +206,59 @@ def test_serac_executor_keeps_the_serac_it_returns():
     assert executor.apply_to_model(None, None, ["b"], None)[0] == ("a", "b")
     assert executor.apply_to_model(None, None, ["c"], None, False, False, True)[0] == ("a", "b", "c")
     assert executor.alg == ("a", "b")  # keep_original_weight (positional here): the memory was not replaced
+
+
+# 11. SERAC runs its classifier over the whole memory on every forward
+def test_serac_still_encodes_its_whole_memory_on_every_forward():
+    import inspect
+
+    serac = importlib.import_module("easyeditor.trainer.algs.SERAC").SERAC_MULTI
+    source = inspect.getsource(serac.embedding_logsim_matrix.__wrapped__)
+    assert "self.classifier(**cls_ctx_input)" in source  # every remembered text, at every call
+
+
+def _serac_like(small_world):
+    """The attributes ``SERAC_MULTI.embedding_logsim_matrix`` reads, with the toy world's scope classifier."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = small_world.scope_classifier()
+    config = SimpleNamespace(
+        device="cpu", cls_name=str(folder), dist_heads=1, bound_embeds=False, cos=False, square=True
+    )
+    classifier = AutoModel.from_pretrained(folder).eval()
+    return SimpleNamespace(
+        classifier=classifier, classifier_tok=AutoTokenizer.from_pretrained(folder), config=config, scale=1.0
+    )
+
+
+def test_serac_encodes_each_remembered_text_once(small_world):
+    serac = importlib.import_module("easyeditor.trainer.algs.SERAC").SERAC_MULTI
+    assert compat.apply()["serac_memory_encoded_once"] is True  # wrapped at import
+    assert compat._serac_encodes_memory_once(serac) is False  # idempotent
+    encode = serac.embedding_logsim_matrix
+    words = "zero one two three four five six seven eight nine ten eleven".split()
+    memory = [f"is this digit a {word}?" for word in words]
+    questions = ["which digit is written here?", "what is one plus one?"]
+    self = _serac_like(small_world)
+    encoded = []
+    self.classifier.register_forward_hook(
+        lambda module, args, kwargs, out: encoded.append(len(kwargs["input_ids"])), with_kwargs=True
+    )
+    with torch.no_grad():
+        expected = encode.__wrapped__(self, memory, questions)
+        encoded.clear()
+        first = encode(self, memory, questions)
+        again = encode(self, memory + ["one more edit"], questions)
+    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again[:, :-1], expected, rtol=1e-5, atol=1e-5)
+    assert self.classifier is not None and not isinstance(self.classifier, compat._EncodeEachTextOnce)
+    assert encoded == [12, 2, 1]  # the memory once, the questions once, then only the new edit
+    with torch.no_grad():
+        next(self.classifier.parameters()).mul_(1.5)  # an updated classifier invalidates what was cached
+        encode(self, memory, questions)
+    assert encoded[3:] == [12, 2]
+    encoded.clear()
+    encode(self, memory, questions)  # grad on (training): EasyEdit's code untouched
+    assert encoded == [12, 2]
