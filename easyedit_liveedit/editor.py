@@ -75,6 +75,7 @@ class LiveEdit(nn.Module):
             lora_scale=config.lora_scale,
             num_key_slots=config.num_key_slots,
             num_sentinel_tokens=config.num_sentinel_tokens,
+            token_types=config.token_types,
         ).to(param.device)
         self.library = ExpertLibrary()
         self._call: _Call | None = None

@@ -58,6 +58,7 @@ class _LiveEditHparamsBase(HyperParams):
     lora_scale: float = 5.0  # s = 1 / (lora_scale * sqrt(r))
     num_key_slots: int = 4  # k query slots of each routing key
     num_sentinel_tokens: int = 32  # n_img tokens of the learned visual sentinel (BLIP-2 has 32 query tokens)
+    token_types: bool = False  # ours (False = the paper): image/prompt/answer embeddings in the expert generator
     archive: str | None = None  # a trained LiveEdit checkpoint (editing) / one to resume from (training)
     seed: int = 42
 

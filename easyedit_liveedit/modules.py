@@ -97,9 +97,23 @@ class ExpertGenerator(nn.Module):
 
     ``U = s * CA_U(Phi_U, LN_U(H_e))`` and ``V = s * CA_V(Phi_V, LN_V(H_e))`` with ``r`` learned queries
     per factor and ``s = 1 / (lora_scale * sqrt(r))``, which keeps a fresh expert's residual small.
+
+    ``token_types`` (ours; off in the paper and the official code) adds a learned embedding per token type
+    (image, prompt, answer) to the normalised tokens. Without positions the cross-attention cannot tell the
+    answer tokens, which name the new fact, from the rest of ``H_e`` except by their content; on the toy
+    backbone (BENCHMARKS.md, "Expert generator") generated experts then learned to flip yes/no answers but
+    not which of ten words to say.
     """
 
-    def __init__(self, hidden_size: int, cross_attn_dim: int, num_heads: int, rank: int, lora_scale: float) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        cross_attn_dim: int,
+        num_heads: int,
+        rank: int,
+        lora_scale: float,
+        token_types: bool = False,
+    ) -> None:
         super().__init__()
         self.scale = 1.0 / (lora_scale * math.sqrt(rank))
         self.phi_u = _learned_queries(rank, cross_attn_dim)
@@ -108,12 +122,24 @@ class ExpertGenerator(nn.Module):
         self.norm_v = nn.LayerNorm(hidden_size)
         self.attn_u = CrossAttention(cross_attn_dim, hidden_size, cross_attn_dim, hidden_size, num_heads)
         self.attn_v = CrossAttention(cross_attn_dim, hidden_size, cross_attn_dim, hidden_size, num_heads)
+        self.types_u = nn.Parameter(torch.randn(3, hidden_size)) if token_types else None  # image, prompt, answer
+        self.types_v = nn.Parameter(torch.randn(3, hidden_size)) if token_types else None
 
-    def forward(self, h: Tensor, edit_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Args: ``h (B, T, d)``, ``edit_mask (B, T)`` marking ``H_e``. Returns ``U, V``, each ``(B, r, d)``."""
-        u = self.scale * self.attn_u(self.phi_u[None], self.norm_u(h), edit_mask)  # (B, r, d)
-        v = self.scale * self.attn_v(self.phi_v[None], self.norm_v(h), edit_mask)  # (B, r, d)
-        return u, v
+    def forward(self, h: Tensor, image_mask: Tensor, prompt_mask: Tensor, answer_mask: Tensor) -> tuple[Tensor, ...]:
+        """``h (B, T, d)`` and the ``(B, T)`` masks whose union is ``H_e`` -> ``U, V``, each ``(B, r, d)``."""
+        masks = (image_mask, prompt_mask, answer_mask)
+        edit_mask = image_mask | prompt_mask | answer_mask
+        u = self.scale * self.attn_u(self.phi_u[None], self._tokens(h, self.norm_u, self.types_u, masks), edit_mask)
+        v = self.scale * self.attn_v(self.phi_v[None], self._tokens(h, self.norm_v, self.types_v, masks), edit_mask)
+        return u, v  # (B, r, d) each
+
+    @staticmethod
+    def _tokens(h: Tensor, norm: nn.LayerNorm, types: Tensor | None, masks: tuple[Tensor, ...]) -> Tensor:
+        """``LN(h)``, plus each token's type embedding when ``types`` is on. ``(B, T, d)``."""
+        x = norm(h)
+        if types is None:
+            return x
+        return x + torch.stack(masks, dim=-1).to(x.dtype) @ types  # (B, T, 3) @ (3, d)
 
 
 class KeyExtractor(nn.Module):
@@ -222,6 +248,7 @@ class LiveEditNetwork(nn.Module):
         lora_scale: float = 5.0,  # s = 1 / (lora_scale * sqrt(r)) keeps fresh experts gentle
         num_key_slots: int = 4,  # k query slots per key
         num_sentinel_tokens: int = 32,  # n_img; the image-token count of the backbone is a good choice
+        token_types: bool = False,  # ours: image/prompt/answer embeddings in the generator (ExpertGenerator)
     ) -> None:
         super().__init__()
         for name, value in (
@@ -243,7 +270,7 @@ class LiveEditNetwork(nn.Module):
         self.cross_attn_dim = cross_attn_dim
         self.rank = rank
         self.num_key_slots = num_key_slots
-        self.generator = ExpertGenerator(hidden_size, cross_attn_dim, num_heads, rank, lora_scale)
+        self.generator = ExpertGenerator(hidden_size, cross_attn_dim, num_heads, rank, lora_scale, token_types)
         self.edit_extractor = KeyExtractor(hidden_size, cross_attn_dim, num_heads, num_key_slots)
         self.input_extractor = KeyExtractor(hidden_size, cross_attn_dim, num_heads, num_key_slots)
         self.sentinel = nn.Parameter(torch.randn(num_sentinel_tokens, hidden_size))  # Theta, (n_img, d)
@@ -282,7 +309,7 @@ class LiveEditNetwork(nn.Module):
         """
         h = self._prepare(h, image_mask, prompt_mask, answer_mask)
         psi, phi = self.edit_keys(h, image_mask, prompt_mask)
-        U, V = self.generator(h, image_mask | prompt_mask | answer_mask)  # H_e = [h_v; h_p; h_o]
+        U, V = self.generator(h, image_mask, prompt_mask, answer_mask)  # H_e = [h_v; h_p; h_o]
         return Experts(psi=psi, phi=phi, U=U, V=V)
 
     def input_keys(self, h: Tensor, image_mask: Tensor, prompt_mask: Tensor) -> InputKeys:

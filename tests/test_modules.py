@@ -115,7 +115,7 @@ def test_expert_generator_formula_and_scale():
     gen = ExpertGenerator(D, DM, HEADS, rank=R, lora_scale=5.0)
     h, image, prompt, answer = make_batch()
     mask = image | prompt | answer
-    U, V = gen(h, mask)
+    U, V = gen(h, image, prompt, answer)
     assert U.shape == V.shape == (3, R, D)
     s = 1.0 / (5.0 * math.sqrt(R))
     torch.testing.assert_close(U, s * gen.attn_u(gen.phi_u[None], gen.norm_u(h), mask))
@@ -123,9 +123,26 @@ def test_expert_generator_formula_and_scale():
     # doubling lora_scale halves both factors (same weights, different s)
     torch.manual_seed(0)
     gen2 = ExpertGenerator(D, DM, HEADS, rank=R, lora_scale=10.0)
-    U2, V2 = gen2(h, mask)
+    U2, V2 = gen2(h, image, prompt, answer)
     torch.testing.assert_close(U2 * 2, U)
     torch.testing.assert_close(V2 * 2, V)
+
+
+def test_expert_generator_token_types_tell_the_answer_apart():
+    torch.manual_seed(0)
+    h, image, prompt, answer = make_batch()
+    relabelled = (image, prompt | answer, torch.zeros_like(answer))  # same H_e, the answer counted as prompt
+    plain = ExpertGenerator(D, DM, HEADS, rank=R, lora_scale=5.0)
+    for a, b in zip(plain(h, image, prompt, answer), plain(h, *relabelled), strict=True):
+        torch.testing.assert_close(a, b)  # the paper's generator sees only the union H_e
+    typed = ExpertGenerator(D, DM, HEADS, rank=R, lora_scale=5.0, token_types=True)
+    U, V = typed(h, image, prompt, answer)
+    kind = image.long() * 0 + prompt.long() * 1 + answer.long() * 2  # (B, T) type index where in H_e
+    s = 1.0 / (5.0 * math.sqrt(R))
+    mask = image | prompt | answer
+    torch.testing.assert_close(U, s * typed.attn_u(typed.phi_u[None], typed.norm_u(h) + typed.types_u[kind], mask))
+    torch.testing.assert_close(V, s * typed.attn_v(typed.phi_v[None], typed.norm_v(h) + typed.types_v[kind], mask))
+    assert not torch.allclose(U, typed(h, *relabelled)[0])
 
 
 # ---------------------------------------------------------------- LiveEditNetwork
