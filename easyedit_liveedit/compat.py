@@ -288,13 +288,16 @@ def _mend_label_strings_to_ids(mend_class: type) -> bool:
 # keeps it: `self.alg` stays the SERAC with an empty memory, so edit T returns a model that remembers edit T alone
 # (its own `keep_original_weight` branch trims `self.alg`'s memory, which shows the memory was meant to grow).
 # The wrapper keeps the returned SERAC as the executor's `alg` unless `keep_original_weight` is set, so sequential
-# edits accumulate in SERAC's memory as the method intends. The edit, the classifier and the counterfactual model
-# are EasyEdit's code; only the executor's reference to the latest SERAC changes.
+# edits accumulate in SERAC's memory as the method intends. The executor also never leaves training mode
+# (`init_model` builds an `nn.Module`, training by default, and `SERAC_MULTI.edit` copies the flag), so EasyEdit
+# scored SERAC with the scope classifier's dropout on and, as `SERAC_MULTI.forward` enables grad exactly in
+# training mode, built autograd graphs at every scored question; the wrapper returns the edited SERAC in eval
+# mode. The edit, the classifier and the counterfactual model are EasyEdit's code.
 _SERAC_EXECUTOR_KEYS = ("SERAC", "SERAC_MULTI")
 
 
 def _serac_keeps_its_memory(executor_class: type, alg_dict: dict) -> bool:
-    """Wrap ``apply_to_model`` (once) so the executor keeps the SERAC it returns; returns True if it wrapped now.
+    """Wrap ``apply_to_model`` (once) so the executor keeps the SERAC it returns, in eval mode; True if it wrapped now.
 
     ``ALG_MULTIMODAL_DICT`` holds methods bound at import time, so its SERAC entries are re-bound to the wrapper
     (same executor objects: ``__self__`` and ``reset_model`` keep working).
@@ -307,6 +310,7 @@ def _serac_keeps_its_memory(executor_class: type, alg_dict: dict) -> bool:
     @functools.wraps(original)
     def apply_to_model(self: Any, *args: Any, **kwargs: Any) -> Any:
         edited, weights_copy = original(self, *args, **kwargs)
+        edited.eval()
         call = parameters.bind(self, *args, **kwargs)
         call.apply_defaults()
         if not call.arguments["keep_original_weight"]:

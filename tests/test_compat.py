@@ -180,6 +180,8 @@ def test_serac_executor_still_edits_its_unchanged_serac():
     source = inspect.getsource(serac_main.SeracMultimodalRewriteExecutor.apply_to_model.__wrapped__)
     assert "self.alg.edit(" in source
     assert "self.alg = " not in source
+    executor_source = inspect.getsource(serac_main.SeracMultimodalRewriteExecutor)
+    assert "SERAC_MULTI(" in executor_source and ".eval()" not in executor_source  # built in training mode
 
 
 def test_serac_executor_keeps_the_serac_it_returns():
@@ -189,13 +191,20 @@ def test_serac_executor_keeps_the_serac_it_returns():
     for key in ("SERAC", "SERAC_MULTI"):  # the entries bound at import time call the wrapper
         assert alg_dict[key].__func__ is serac_main.SeracMultimodalRewriteExecutor.apply_to_model
 
-    class Executor:  # EasyEdit's behaviour: every call edits `self.alg` and returns a new object
+    class Memory(tuple):  # stands in for SERAC_MULTI: its memory, and a training flag as nn.Module has
+        training = True
+
+        def eval(self):
+            self.training = False
+            return self
+
+    class Executor:  # EasyEdit's behaviour: every call edits `self.alg` and returns a new object, in training mode
         def __init__(self):
-            self.alg = ()
+            self.alg = Memory()
 
         def apply_to_model(self, model, tok, requests, hparams, copy=False, return_orig_weights=False,
                            keep_original_weight=False, **kwargs):  # fmt: skip
-            return self.alg + tuple(requests), {}
+            return Memory(self.alg + tuple(requests)), {}
 
     executor = Executor()
     table = {"SERAC_MULTI": executor.apply_to_model, "MEND": print}
@@ -206,6 +215,7 @@ def test_serac_executor_keeps_the_serac_it_returns():
     assert executor.apply_to_model(None, None, ["b"], None)[0] == ("a", "b")
     assert executor.apply_to_model(None, None, ["c"], None, False, False, True)[0] == ("a", "b", "c")
     assert executor.alg == ("a", "b")  # keep_original_weight (positional here): the memory was not replaced
+    assert not executor.alg.training  # answers in eval mode: no dropout, no autograd in SERAC's forward
 
 
 # 11. SERAC runs its classifier over the whole memory on every forward
