@@ -326,47 +326,54 @@ def _serac_keeps_its_memory(executor_class: type, alg_dict: dict) -> bool:
 
 
 # --- 11. SERAC re-encodes its whole memory every time it answers ------------------------------------------------
-# `SERAC_MULTI.embedding_logsim_matrix` runs the scope classifier over every remembered edit input on every
-# forward, so answering one question after T edits costs a classifier pass over T texts (1.7-2.8 s per scored
+# `SERAC_MULTI.embedding_logsim_matrix` tokenizes and runs the scope classifier over every remembered edit input on
+# every forward, so answering one question after T edits costs a classifier pass over T texts (1.7-2.8 s per scored
 # record on the toy after 1,000 edits, most of a 60-minute comparison). Outside training neither the memory's
-# texts nor the classifier change between forwards. While grad is off, the wrapper lends that method a classifier
-# that encodes each distinct token sequence once and answers repeats from a cache; the cache is dropped when any
-# classifier parameter is updated in place (its version counter moves). Distances, scale and threshold stay
-# EasyEdit's code; only the classifier outputs the method reads (`last_hidden_state[:, 0]`, `pooler_output`) are
-# served per row.
+# texts nor the classifier change between forwards. While grad is off, the wrapper lends that method a tokenizer
+# that hands the texts through untouched and a classifier that tokenizes and encodes each distinct text once,
+# answering repeats from a cache; the cache is dropped when any classifier parameter is updated in place (its
+# version counter moves). Distances, scale and threshold stay EasyEdit's code; only the classifier outputs the
+# method reads (`last_hidden_state[:, 0]`, `pooler_output`) are served per text.
 @dataclasses.dataclass
 class _EncodedTexts:
-    """Classifier outputs per token sequence, valid for one state of the classifier's parameters."""
+    """Classifier outputs per text, valid for one state of the classifier's parameters."""
 
     versions: tuple[int, ...] = ()
-    rows: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]] = dataclasses.field(default_factory=dict)
+    rows: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = dataclasses.field(default_factory=dict)
+
+
+class _Texts(dict):
+    """What the lent tokenizer returns: the raw texts, handed to the lent classifier as ``texts=``."""
+
+    def to(self, *args: Any, **kwargs: Any) -> _Texts:
+        return self
 
 
 class _EncodeEachTextOnce(torch.nn.Module):
-    """Stands in for SERAC's classifier: encodes only the rows it has not seen since the parameters last changed."""
+    """Stands in for SERAC's classifier: encodes only the texts it has not seen since the parameters last changed."""
 
-    def __init__(self, classifier: torch.nn.Module, memo: _EncodedTexts) -> None:
+    def __init__(self, classifier: torch.nn.Module, tokenizer: Any, memo: _EncodedTexts) -> None:
         super().__init__()
         self.classifier = classifier
+        self.tokenizer = tokenizer
         self.memo = memo
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> SimpleNamespace:
+    def tokenize(self, texts: list[str], **kwargs: Any) -> _Texts:
+        """Stands in for SERAC's tokenizer: tokenizing waits until ``forward`` knows which texts are new."""
+        return _Texts(texts=list(texts))
+
+    def forward(self, texts: list[str]) -> SimpleNamespace:
         versions = tuple(p._version for p in self.classifier.parameters())
         if versions != self.memo.versions:
             self.memo.versions, self.memo.rows = versions, {}
-        keys = [tuple(ids[mask.bool()].tolist()) for ids, mask in zip(input_ids, attention_mask, strict=True)]
-        new = {key: row for row, key in enumerate(keys) if key not in self.memo.rows}  # first row of each new text
+        new = [text for text in dict.fromkeys(texts) if text not in self.memo.rows]
         if new:
-            rows = list(new.values())
-            out = self.classifier(
-                input_ids=input_ids[rows],
-                attention_mask=attention_mask[rows],
-                **{k: v[rows] for k, v in kwargs.items()},
-            )
+            device = next(self.classifier.parameters()).device
+            out = self.classifier(**self.tokenizer(new, return_tensors="pt", padding=True).to(device))
             pooled = getattr(out, "pooler_output", None)
-            for i, key in enumerate(new):
-                self.memo.rows[key] = (out.last_hidden_state[i, 0], None if pooled is None else pooled[i])
-        first, pooled = zip(*(self.memo.rows[key] for key in keys), strict=True)
+            for i, text in enumerate(new):
+                self.memo.rows[text] = (out.last_hidden_state[i, 0], None if pooled is None else pooled[i])
+        first, pooled = zip(*(self.memo.rows[text] for text in texts), strict=True)
         return SimpleNamespace(
             last_hidden_state=torch.stack(first)[:, None],  # only position 0 (the [CLS] token) is served
             pooler_output=None if pooled[0] is None else torch.stack(pooled),
@@ -382,14 +389,15 @@ def _serac_encodes_memory_once(serac_class: type) -> bool:
 
     @functools.wraps(original)
     def embedding_logsim_matrix(self: Any, cls_ctxs: list[str], test_input_text: list[str]) -> torch.Tensor:
-        classifier = self.classifier
         if torch.is_grad_enabled():  # training: the classifier changes at every step
             return original(self, cls_ctxs, test_input_text)
-        self.classifier = _EncodeEachTextOnce(classifier, memos.setdefault(classifier, _EncodedTexts()))
+        classifier, tokenizer = self.classifier, self.classifier_tok
+        encoder = _EncodeEachTextOnce(classifier, tokenizer, memos.setdefault(classifier, _EncodedTexts()))
+        self.classifier, self.classifier_tok = encoder, encoder.tokenize
         try:
             return original(self, cls_ctxs, test_input_text)
         finally:
-            self.classifier = classifier
+            self.classifier, self.classifier_tok = classifier, tokenizer
 
     serac_class.embedding_logsim_matrix = embedding_logsim_matrix
     return True

@@ -5,6 +5,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -263,7 +264,8 @@ def test_serac_encodes_each_remembered_text_once(small_world):
         again = encode(self, memory + ["one more edit"], questions)
     torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(again[:, :-1], expected, rtol=1e-5, atol=1e-5)
-    assert self.classifier is not None and not isinstance(self.classifier, compat._EncodeEachTextOnce)
+    assert isinstance(self.classifier, torch.nn.Module) and not isinstance(self.classifier, compat._EncodeEachTextOnce)
+    assert not isinstance(self.classifier_tok, types.MethodType)  # EasyEdit's own tokenizer is back
     assert encoded == [12, 2, 1]  # the memory once, the questions once, then only the new edit
     with torch.no_grad():
         next(self.classifier.parameters()).mul_(1.5)  # an updated classifier invalidates what was cached
