@@ -6,6 +6,10 @@ this plugin) defines for them, applies the run's overrides, and makes sure the e
 if it does not, the training YAML is run through EasyEdit's own trainer loop (``MultimodalTrainer.run()``;
 ``LiveEditMultimodalTrainer`` for LiveEdit), and the editing hparams are pointed at the archive it wrote.
 
+Every archive ``train_archive`` writes gets a provenance record beside it (``<archive>.provenance.json``): the
+training hparams, the train file's hash, the validation size and the backbone files' sizes and times. The runner
+reuses an archive only while a fresh record equals the stored one (``provenance_changes``).
+
 Why a separate validation file: EasyEdit's trainer keeps the checkpoint with the best validation loss, so
 validating on the records the benchmark edits would leak the benchmark into model selection. Validation uses
 the tail of the *train* file instead, which the training subset never reaches.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import importlib
 import json
 import logging
@@ -94,6 +99,93 @@ def archive_path(training_hparams: Any) -> Path:
     return Path(training_hparams.results_dir) / "models" / training_hparams.alg / model_name
 
 
+# Hparams that only say where outputs go (or which YAML they came from): they never change the trained weights.
+_OUTPUT_KEYS = ("results_dir", "source")
+# Files and folders the backbone (and SERAC's counterfactual model and scope classifier) is read from; a hub name
+# that is not on disk has no files to record, and its name is already in the hparams.
+_BACKBONE_KEYS = (
+    "name",
+    "tokenizer_name",
+    "qformer_checkpoint",
+    "qformer_name_or_path",
+    "state_dict_file",
+    "pretrained_ckpt",
+    "small_name",
+    "cls_name",
+)
+
+
+def provenance_path(archive: str | Path) -> Path:
+    """Where an archive's provenance record lives: ``<archive>.provenance.json``, in the archive's folder."""
+    archive = Path(archive)
+    return archive.with_name(archive.name + ".provenance.json")
+
+
+def _file_identity(path: Path) -> dict[str, dict[str, int]]:
+    """Size and mtime of a file, or of each file directly in a folder, by file name.
+
+    Size and mtime rather than a hash: hashing multi-GB backbone weights on every run would take minutes. A rebuilt
+    or replaced file gets a new mtime; a copy that keeps both size and mtime would go unnoticed.
+    """
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    identity = {}
+    for file in files:
+        stat = file.stat()
+        identity[file.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return identity
+
+
+def provenance(training_hparams: Any, train_json: str | Path, val_size: int) -> dict[str, Any]:
+    """What an archive is trained from, so that a later run can tell whether the archive still fits its inputs.
+
+    Args:
+        training_hparams: the training hparams (a dataclass), as passed to ``train_archive``.
+        train_json: the train split (validation records included).
+        val_size: validation records held out from its end.
+
+    Returns:
+        ``{"hparams", "train_json_sha256", "val_size", "backbone"}``: the hparams minus ``results_dir`` and
+        ``source``; the backbone as ``{hparams key: {file name: {"size", "mtime_ns"}}}`` for each key whose path
+        exists. JSON-safe: the record read back from its file equals a fresh one built from unchanged inputs.
+    """
+    values = {k: v for k, v in dataclasses.asdict(training_hparams).items() if k not in _OUTPUT_KEYS}
+    with open(train_json, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    backbone = {}
+    for key in _BACKBONE_KEYS:
+        value = getattr(training_hparams, key, None)
+        if value and Path(value).exists():
+            backbone[key] = _file_identity(Path(value))
+    return {
+        "hparams": json.loads(json.dumps(values, default=str)),  # as stored: tuples become lists, other types str
+        "train_json_sha256": digest,
+        "val_size": val_size,
+        "backbone": backbone,
+    }
+
+
+def _differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys present on one side only or with different values, sorted."""
+    return sorted(k for k in old.keys() | new.keys() if k not in old or k not in new or old[k] != new[k])
+
+
+def provenance_changes(stored: dict[str, Any], fresh: dict[str, Any]) -> str | None:
+    """The keys in which a stored provenance record differs from a fresh one, for the log; None if none does.
+
+    Keys of ``hparams`` and ``backbone`` are named one level down (``hparams.lora_scale``, ``backbone.name``) so
+    the log says which setting or file changed. A key present on one side only counts as a change (a new hparams
+    field means the code that trains changed).
+    """
+    changed = []
+    for key in _differing(stored, fresh):
+        old, new = stored.get(key), fresh.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [f"{key}.{k}" for k in _differing(old, new)]
+        else:
+            changed.append(key)
+    return ", ".join(changed) or None
+
+
 def split_train_val(train_json: Path, val_size: int, folder: Path) -> tuple[Path, Path]:
     """Train records minus the last ``val_size`` (train file) and those last records (validation file).
 
@@ -146,8 +238,10 @@ def train_archive(
         val_size: validation records.
 
     Returns:
-        The archive path (``<results_dir>/models/<alg>/<model>``); it exists when this returns.
+        The archive path (``<results_dir>/models/<alg>/<model>``); it exists when this returns, and so does its
+        provenance record (``provenance_path``), which describes the inputs as they were when training started.
     """
+    record = provenance(training_hparams, train_json, val_size)
     easyeditor = importlib.import_module("easyeditor")
     config = copy.deepcopy(training_hparams)
     config.final_eval = False  # the comparison evaluates the archive itself; EasyEdit saves at each validation
@@ -178,6 +272,7 @@ def train_archive(
     path = Path(trainer.save_path)
     if not path.is_file():
         raise FileNotFoundError(f"{method}: EasyEdit's trainer wrote no archive at {path}")
+    provenance_path(path).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     LOG.info(
         "%s archive trained (%d steps, %.0f s): %s", method, config.max_iters, time.perf_counter() - started, path
     )

@@ -149,11 +149,13 @@ class Runner:
         train_json, _, _ = self.data_paths()
 
         def prepare() -> None:
-            if archive.is_file() and not retrain:
-                LOG.info("%s: using the archive %s", name, archive)
+            if method_cfg.archive:  # the user's own archive: used as given, never checked or retrained
+                if not archive.is_file():
+                    raise FileNotFoundError(f"method.archive={method_cfg.archive!r} does not exist")
+                LOG.info("%s: using the archive %s (method.archive, used as given)", name, archive)
                 return
-            if method_cfg.archive:
-                raise FileNotFoundError(f"method.archive={method_cfg.archive!r} does not exist")
+            if archive.is_file() and not retrain and self._archive_fits(name, archive, training, train_json):
+                return
             patches = self.world.easyedit_patches if self.world is not None else compat.cuda_to_cpu
             written = archives.train_archive(name, training, train_json, _DATASETS[self.cfg.data.kind],
                                              self.out / "training" / name, patches, self.cfg.run.val_size)  # fmt: skip
@@ -161,6 +163,28 @@ class Runner:
                 raise RuntimeError(f"{name}: the trainer wrote {written}, expected {archive}")
 
         return MethodRun(name, hparams=hparams, prepare=prepare)
+
+    def _archive_fits(self, name: str, archive: Path, training: Any, train_json: Path) -> bool:
+        """Whether an existing archive may be reused: its provenance record matches what it would be trained from
+        now. An archive without a record (trained before records were kept) is reused with a warning."""
+        record = archives.provenance_path(archive)
+        if not record.is_file():
+            LOG.warning(
+                "%s: the archive %s has no provenance record, so whether it fits the current hparams, data and "
+                "backbone cannot be checked; using it (pass run.retrain=true to train it again)",
+                name,
+                archive,
+            )
+            return True
+        fresh = archives.provenance(training, train_json, self.cfg.run.val_size)
+        changes = archives.provenance_changes(json.loads(record.read_text()), fresh)
+        if changes is None:
+            LOG.info("%s: using the archive %s", name, archive)
+            return True
+        LOG.warning(
+            "%s: the archive %s was trained from other inputs (changed: %s); training it again", name, archive, changes
+        )
+        return False
 
     def _ike_run(self, name: str, hparams: Any, rebuild: bool) -> MethodRun:
         """IKE: its encoder resolved offline, its demonstrations built from the train split when missing.
@@ -210,8 +234,8 @@ class Runner:
         return f"{what}: model={c.model.name} data={c.data.name} edits={list(c.run.edits)}"
 
     def train(self) -> str:
-        """Meta-train the selected method's archive (again, if it exists); for IKE, encode its demonstrations
-        again. Returns where the result is."""
+        """Meta-train the selected method's archive (again, if it exists; one given as ``method.archive`` is used as
+        it is); for IKE, encode its demonstrations again. Returns where the result is."""
         run = self.method_run(self.cfg.method, force_train=True)
         if run.not_run:
             raise RuntimeError(f"{run.name} cannot be trained here: {run.not_run}")

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_compare import small_archives
+from test_compare import ARCHIVE_RUN, small_archives
+
+from easyedit_liveedit.toyworld.layout import CACHE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["model.toy_world=small", "run.edits=[1,2]", "run.probe_limit=4", "run.threads=1", "run.progress=false"]
@@ -33,20 +35,24 @@ def _finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def runs(small_world, tmp_path_factory):
-    """A multirun sweep over every method, the bare command and bad arguments, started together."""
+    """A multirun sweep over every method, the bare command and bad arguments, started together. The runs load
+    the session's small world itself (its cache folder), so the session's archives fit it and are reused."""
     base = tmp_path_factory.mktemp("cli")
     common = [
         *SMALL,
+        *ARCHIVE_RUN,
         f"run.output_dir={base / 'out'}",
         f"run.archive_dir={small_archives(tmp_path_factory, small_world)}",
     ]
-    started = {
-        "multirun": _start(["edit", *common, "--multirun", "method=LiveEdit,MEND,SERAC,IKE"], base),
-        "bare": _start([], base),
-        "bad_option": _start(["edit", "method=NOPE", *common], base),
-        "bad_key": _start(["edit", "run.no_such_key=1", *common], base),
-        "bad_command": _start(["comparre", *common], base),
-    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(small_world.layout.root.parent))
+        started = {
+            "multirun": _start(["edit", *common, "--multirun", "method=LiveEdit,MEND,SERAC,IKE"], base),
+            "bare": _start([], base),
+            "bad_option": _start(["edit", "method=NOPE", *common], base),
+            "bad_key": _start(["edit", "run.no_such_key=1", *common], base),
+            "bad_command": _start(["comparre", *common], base),
+        }
     return base, {name: _finish(p) for name, p in started.items()}
 
 

@@ -3,13 +3,17 @@ identical edit sequences, and the EMT probe's judging.
 
 The small world answers near chance, so no score is checked against a value: the tests check the table's
 structure, that scores are proportions, that locality is measured against the unedited backbone, and that
-failures (an exception, NaN logits, a method that cannot run here) appear as such.
+failures (an exception, NaN logits, a method that cannot run here) appear as such. The archives' provenance
+records are checked directly and through the runner's choice to reuse or retrain (training mocked).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import logging
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,9 +27,12 @@ from easyedit_liveedit.plots import plot
 from easyedit_liveedit.probe import classification_accuracy, load_records, normalise
 from easyedit_liveedit.table import COLUMNS, markdown, read_csv, write_csv
 from easyedit_liveedit.toyworld.evaluate import ImageLoader
-from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
+from easyedit_liveedit.toyworld.layout import CACHE_ENV, PROJECT_ROOT
 
 EDITS = [1, 3]
+# How the session's archives are trained; a runner reuses them only with the same run.train_steps and run.val_size.
+TRAIN_STEPS, VAL_SIZE = 2, 4
+ARCHIVE_RUN = [f"run.train_steps={TRAIN_STEPS}", f"run.val_size={VAL_SIZE}"]
 
 
 def _hparams(world, method: str, training: bool = False, **overrides):
@@ -39,16 +46,33 @@ def _hparams(world, method: str, training: bool = False, **overrides):
 def small_archives(tmp_path_factory, world) -> Path:
     """LiveEdit, MEND and SERAC archives for the small world, two steps of EasyEdit's trainer loop each (only
     their existence matters); trained once per test session into ``<basetemp>/compare-archives`` (the CLI tests
-    reuse them through ``run.archive_dir``)."""
+    reuse them through ``run.archive_dir``, with ``ARCHIVE_RUN`` so that their provenance records match)."""
     root = tmp_path_factory.getbasetemp() / "compare-archives"
     for method in ("LiveEdit", "MEND", "SERAC"):
-        training = _hparams(world, method, training=True, max_iters=2, results_dir=str(root))
+        training = _hparams(world, method, training=True, max_iters=TRAIN_STEPS, results_dir=str(root))
         if not archives.archive_path(training).is_file():
             archives.train_archive(
                 method, training, world.split("vqa_train"), "VQADataset", root / f"split-{method}",
-                world.easyedit_patches, val_size=4,
+                world.easyedit_patches, val_size=VAL_SIZE,
             )  # fmt: skip
     return root
+
+
+def small_runner(world, out: Path, *overrides: str):
+    """A ``Runner`` for the composed Hydra configuration (as the CLI builds it) on ``world`` itself: the toy world
+    cache is pointed at the world's folder while the runner loads it."""
+    from hydra import compose, initialize_config_module
+
+    from easyedit_liveedit.config import register_configs
+    from easyedit_liveedit.runner import Runner
+
+    register_configs()
+    with initialize_config_module("easyedit_liveedit.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["model.toy_world=small", "run.threads=1", "run.progress=false",
+                                           *overrides])  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(world.layout.root.parent))
+        return Runner(cfg, out)
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +98,18 @@ def _broken_prepare() -> None:
 @pytest.fixture(scope="module")
 def rows(small_world, tmp_path_factory, backbone, settings):
     """``compare`` through the composed Hydra configuration (as the CLI runs it), plus a method that crashes and
-    one whose hparams YAML does not exist."""
-    from hydra import compose, initialize_config_module
+    one whose hparams YAML does not exist. The session's archives are reused, not trained again: the provenance
+    records ``train_archive`` wrote match what the runner would train them from."""
     from omegaconf import OmegaConf
 
-    from easyedit_liveedit.config import MethodConfig, register_configs
-    from easyedit_liveedit.runner import Runner
+    from easyedit_liveedit.config import MethodConfig
 
     archive_dir = small_archives(tmp_path_factory, small_world)
-    register_configs()
-    with initialize_config_module("easyedit_liveedit.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "command=compare", "model.toy_world=small", "run.edits=[3,1]", "run.probe_limit=6", "run.threads=1",
-            "run.progress=false", f"run.archive_dir={archive_dir}",
-        ])  # fmt: skip
-    runner = Runner(cfg, tmp_path_factory.mktemp("compare-run"))
+    trained = {path: path.stat().st_mtime_ns for path in archive_dir.glob("models/*/*")}
+    runner = small_runner(small_world, tmp_path_factory.mktemp("compare-run"), "command=compare", "run.edits=[3,1]",
+                          "run.probe_limit=6", f"run.archive_dir={archive_dir}", *ARCHIVE_RUN)  # fmt: skip
     runner.compare()
+    assert len(trained) == 6 and {path: path.stat().st_mtime_ns for path in trained} == trained, "trained again"
     broken = MethodRun("Broken", hparams=_hparams(small_world, "MEND"), prepare=_broken_prepare)
     missing = runner.method_run(OmegaConf.structured(MethodConfig(name="NoYAML", hparams="hparams/NoYAML/x.yaml",
                                                                   requires="a model from the hub")))  # fmt: skip
@@ -243,3 +263,136 @@ def test_serac_remembers_every_edit_of_the_sequence(small_world, tmp_path_factor
             assert apply_fn.__self__.alg is second  # keep_original_weight: the executor's SERAC is not replaced
         finally:
             apply_fn.__self__.reset_model()
+
+
+# ---------------------------------------------------------------------------------- archive provenance
+def _touch(path: Path) -> None:
+    """A later mtime, same bytes: what rebuilding a backbone file leaves behind."""
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+@pytest.fixture
+def training_inputs(tmp_path):
+    """LiveEdit training values whose backbone is two small files, and a train file; nothing is loaded."""
+    opt, vision = tmp_path / "opt", tmp_path / "vision.safetensors"
+    opt.mkdir()
+    (opt / "model.safetensors").write_bytes(b"opt weights")
+    vision.write_bytes(b"vit weights")
+    train_json = tmp_path / "train.json"
+    train_json.write_text('[{"src": "a"}, {"src": "b"}]')
+    values = dict(alg="LiveEdit", name=str(opt), model_name="blip2", model_class="Blip2OPT",
+                  tokenizer_class="GPT2Tokenizer", tokenizer_name=str(opt), state_dict_file=str(vision),
+                  pretrained_ckpt=str(tmp_path / "absent.pth"), results_dir=str(tmp_path / "results"))  # fmt: skip
+    return values, train_json
+
+
+def _record(values: dict, train_json: Path, val_size: int = 1) -> dict:
+    training = easyedit_liveedit.LiveEditMultimodalTrainingHparams.from_dict(values, source="training.yaml")
+    return archives.provenance(training, train_json, val_size)
+
+
+def test_provenance_round_trips_and_leaves_out_where_outputs_go(training_inputs, tmp_path):
+    values, train_json = training_inputs
+    record = _record(values, train_json)
+    stored = json.loads(json.dumps(record))  # as train_archive writes it and the runner reads it
+    assert stored == record and archives.provenance_changes(stored, _record(values, train_json)) is None
+    assert record["val_size"] == 1 and record["hparams"]["lora_scale"] == 5.0
+    assert record["hparams"]["name"] == values["name"]  # model paths are kept ...
+    assert "results_dir" not in record["hparams"] and "source" not in record["hparams"]  # ... output paths are not
+    elsewhere = {**values, "results_dir": str(tmp_path / "elsewhere")}
+    assert archives.provenance_changes(record, _record(elsewhere, train_json)) is None
+    assert set(record["backbone"]) == {"name", "tokenizer_name", "state_dict_file"}  # pretrained_ckpt: not on disk
+    stat = (tmp_path / "vision.safetensors").stat()
+    assert record["backbone"]["state_dict_file"] == {"vision.safetensors": {"size": 11, "mtime_ns": stat.st_mtime_ns}}
+    assert set(record["backbone"]["name"]) == {"model.safetensors"}  # a folder: its files
+    archive = tmp_path / "models" / "LiveEdit" / "blip2"
+    assert archives.provenance_path(archive) == archive.with_name("blip2.provenance.json")
+
+
+def test_provenance_names_what_changed(training_inputs, tmp_path):
+    values, train_json = training_inputs
+    before = _record(values, train_json)
+    assert archives.provenance_changes(before, _record({**values, "lora_scale": 1.0}, train_json)) == (
+        "hparams.lora_scale"
+    )
+    assert archives.provenance_changes(before, _record(values, train_json, val_size=2)) == "val_size"
+    old = json.loads(json.dumps(before))
+    del old["hparams"]["token_types"]  # a record written before the key existed
+    assert archives.provenance_changes(old, before) == "hparams.token_types"
+
+    train_json.write_text('[{"src": "a"}, {"src": "c"}]')  # same size, other bytes
+    assert archives.provenance_changes(before, _record(values, train_json)) == "train_json_sha256"
+
+    before = _record(values, train_json)
+    _touch(tmp_path / "vision.safetensors")
+    assert archives.provenance_changes(before, _record(values, train_json)) == "backbone.state_dict_file"
+    before = _record(values, train_json)
+    _touch(tmp_path / "opt" / "model.safetensors")  # one folder behind two keys
+    assert archives.provenance_changes(before, _record(values, train_json)) == "backbone.name, backbone.tokenizer_name"
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """``archives.train_archive`` replaced by one that writes a stand-in archive and its provenance record; the
+    list of methods it was called for."""
+    calls = []
+
+    def train(method, training, train_json, dataset_class, work_dir, patches=None, val_size=100):
+        path = archives.archive_path(training)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"archive")
+        archives.provenance_path(path).write_text(json.dumps(archives.provenance(training, train_json, val_size)))
+        calls.append(method)
+        return path
+
+    monkeypatch.setattr(archives, "train_archive", train)
+    return calls
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_runner_reuses_an_archive_while_its_record_matches(small_world, tmp_path, fake_training, caplog):
+    runner = small_runner(small_world, tmp_path / "run", "command=compare", "method=LiveEdit",
+                          f"run.archive_dir={tmp_path}")  # fmt: skip
+    caplog.set_level(logging.INFO, logger="easyedit_liveedit.runner")
+
+    def prepare(force_train: bool | None = None) -> Path:
+        caplog.clear()
+        run = runner.method_run(runner.cfg.method, force_train)
+        run.prepare()
+        return Path(run.hparams.archive)
+
+    archive = prepare()
+    assert fake_training == ["LiveEdit"] and archive.is_file()  # missing: trained
+    assert prepare() == archive and fake_training == ["LiveEdit"]  # the record matches: reused
+    assert f"using the archive {archive}" in caplog.text and not _warnings(caplog)
+
+    runner.cfg.method.training_overrides = {"lora_scale": 2.0}
+    assert prepare() == archive and len(fake_training) == 2  # the record differs: trained again, same path
+    (warning,) = _warnings(caplog)
+    assert "changed: hparams.lora_scale" in warning
+    assert prepare() == archive and len(fake_training) == 2  # the new record matches
+
+    archives.provenance_path(archive).unlink()  # an archive trained before records were kept
+    assert prepare() == archive and len(fake_training) == 2  # reused, with a warning
+    (warning,) = _warnings(caplog)
+    assert "no provenance record" in warning and "run.retrain=true" in warning
+    prepare(force_train=True)
+    assert len(fake_training) == 3 and archives.provenance_path(archive).is_file()
+
+
+def test_runner_uses_a_given_archive_as_it_is(small_world, tmp_path, fake_training, caplog):
+    given = tmp_path / "mine.pt"
+    runner = small_runner(small_world, tmp_path / "run", "command=train", "method=LiveEdit",
+                          f"method.archive={given}", f"run.archive_dir={tmp_path}")  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="method.archive="):
+        runner.method_run(runner.cfg.method).prepare()
+    given.write_bytes(b"archive")  # no provenance record: never checked
+    caplog.set_level(logging.INFO, logger="easyedit_liveedit.runner")
+    run = runner.method_run(runner.cfg.method, force_train=True)
+    run.prepare()
+    assert run.hparams.archive == str(given) and fake_training == []
+    assert "used as given" in caplog.text and not _warnings(caplog)
