@@ -73,6 +73,8 @@ class RunConfig:
     val_size: int = 100  # train records held out for EasyEdit's validation during meta-training
     retrain: bool = False  # train even if the archive exists
     probe_limit: int | None = None  # EMT probe on the first N classification records (null: all)
+    ike_train_records: int | None = None  # IKE draws demonstrations from the first N train records (null: all);
+    # the file is cached in <archive_dir>/IKE/embedding/: after changing N, pass run.retrain=true
     threads: int = 2  # torch CPU threads
     progress: bool = True  # tqdm bars
 

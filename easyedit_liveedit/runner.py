@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -208,7 +209,7 @@ class Runner:
             if path.is_file() and not rebuild:
                 LOG.info("%s: using the demonstrations %s", name, path)
                 return
-            ike.write_demonstrations(hparams, loaded["train_ds"])
+            ike.write_demonstrations(hparams, itertools.islice(loaded["train_ds"], self.cfg.run.ike_train_records))
 
         return MethodRun(name, hparams=hparams, prepare=prepare, edit_kwargs=lambda: dict(loaded))
 

@@ -396,3 +396,18 @@ def test_runner_uses_a_given_archive_as_it_is(small_world, tmp_path, fake_traini
     run.prepare()
     assert run.hparams.archive == str(given) and fake_training == []
     assert "used as given" in caplog.text and not _warnings(caplog)
+
+
+def test_ike_demonstrations_come_from_the_first_n_train_records(small_world, tmp_path):
+    import pickle
+
+    from easyedit_liveedit import ike
+
+    runner = small_runner(small_world, tmp_path / "out", f"run.archive_dir={tmp_path}", "run.ike_train_records=3")
+    (run,) = runner._methods(["IKE"])
+    run.prepare()
+    with ike.demonstrations_path(run.hparams).open("rb") as stream:
+        sentences = pickle.load(stream)["sentences"]
+    first = json.loads(runner.data_paths()[0].read_text())[:3]
+    assert len(sentences) == 9  # copy, update and retain for each of the 3 records
+    assert [s.split("\n")[0] for s in sentences[::3]] == [f"New Fact: {r['src']} {r['alt']}" for r in first]
