@@ -32,6 +32,8 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from .liveedit_hparams import PATH_KEYS
+
 LOG = logging.getLogger(__name__)
 
 # method -> (editing hparams class, training hparams class or None), as attribute names of `easyeditor`
@@ -101,15 +103,11 @@ def archive_path(training_hparams: Any) -> Path:
 
 # Hparams that only say where outputs go (or which YAML they came from): they never change the trained weights.
 _OUTPUT_KEYS = ("results_dir", "source")
-# Files and folders the backbone (and SERAC's counterfactual model and scope classifier) is read from; a hub name
-# that is not on disk has no files to record, and its name is already in the hparams.
+# Files and folders the backbone is read from (LiveEdit's path keys minus data and archive), plus SERAC's
+# counterfactual model and scope classifier; a hub name that is not on disk has no files to record, and its name is
+# already in the hparams.
 _BACKBONE_KEYS = (
-    "name",
-    "tokenizer_name",
-    "qformer_checkpoint",
-    "qformer_name_or_path",
-    "state_dict_file",
-    "pretrained_ckpt",
+    *(key for key in PATH_KEYS if key not in ("coco_image", "rephrase_image", "archive")),
     "small_name",
     "cls_name",
 )
