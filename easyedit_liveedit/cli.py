@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,23 +124,15 @@ def run_command(cfg: Any) -> None:
         raise ValueError(f"command={cfg.command!r}: expected one of {', '.join(COMMANDS)}")
     out = Path(HydraConfig.get().runtime.output_dir)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    _seed(cfg.run.seed)
+    from .compare import seed_all
     from .runner import Runner  # heavy imports (torch, easyeditor) only once the configuration is valid
 
+    seed_all(cfg.run.seed)
     runner = Runner(cfg, out)
     result = getattr(runner, cfg.command)()
     if result:
         print(result)
     print(f"run directory: {out}")
-
-
-def _seed(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def method_config(cfg: Any, name: str) -> Any:

@@ -33,6 +33,7 @@ import hashlib
 import importlib
 import logging
 import math
+import random
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -108,6 +109,7 @@ class CompareSettings:
     classification_records: list[dict] | None = None  # None: no EMT probe for this data set
     probe_batch_size: int = 16
     score: bool = True  # False: only the EMT probe (the `probe` command), no EasyEdit metrics
+    seed: int | None = None  # re-seed before each method, so its rows do not depend on the methods run before it
 
     def __post_init__(self) -> None:
         if not self.edits or any(not isinstance(t, int) or t < 1 for t in self.edits):
@@ -319,6 +321,13 @@ def _probe(
     return classification_accuracy(model, tok, settings.classification_records, backbone.load_image, batch_size)
 
 
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def compare(
     methods: list[MethodRun],
     backbone: Backbone,
@@ -335,6 +344,8 @@ def compare(
     with _threads(threads):
         for method in methods:
             LOG.info("comparing %s at %s edits", method.name, settings.edits)
+            if settings.seed is not None:  # a method's rows never depend on which methods ran before it
+                seed_all(settings.seed)
             rows.extend(run_method(method, backbone, settings, progress=progress))
             if on_method_done is not None:
                 on_method_done(list(rows))

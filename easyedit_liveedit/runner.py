@@ -115,6 +115,7 @@ class Runner:
             edits=list(self.cfg.run.edits),
             classification_records=records,
             score=score,
+            seed=self.cfg.run.seed,
         )
 
     def method_run(self, method_cfg: Any, force_train: bool | None = None) -> MethodRun:

@@ -411,3 +411,21 @@ def test_ike_demonstrations_come_from_the_first_n_train_records(small_world, tmp
     first = json.loads(runner.data_paths()[0].read_text())[:3]
     assert len(sentences) == 9  # copy, update and retain for each of the 3 records
     assert [s.split("\n")[0] for s in sentences[::3]] == [f"New Fact: {r['src']} {r['alt']}" for r in first]
+
+
+def test_each_method_starts_from_the_same_seeded_generators(monkeypatch):
+    from easyedit_liveedit import compare as compare_module
+
+    draws = {}
+
+    def run_method(method, backbone, settings, progress=True):
+        draws[method.name] = torch.rand(3)
+        torch.rand(5)  # a method that consumes random numbers must not shift the next method's
+        return []
+
+    monkeypatch.setattr(compare_module, "run_method", run_method)
+    methods = [SimpleNamespace(name="A"), SimpleNamespace(name="B")]
+    compare_module.compare(methods, None, CompareSettings(eval_json="x.json", seed=7), progress=False)
+    torch.testing.assert_close(draws["A"], draws["B"])
+    compare_module.compare(methods, None, CompareSettings(eval_json="x.json"), progress=False)  # no seed: no reset
+    assert not torch.equal(draws["A"], draws["B"])
