@@ -292,12 +292,17 @@ def _mend_label_strings_to_ids(mend_class: type) -> bool:
 # (`init_model` builds an `nn.Module`, training by default, and `SERAC_MULTI.edit` copies the flag), so EasyEdit
 # scored SERAC with the scope classifier's dropout on and, as `SERAC_MULTI.forward` enables grad exactly in
 # training mode, built autograd graphs at every scored question; the wrapper returns the edited SERAC in eval
-# mode. The edit, the classifier and the counterfactual model are EasyEdit's code.
+# mode. And `SERAC_MULTI.edit` builds the new SERAC with `SERAC_MULTI(...)`, whose `__init__` creates a fresh,
+# randomly initialised `language_projection` (the image features' way into the counterfactual model) instead of
+# the one loaded from the archive, so after every edit the scores depended on the random generator's state (two
+# seeds: reliability 0.6 and 0.4 after 10 edits); the wrapper hands the previous SERAC's projection on. The edit,
+# the classifier and the counterfactual model are EasyEdit's code.
 _SERAC_EXECUTOR_KEYS = ("SERAC", "SERAC_MULTI")
 
 
 def _serac_keeps_its_memory(executor_class: type, alg_dict: dict) -> bool:
-    """Wrap ``apply_to_model`` (once) so the executor keeps the SERAC it returns, in eval mode; True if it wrapped now.
+    """Wrap ``apply_to_model`` (once): the executor keeps the SERAC it returns, in eval mode, with the archive's image
+    projection; returns True if it wrapped now.
 
     ``ALG_MULTIMODAL_DICT`` holds methods bound at import time, so its SERAC entries are re-bound to the wrapper
     (same executor objects: ``__self__`` and ``reset_model`` keep working).
@@ -310,6 +315,7 @@ def _serac_keeps_its_memory(executor_class: type, alg_dict: dict) -> bool:
     @functools.wraps(original)
     def apply_to_model(self: Any, *args: Any, **kwargs: Any) -> Any:
         edited, weights_copy = original(self, *args, **kwargs)
+        edited.language_projection = self.alg.language_projection  # the SERAC it edited (initialised on first use)
         edited.eval()
         call = parameters.bind(self, *args, **kwargs)
         call.apply_defaults()

@@ -183,6 +183,9 @@ def test_serac_executor_still_edits_its_unchanged_serac():
     assert "self.alg = " not in source
     executor_source = inspect.getsource(serac_main.SeracMultimodalRewriteExecutor)
     assert "SERAC_MULTI(" in executor_source and ".eval()" not in executor_source  # built in training mode
+    serac = importlib.import_module("easyeditor.trainer.algs.SERAC").SERAC_MULTI
+    assert "new_model = SERAC_MULTI(" in inspect.getsource(serac.edit)  # every edit builds a new SERAC ...
+    assert "self.language_projection = torch.nn.Linear(" in inspect.getsource(serac.__init__)  # ... new projection
 
 
 def test_serac_executor_keeps_the_serac_it_returns():
@@ -192,20 +195,24 @@ def test_serac_executor_keeps_the_serac_it_returns():
     for key in ("SERAC", "SERAC_MULTI"):  # the entries bound at import time call the wrapper
         assert alg_dict[key].__func__ is serac_main.SeracMultimodalRewriteExecutor.apply_to_model
 
-    class Memory(tuple):  # stands in for SERAC_MULTI: its memory, and a training flag as nn.Module has
+    class Memory(tuple):  # stands in for SERAC_MULTI: its memory, a training flag as nn.Module has, a projection
         training = True
+        language_projection = None
 
         def eval(self):
             self.training = False
             return self
 
-    class Executor:  # EasyEdit's behaviour: every call edits `self.alg` and returns a new object, in training mode
-        def __init__(self):
+    class Executor:  # EasyEdit's behaviour: every call edits `self.alg` and returns a new object, in training mode,
+        def __init__(self):  # with a new projection
             self.alg = Memory()
+            self.alg.language_projection = "from the archive"
 
         def apply_to_model(self, model, tok, requests, hparams, copy=False, return_orig_weights=False,
                            keep_original_weight=False, **kwargs):  # fmt: skip
-            return Memory(self.alg + tuple(requests)), {}
+            edited = Memory(self.alg + tuple(requests))
+            edited.language_projection = "fresh random"
+            return edited, {}
 
     executor = Executor()
     table = {"SERAC_MULTI": executor.apply_to_model, "MEND": print}
@@ -217,6 +224,7 @@ def test_serac_executor_keeps_the_serac_it_returns():
     assert executor.apply_to_model(None, None, ["c"], None, False, False, True)[0] == ("a", "b", "c")
     assert executor.alg == ("a", "b")  # keep_original_weight (positional here): the memory was not replaced
     assert not executor.alg.training  # answers in eval mode: no dropout, no autograd in SERAC's forward
+    assert executor.alg.language_projection == "from the archive"
 
 
 # 11. SERAC runs its classifier over the whole memory on every forward
