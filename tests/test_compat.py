@@ -282,3 +282,31 @@ def test_serac_encodes_each_remembered_text_once(small_world):
     encoded.clear()
     encode(self, memory, questions)  # grad on (training): EasyEdit's code untouched
     assert encoded == [12, 2]
+
+
+# 12. IKE builds its sentence encoder on every edit
+def test_ike_still_builds_its_encoder_on_every_call():
+    import inspect
+
+    ike_main = importlib.import_module("easyeditor.models.ike.ike_main")
+    source = inspect.getsource(ike_main.apply_ike_to_multimodal_model)
+    assert "SentenceTransformer(hparams.sentence_model_name)" in source
+
+
+def test_ike_encoder_is_built_once_per_name():
+    ike_main = importlib.import_module("easyeditor.models.ike.ike_main")
+    assert compat.apply()["ike_encoder_loaded_once"] is True
+    assert compat._ike_loads_its_encoder_once(ike_main) is False  # idempotent
+    built = []
+
+    class Encoder:  # stands in for SentenceTransformer: counts how often it is built
+        def __init__(self, name):
+            built.append(name)
+
+    module = types.ModuleType("ike_main_stand_in")
+    module.SentenceTransformer = Encoder
+    assert compat._ike_loads_its_encoder_once(module) is True
+    first = module.SentenceTransformer("all-MiniLM-L6-v2")
+    assert module.SentenceTransformer("all-MiniLM-L6-v2") is first
+    module.SentenceTransformer("other")
+    assert built == ["all-MiniLM-L6-v2", "other"]
