@@ -1,6 +1,6 @@
 """Every shim that lets easyeditor 0.0.1.dev0 (the PyPI wheel, written for torch 2.0 / transformers 4.30)
-import and run on modern torch and transformers on a CPU-only machine, and run sequential SERAC editing as
-the method intends (sections 10 and 11).
+import and run on modern torch and transformers on a CPU-only machine, and run EasyEdit's SERAC and IKE editors
+sequentially as their methods intend, at a usable speed (sections 10 to 12).
 
 Each shim says which EasyEdit or transformers behaviour it covers, changes no algorithm or metric, and has
 a test in ``tests/test_compat.py`` that fails if the shim stops working or stops being needed.
