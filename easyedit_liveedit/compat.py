@@ -23,7 +23,6 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 LOG = logging.getLogger(__name__)
 
@@ -83,12 +82,15 @@ def _restore_moved_transformers_helpers() -> list[str]:
 
 
 # --- 3. `cuda:{device}` and `device: 0` hard-coded across the wheel ---------------------------------------
-# `MultimodalEditor.__init__/edit`, the MEND/SERAC executors, `MEND.__init__`, `SERAC.__init__` and the
+# `MultimodalEditor.__init__/edit`, the MEND/SERAC executors, `MEND.__init__`, `SERAC.__init__`, IKE and the
 # evaluate helpers build `f"cuda:{hparams.device}"` whatever the hparams say; EasyEdit's YAMLs say `device: 0`,
-# which reaches `tensor.to(0)` (`VQADataset.collate_fn`'s `dict_to`) and `module.to(0)` (`BaseTrainer`). On a
-# machine without CUDA these fail. While active, this mode rewrites every CUDA device (string, torch.device, or
-# an integer index given to `Tensor.to` / `Module.to`, which parses it with `torch._C._nn._parse_to`) that
-# reaches a torch call into the CPU. Devices are the only thing it touches; it is a no-op when CUDA exists.
+# which reaches `tensor.to(0)` (`VQADataset.collate_fn`'s `dict_to`) and `module.to(0)` (`BaseTrainer`); the
+# MEND/SERAC trainers call `.cuda()`. On a machine without CUDA these fail. In the wheel's multimodal paths the
+# CUDA device only ever reaches torch through `Tensor.to`, `Module.to` and `.cuda()` (tensor factories take their
+# device from a tensor), so while active, this context makes exactly those three keep everything on the CPU:
+# any CUDA device (string, torch.device, or an integer index) becomes "cpu". It is a no-op when CUDA exists.
+# Why not a TorchFunctionMode, which would also catch factories: every torch call then detours through Python,
+# which cost a third of a forward pass of the toy backbone, in training and editing alike.
 def _is_cuda(device: Any) -> bool:
     if isinstance(device, torch.device):
         return device.type == "cuda"
@@ -99,28 +101,53 @@ def _is_cuda_or_index(device: Any) -> bool:
     return _is_cuda(device) or (isinstance(device, int) and not isinstance(device, bool))
 
 
-class _CudaToCpu(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        if func is torch.Tensor.cuda:  # tensor.cuda(device=None, non_blocking=False)
-            return args[0].to("cpu")
-        moves = func is torch.Tensor.to or func is torch._C._nn._parse_to  # take the device positionally too
-        is_device = _is_cuda_or_index if moves else _is_cuda
-        if is_device(kwargs.get("device")):
+def _kept_on_cpu(to: Callable) -> Callable:
+    """``to`` (``Tensor.to`` or ``Module.to``) with every CUDA device among its arguments replaced by the CPU."""
+
+    @functools.wraps(to)
+    def cpu_to(self: Any, *args: Any, **kwargs: Any) -> Any:
+        args = tuple("cpu" if _is_cuda_or_index(a) else a for a in args)
+        if _is_cuda_or_index(kwargs.get("device")):
             kwargs["device"] = "cpu"
-        if moves:
-            args = tuple("cpu" if _is_cuda_or_index(a) else a for a in args)
-        return func(*args, **kwargs)
+        return to(self, *args, **kwargs)
+
+    return cpu_to
+
+
+def _stays_on_cpu(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return self  # tensor.cuda(device=None, non_blocking=False); Module.cuda() reaches it through _apply
+
+
+_cpu_depth = 0  # nested cuda_to_cpu() contexts: patched on the first entry, restored on the last exit
 
 
 @contextlib.contextmanager
 def cuda_to_cpu() -> Iterator[None]:
     """Run EasyEdit code that hard-codes ``cuda:{device}`` or ``device: 0`` on the CPU when CUDA is unavailable."""
+    global _cpu_depth
     if torch.cuda.is_available():
         yield
         return
-    with _CudaToCpu():
+    patches = {
+        (torch.Tensor, "to"): _kept_on_cpu(torch.Tensor.to),
+        (torch.Tensor, "cuda"): _stays_on_cpu,
+        (torch.nn.Module, "to"): _kept_on_cpu(torch.nn.Module.to),
+    }
+    saved = {(cls, name): cls.__dict__.get(name) for cls, name in patches}
+    if _cpu_depth == 0:
+        for (cls, name), patched in patches.items():
+            setattr(cls, name, patched)
+    _cpu_depth += 1
+    try:
         yield
+    finally:
+        _cpu_depth -= 1
+        if _cpu_depth == 0:
+            for (cls, name), original in saved.items():
+                if original is None:
+                    delattr(cls, name)  # inherited (torch._C.TensorBase's)
+                else:
+                    setattr(cls, name, original)
 
 
 # --- 4. EasyEdit's hard-coded EVA ViT-g -------------------------------------------------------------------

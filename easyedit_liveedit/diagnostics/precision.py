@@ -64,7 +64,13 @@ def gpu_like_autocast(model: nn.Module, precision: str) -> Iterator[None]:
         return
     dtype = autocast_dtype(precision)
     model.maybe_autocast = lambda *args, **kwargs: torch.autocast("cpu", dtype=dtype)
+    # nn.TransformerEncoderLayer (the toy's vision tower) takes its fused fast path unless it sees autocast, and
+    # it looks for CUDA autocast only: under CPU autocast the fused kernel would run the whole tower in fp16 and
+    # hand the Q-Former fp16 features, which no GPU run does. The layer-by-layer path autocasts op by op.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         yield
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         del model.maybe_autocast
