@@ -21,6 +21,9 @@ The runner does the same (``ike.in_context_scores``): after edit ``T`` each of t
 with the demonstrations retrieved when it was edited, fitted to the backbone's context window. EasyEdit's IKE
 keeps no memory of earlier edits, so its scores cannot change with ``T``; its EMT probe asks the unchanged backbone.
 
+``compare_in_processes`` runs methods side by side, each in its own process (the ``compare`` command's
+``run.workers``): a method's rows do not depend on where it runs, since every method starts from the same seed.
+
 Memory is the process's resident set size (RSS), sampled every 20 ms while the method runs (tracemalloc does not
 see torch's allocations); the figure is the peak RSS of the whole process during that method's run.
 """
@@ -33,10 +36,12 @@ import hashlib
 import importlib
 import logging
 import math
+import multiprocessing
 import random
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -304,6 +309,13 @@ def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings,
     return rows
 
 
+def failed_rows(name: str, edits: list[int], error: BaseException) -> list[Row]:
+    """One row per edit count, each showing ``error`` (a method whose run ended before it produced rows)."""
+    rows = [Row(name, t) for t in edits]
+    _fail(rows, set(), _failure(error))
+    return rows
+
+
 def _fail(rows: list[Row], done: set[int], status: str, include_last: bool = False) -> None:
     """Mark every row not completed (and, for NaN, the row that detected it) with the failure."""
     last = max(done) if done else None
@@ -350,3 +362,40 @@ def compare(
             if on_method_done is not None:
                 on_method_done(list(rows))
     return rows
+
+
+def _in_own_process(fn: Callable[..., list[Row]], args: tuple) -> list[Row]:
+    # Spawned, not forked: a forked process inherits torch's thread pools mid-state and can deadlock.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as process:
+        return process.submit(fn, *args).result()
+
+
+def compare_in_processes(
+    jobs: list[tuple[str, Callable[..., list[Row]], tuple]],
+    edits: list[int],
+    workers: int,
+    progress: bool = True,
+    on_method_done: Callable[[list[Row]], None] | None = None,
+) -> list[Row]:
+    """Run each job ``(name, fn, args)``, ``fn(*args) -> rows``, in a process of its own, ``workers`` at a time,
+    started in the order given; returns the rows in that order.
+
+    One process per job, so a job that kills its process (out of memory) costs only its own rows, which show the
+    failure (``error (BrokenProcessPool ...)``). ``fn`` must be importable by name (a module-level function).
+    ``on_method_done(rows_so_far)`` is called as each job ends.
+    """
+    done: dict[str, list[Row]] = {}
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(_in_own_process, fn, args): name for name, fn, args in jobs}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="methods", unit="method",
+                           disable=not progress):  # fmt: skip
+            name = futures[future]
+            try:
+                done[name] = future.result()
+                LOG.info("%s finished", name)
+            except Exception as error:  # noqa: BLE001  (a lost process is a failed row, never a gap)
+                LOG.error("%s: its process failed: %s", name, error)
+                done[name] = failed_rows(name, edits, error)
+            if on_method_done is not None:
+                on_method_done([row for job in jobs if job[0] in done for row in done[job[0]]])
+    return [row for name, _, _ in jobs for row in done[name]]

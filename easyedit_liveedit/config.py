@@ -75,7 +75,8 @@ class RunConfig:
     probe_limit: int | None = None  # EMT probe on the first N classification records (null: all)
     ike_train_records: int | None = None  # IKE draws demonstrations from the first N train records (null: all);
     # the file is cached in <archive_dir>/IKE/embedding/: after changing N, pass run.retrain=true
-    threads: int = 2  # torch CPU threads
+    threads: int = 2  # torch CPU threads (per process)
+    workers: int = 1  # compare: methods run side by side, each in its own process (workers x threads <= cores)
     progress: bool = True  # tqdm bars
 
 

@@ -4,6 +4,9 @@ The CLI (``cli.py``) parses and validates; this module turns the configuration i
 runner takes (``compare.MethodRun``, ``compare.Backbone``, ``compare.CompareSettings``), runs the command and
 writes its files into the run directory. Relative paths in the configuration are read from the working
 directory when they exist there, else from the project root (so the commands work from anywhere in a checkout).
+
+With ``run.workers`` > 1, ``compare`` runs each method as its own ``edit`` run in a worker process
+(``<run dir>/methods/<method>/``: its log, progress bars, table and plot), ``run.workers`` at a time.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import importlib
 import itertools
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +25,11 @@ import torch
 import yaml
 
 from . import archives, compat, ike
-from .compare import Backbone, CompareSettings, MethodRun, Row, compare
+from .compare import Backbone, CompareSettings, MethodRun, Row, compare, compare_in_processes, seed_all
 from .plots import plot
 from .probe import load_records
 from .table import markdown, write_csv
-from .toyworld.layout import PROJECT_ROOT
+from .toyworld.layout import CACHE_ENV, PROJECT_ROOT
 
 LOG = logging.getLogger(__name__)
 
@@ -219,6 +224,22 @@ class Runner:
 
         return [self.method_run(method_config(self.cfg, name)) for name in names]
 
+    def _compare_in_workers(self, settings: CompareSettings, report: Any) -> list[Row]:
+        """``compare`` with one process per method, ``run.workers`` at a time (in ``run.methods`` order)."""
+        from omegaconf import OmegaConf
+
+        from .cli import method_config
+
+        names = list(self.cfg.run.methods)
+        for name in names:  # an unknown name fails here, before any process starts
+            method_config(self.cfg, name)
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        toy_cache = str(self.world.layout.root.parent) if self.world is not None else None  # the world loaded here
+        jobs = [(name, method_rows, (config, name, str(self.out / "methods" / name), toy_cache)) for name in names]
+        LOG.info("compare: %d methods, %d at a time; each logs to %s/<method>/", len(names), self.cfg.run.workers,
+                 self.out / "methods")  # fmt: skip
+        return compare_in_processes(jobs, settings.edits, self.cfg.run.workers, self.cfg.run.progress, report)
+
     # ---------------------------------------------------------------------------------------- commands
     def _report(self, rows: list[Row], title: str) -> str:
         from .cli import dump
@@ -256,11 +277,19 @@ class Runner:
         return self._report(rows, self._title(f"edit {self.cfg.method.name}"))
 
     def compare(self) -> str:
-        """Every method of ``run.methods`` on the same sequence."""
+        """Every method of ``run.methods`` on the same sequence (side by side with ``run.workers`` > 1)."""
         title = self._title("compare")
-        rows = compare(self._methods(list(self.cfg.run.methods)), self.backbone(), self.settings(),
-                       threads=self.cfg.run.threads, progress=self.cfg.run.progress,
-                       on_method_done=lambda done: self._report(done, title + " (partial)"))  # fmt: skip
+        settings = self.settings()
+
+        def report(done: list[Row]) -> None:
+            self._report(done, title + " (partial)")
+
+        if self.cfg.run.workers > 1 and len(self.cfg.run.methods) > 1:
+            rows = self._compare_in_workers(settings, report)
+        else:
+            rows = compare(self._methods(list(self.cfg.run.methods)), self.backbone(), settings,
+                           threads=self.cfg.run.threads, progress=self.cfg.run.progress,
+                           on_method_done=report)  # fmt: skip
         return self._report(rows, title)
 
     def probe(self) -> str:
@@ -304,3 +333,36 @@ class Runner:
         path = self.out / name
         path.write_text(yaml.safe_dump(values, sort_keys=False))
         return path
+
+
+def method_rows(config: dict, name: str, out: str, toy_cache: str | None = None) -> list[Row]:
+    """One method of a ``compare`` with ``run.workers`` > 1: its ``edit`` run, in a worker process, on the toy world
+    found in ``toy_cache`` (the cache folder the parent loaded it from) if the backbone is the toy.
+
+    The log goes to ``<out>/easyedit-liveedit.log`` (warnings also to the terminal, named by method), the progress
+    bars to ``<out>/progress.log``; the table and plot of this method alone to ``<out>/``.
+    """
+    from omegaconf import OmegaConf
+
+    from .cli import method_config
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    terminal = logging.StreamHandler(sys.__stderr__)
+    terminal.setLevel(logging.WARNING)
+    terminal.setFormatter(logging.Formatter(f"[{name}][%(levelname)s] %(message)s"))
+    logfile = logging.FileHandler(folder / "easyedit-liveedit.log")
+    logfile.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[logfile, terminal], force=True)
+    sys.stderr = (folder / "progress.log").open("w", buffering=1)  # tqdm's bars (two processes would garble one)
+
+    if toy_cache is not None:
+        os.environ[CACHE_ENV] = toy_cache
+    cfg = OmegaConf.create(config)
+    cfg.method = method_config(cfg, name)
+    cfg.command = "edit"
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    seed_all(cfg.run.seed)
+    runner = Runner(cfg, folder)
+    runner.edit()
+    return runner.rows

@@ -48,6 +48,16 @@ def runs(small_world, tmp_path_factory):
         patch.setenv(CACHE_ENV, str(small_world.layout.root.parent))
         started = {
             "multirun": _start(["edit", *common, "--multirun", "method=LiveEdit,MEND,SERAC,IKE"], base),
+            "side_by_side": _start(
+                [
+                    "compare",
+                    *common,
+                    "run.workers=2",
+                    "run.methods=[MEND,LiveEdit]",
+                    f"run.output_dir={base / 'side_by_side'}",
+                ],
+                base,
+            ),  # fmt: skip
             "bare": _start([], base),
             "bad_option": _start(["edit", "method=NOPE", *common], base),
             "bad_key": _start(["edit", "run.no_such_key=1", *common], base),
@@ -86,6 +96,29 @@ def test_multirun_sweeps_methods_and_writes_config_log_table_and_plot(runs):
     assert len({tuple(r["Sequence"] for r in rows) for rows in tables.values()}) == 1
     assert "| LiveEdit | 2 | ok |" in result.stdout  # the Markdown table is the command's output
     assert "edits=[1, 2]" in (sweep / jobs[0] / "table.md").read_text()  # the override reached the run
+
+
+_SCORES = ("Status", "Reliability", "T-Gen", "M-Gen", "T-Loc", "M-Loc", "EMT before", "EMT after", "Sequence")
+
+
+def test_compare_with_two_workers_gives_each_method_its_own_run_and_the_same_rows(runs):
+    base, results = runs
+    result = results["side_by_side"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (base / "side_by_side" / "compare").iterdir()
+    rows = _table(run_dir)
+    assert [(r["Method"], r["Edits"]) for r in rows] == [("MEND", "1"), ("MEND", "2"), ("LiveEdit", "1"),
+                                                         ("LiveEdit", "2")]  # fmt: skip
+    for method in ("MEND", "LiveEdit"):
+        folder = run_dir / "methods" / method
+        for name in ("config.yaml", "easyedit-liveedit.log", "progress.log", "table.csv"):
+            assert (folder / name).is_file(), (method, name)
+    # Each method's rows equal those of its own `edit` run in the multirun sweep (latency and memory aside).
+    (sweep,) = (base / "out" / "multirun").iterdir()
+    alone = {r["Method"]: r for job in sweep.iterdir() if job.is_dir() for r in _table(job) if r["Edits"] == "2"}
+    for row in rows:
+        if row["Edits"] == "2":
+            assert {k: row[k] for k in _SCORES} == {k: alone[row["Method"]][k] for k in _SCORES}, row["Method"]
 
 
 def test_bare_command_prints_usage_and_easyedit_tables(runs):

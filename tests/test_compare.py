@@ -22,7 +22,17 @@ import torch
 
 import easyedit_liveedit  # noqa: F401  (registers LiveEdit, applies the EasyEdit shims)
 from easyedit_liveedit import archives
-from easyedit_liveedit.compare import METRICS, Backbone, CompareSettings, MethodRun, _request, compare, fingerprint
+from easyedit_liveedit.compare import (
+    METRICS,
+    Backbone,
+    CompareSettings,
+    MethodRun,
+    Row,
+    _request,
+    compare,
+    compare_in_processes,
+    fingerprint,
+)
 from easyedit_liveedit.plots import plot
 from easyedit_liveedit.probe import classification_accuracy, load_records, normalise
 from easyedit_liveedit.table import COLUMNS, markdown, read_csv, write_csv
@@ -429,3 +439,21 @@ def test_each_method_starts_from_the_same_seeded_generators(monkeypatch):
     torch.testing.assert_close(draws["A"], draws["B"])
     compare_module.compare(methods, None, CompareSettings(eval_json="x.json"), progress=False)  # no seed: no reset
     assert not torch.equal(draws["A"], draws["B"])
+
+
+def _rows_of(name: str) -> list[Row]:
+    return [Row(name, 1, metrics={"rewrite_acc": 1.0})]
+
+
+def _dies(name: str) -> list[Row]:
+    os._exit(3)  # as the kernel's out-of-memory killer would end it: no exception, no rows
+
+
+def test_a_method_whose_process_dies_shows_as_failed_rows_beside_the_others():
+    seen = []
+    rows = compare_in_processes([("Dies", _dies, ("Dies",)), ("Fine", _rows_of, ("Fine",))], [1, 10], workers=2,
+                                progress=False, on_method_done=seen.append)  # fmt: skip
+    assert [(r.method, r.edits) for r in rows] == [("Dies", 1), ("Dies", 10), ("Fine", 1)]
+    assert all(r.status.startswith("error (BrokenProcessPool") for r in rows[:2]), rows[:2]
+    assert rows[2].status == "ok" and rows[2].metrics == {"rewrite_acc": 1.0}
+    assert len(seen) == 2 and seen[-1] == rows  # the partial table is written as each method ends
