@@ -41,7 +41,7 @@ import random
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -376,26 +376,36 @@ def compare_in_processes(
     workers: int,
     progress: bool = True,
     on_method_done: Callable[[list[Row]], None] | None = None,
+    status: Callable[[str], str] | None = None,
 ) -> list[Row]:
     """Run each job ``(name, fn, args)``, ``fn(*args) -> rows``, in a process of its own, ``workers`` at a time,
     started in the order given; returns the rows in that order.
 
     One process per job, so a job that kills its process (out of memory) costs only its own rows, which show the
     failure (``error (BrokenProcessPool ...)``). ``fn`` must be importable by name (a module-level function).
-    ``on_method_done(rows_so_far)`` is called as each job ends.
+    ``on_method_done(rows_so_far)`` is called as each job ends. ``status(name)``, if given, describes a running
+    job in a few words; the progress bar shows it for every running job, refreshed every few seconds.
     """
     done: dict[str, list[Row]] = {}
+    bar = tqdm(total=len(jobs), desc="methods", unit="method", disable=not progress)
     with ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(_in_own_process, fn, args): name for name, fn, args in jobs}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="methods", unit="method",
-                           disable=not progress):  # fmt: skip
-            name = futures[future]
-            try:
-                done[name] = future.result()
-                LOG.info("%s finished", name)
-            except Exception as error:  # noqa: BLE001  (a lost process is a failed row, never a gap)
-                LOG.error("%s: its process failed: %s", name, error)
-                done[name] = failed_rows(name, edits, error)
-            if on_method_done is not None:
-                on_method_done([row for job in jobs if job[0] in done for row in done[job[0]]])
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=3.0, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = futures[future]
+                try:
+                    done[name] = future.result()
+                    LOG.info("%s finished", name)
+                except Exception as error:  # noqa: BLE001  (a lost process is a failed row, never a gap)
+                    LOG.error("%s: its process failed: %s", name, error)
+                    done[name] = failed_rows(name, edits, error)
+                bar.update(1)
+                if on_method_done is not None:
+                    on_method_done([row for job in jobs if job[0] in done for row in done[job[0]]])
+            if status is not None:
+                running = [futures[f] for f in futures if f in pending and f.running()]
+                bar.set_postfix_str(" | ".join(f"{name}: {status(name)}" for name in running))
+    bar.close()
     return [row for name, _, _ in jobs for row in done[name]]

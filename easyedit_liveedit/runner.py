@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -235,10 +236,12 @@ class Runner:
             method_config(self.cfg, name)
         config = OmegaConf.to_container(self.cfg, resolve=True)
         toy_cache = str(self.world.layout.root.parent) if self.world is not None else None  # the world loaded here
-        jobs = [(name, method_rows, (config, name, str(self.out / "methods" / name), toy_cache)) for name in names]
+        folder = self.out / "methods"
+        jobs = [(name, method_rows, (config, name, str(folder / name), toy_cache)) for name in names]
         LOG.info("compare: %d methods, %d at a time; each logs to %s/<method>/", len(names), self.cfg.run.workers,
-                 self.out / "methods")  # fmt: skip
-        return compare_in_processes(jobs, settings.edits, self.cfg.run.workers, self.cfg.run.progress, report)
+                 folder)  # fmt: skip
+        return compare_in_processes(jobs, settings.edits, self.cfg.run.workers, self.cfg.run.progress, report,
+                                    status=lambda name: last_progress(folder / name / "progress.log"))  # fmt: skip
 
     # ---------------------------------------------------------------------------------------- commands
     def _report(self, rows: list[Row], title: str) -> str:
@@ -335,6 +338,24 @@ class Runner:
         return path
 
 
+_BAR = re.compile(r"(?P<what>[^\r\n|]*?):\s*(?P<percent>\d+%)\|[^|]*\|\s*(?P<count>\d+/\d+)")
+
+
+def last_progress(log: Path) -> str:
+    """The newest progress bar in a worker's ``progress.log``, in a few words (``train LiveEdit 15% 443/3000``)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(f.seek(0, 2) - 4000, 0))
+            tail = f.read().decode(errors="ignore")
+    except FileNotFoundError:
+        return "starting"
+    bars = list(_BAR.finditer(tail))
+    if not bars:
+        return "starting"
+    last = bars[-1]
+    return f"{last['what'].strip()} {last['percent']} {last['count']}"
+
+
 def method_rows(config: dict, name: str, out: str, toy_cache: str | None = None) -> list[Row]:
     """One method of a ``compare`` with ``run.workers`` > 1: its ``edit`` run, in a worker process, on the toy world
     found in ``toy_cache`` (the cache folder the parent loaded it from) if the backbone is the toy.
@@ -348,13 +369,17 @@ def method_rows(config: dict, name: str, out: str, toy_cache: str | None = None)
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    terminal = logging.StreamHandler(sys.__stderr__)
+    # Everything this process writes to stderr (tqdm's bars, library warnings) goes to progress.log, since two
+    # processes' bars would garble one terminal; this log's warnings still reach the terminal, named by method.
+    terminal = logging.StreamHandler(os.fdopen(os.dup(2), "w", buffering=1))
     terminal.setLevel(logging.WARNING)
     terminal.setFormatter(logging.Formatter(f"[{name}][%(levelname)s] %(message)s"))
+    progress = (folder / "progress.log").open("w", buffering=1)
+    os.dup2(progress.fileno(), 2)
+    sys.stderr = progress
     logfile = logging.FileHandler(folder / "easyedit-liveedit.log")
     logfile.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[logfile, terminal], force=True)
-    sys.stderr = (folder / "progress.log").open("w", buffering=1)  # tqdm's bars (two processes would garble one)
 
     if toy_cache is not None:
         os.environ[CACHE_ENV] = toy_cache

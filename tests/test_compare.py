@@ -457,3 +457,17 @@ def test_a_method_whose_process_dies_shows_as_failed_rows_beside_the_others():
     assert all(r.status.startswith("error (BrokenProcessPool") for r in rows[:2]), rows[:2]
     assert rows[2].status == "ok" and rows[2].metrics == {"rewrite_acc": 1.0}
     assert len(seen) == 2 and seen[-1] == rows  # the partial table is written as each method ends
+
+
+def test_last_progress_reads_the_newest_bar_of_a_worker_log(tmp_path):
+    from easyedit_liveedit.runner import last_progress
+
+    log = tmp_path / "progress.log"
+    assert last_progress(log) == "starting"  # the worker has not written yet
+    log.write_text(
+        "some library warning\n"
+        "train LiveEdit:  14%|█▍        | 420/3000 [03:30<19:45,  2.16step/s]"
+        "\rtrain LiveEdit:  15%|█▍        | 443/3000 [03:42<19:45,  2.16step/s]\n"
+        "MEND edits:   1%|          | 12/1000 [00:02<03:10,  5.2edit/s]"
+    )
+    assert last_progress(log) == "MEND edits 1% 12/1000"
