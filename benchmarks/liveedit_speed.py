@@ -76,6 +76,16 @@ def fill_library(editor: LiveEdit, real: list[dict], n: int, seed: int = 0) -> N
         editor.library.add(noisy)
 
 
+def load_editor(archive: str | None = None) -> tuple[toyworld.ToyWorld, LiveEditMultimodalHparams, LiveEdit, str]:
+    """The default toy world, the toy editing YAML, and a ``LiveEdit`` with ``archive`` (default: the YAML's)."""
+    world = toyworld.load("default", progress=False)
+    hparams = world.apply_paths(LiveEditMultimodalHparams.from_hparams("hparams/LiveEdit/toy-blip2.yaml"))
+    editor = LiveEdit(world.load_model(), hparams)
+    archive = archive or hparams.archive
+    editor.load_state_dict(torch.load(archive, map_location="cpu", weights_only=True)["model"])
+    return world, hparams, editor.eval(), archive
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", help="trained LiveEdit archive (default: the toy YAML's)")
@@ -85,13 +95,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    world = toyworld.load("default", progress=False)
-    hparams = world.apply_paths(LiveEditMultimodalHparams.from_hparams("hparams/LiveEdit/toy-blip2.yaml"))
-    model = world.load_model()
-    editor = LiveEdit(model, hparams)
-    archive = args.archive or hparams.archive
-    editor.load_state_dict(torch.load(archive, map_location="cpu", weights_only=True)["model"])
-    editor.eval()
+    world, hparams, editor, archive = load_editor(args.archive)
+    model = editor.model
 
     results: dict[str, object] = {"archive": archive}
     with torch.no_grad():
