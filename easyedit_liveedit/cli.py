@@ -13,7 +13,8 @@ forgetting probe before and after the edits), ``methods`` (EasyEdit's editor tab
 
 Each run writes into its own Hydra run directory (``<run.output_dir>/<command>/<time>/``): the composed
 configuration (``config.yaml`` and Hydra's ``.hydra/``), the log (``easyedit-liveedit.log``), and for
-``edit``/``compare``/``probe`` the table (``table.md``, ``table.csv``) and the plot (``plot.png``).
+``edit``/``compare``/``probe`` the table (``table.md``, ``table.csv``) and the plot (``plot.png``); a ``compare``
+with ``run.workers`` > 1 also gives each method a folder of its own, ``methods/<method>/`` (see ``runner.py``).
 The command name is the first argument; it becomes the override ``command=<name>``.
 """
 
