@@ -37,7 +37,7 @@ USAGE = (
     "[--multirun]\n"
     "  groups: method=LiveEdit|MEND|SERAC|IKE  model=toy|blip2|minigpt4|llava  data=toy_evqa|toy_eic|mmedit  "
     "run=default|quick\n"
-    "  e.g.   easyedit-liveedit compare run=quick\n"
+    "  e.g.   easyedit-liveedit compare run=quick   (or --quick)\n"
     "         easyedit-liveedit edit method=MEND data=toy_eic run.edits=[10]\n"
     "  --cfg job prints the composed configuration; --help shows Hydra's help."
 )
@@ -63,6 +63,7 @@ def _hydra_argv(argv: list[str]) -> list[str] | None:
         print()
         print_methods()
         return None
+    argv = ["run=quick" if arg == "--quick" else arg for arg in argv]  # `--quick`: the name for run=quick
     head = argv[0]
     if head == "methods":
         print_methods()

@@ -146,3 +146,10 @@ def test_unknown_command_lists_the_commands(runs):
     assert result.returncode != 0
     assert "unknown command 'comparre'" in result.stderr
     assert "compare" in result.stderr and "diagnose" in result.stderr
+
+
+def test_quick_flag_is_the_quick_run_preset():
+    from easyedit_liveedit.cli import _hydra_argv
+
+    assert _hydra_argv(["compare", "--quick", "method=MEND"]) == ["run=quick", "method=MEND", "command=compare"]
+    assert _hydra_argv(["compare", "--multirun", "--quick"]) == ["--multirun", "run=quick", "command=compare"]
