@@ -282,6 +282,10 @@ class Runner:
     def compare(self) -> str:
         """Every method of ``run.methods`` on the same sequence (side by side with ``run.workers`` > 1)."""
         title = self._title("compare")
+        methods = list(self.cfg.run.methods)
+        repeated = sorted({name for name in methods if methods.count(name) > 1})
+        if repeated:  # each method has one row per edit count and one folder
+            raise ValueError(f"run.methods={methods}: {', '.join(repeated)} given more than once")
         settings = self.settings()
 
         def report(done: list[Row]) -> None:

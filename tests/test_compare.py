@@ -471,3 +471,9 @@ def test_last_progress_reads_the_newest_bar_of_a_worker_log(tmp_path):
         "MEND edits:   1%|          | 12/1000 [00:02<03:10,  5.2edit/s]"
     )
     assert last_progress(log) == "MEND edits 1% 12/1000"
+
+
+def test_compare_rejects_a_method_named_twice(small_world, tmp_path):
+    runner = small_runner(small_world, tmp_path, "command=compare", "run.methods=[MEND,LiveEdit,MEND]")
+    with pytest.raises(ValueError, match=r"run.methods=.*MEND given more than once"):
+        runner.compare()
