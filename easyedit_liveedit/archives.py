@@ -245,7 +245,8 @@ def train_archive(
     config.final_eval = False  # the comparison evaluates the archive itself; EasyEdit saves at each validation
     config.debug = False  # EasyEdit skips saving when debug is set and save is not
     config.save = True
-    config.val_interval = min(config.val_interval, max(config.max_iters // 2, 1))  # validate (and save) >= once
+    # EasyEdit saves only at a validation, and its loop ends at step max_iters - 1: validate there at the latest
+    config.val_interval = min(config.val_interval, max(config.max_iters - 1, 1))
     train_path, val_path = split_train_val(Path(train_json), val_size, Path(work_dir))
     # EasyEdit runs round(max_iters / (len(train_set) / batch_size)) epochs: never let that round to zero.
     size = min(len(json.loads(train_path.read_text())), config.max_iters * config.batch_size + 1)

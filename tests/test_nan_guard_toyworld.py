@@ -21,10 +21,10 @@ import yaml
 
 import easyedit_liveedit  # noqa: F401  (EasyEdit shims)
 from easyedit_liveedit import toyworld
+from easyedit_liveedit.archives import train_archive
 from easyedit_liveedit.diagnostics import nan_guard
 from easyedit_liveedit.diagnostics.guard import rollback_for, run_guarded
 from easyedit_liveedit.diagnostics.liveedit_run import build_liveedit, run_liveedit
-from easyedit_liveedit.diagnostics.mend_archive import train_mend_archive
 from easyedit_liveedit.diagnostics.mend_run import run_mend
 from easyedit_liveedit.liveedit_hparams import LiveEditMultimodalHparams
 
@@ -54,9 +54,9 @@ def small(tmp_path_factory):
     )
     easyeditor = pytest.importorskip("easyeditor")
     training = nan_guard.cpu_safe_device(easyeditor.MENDMultimodalTrainingHparams.from_hparams(str(train_yaml)))
-    archive = train_mend_archive(
-        training, world.split("vqa_train"), world.split("vqa_eval"), 40, world.easyedit_patches()
-    )
+    training.max_iters = 40
+    archive = train_archive("MEND", training, world.split("vqa_train"), "VQADataset", tmp / "split",
+                            world.easyedit_patches, val_size=4)  # fmt: skip
     edit_yaml = _small_yaml(ROOT / "hparams/MEND/toy-blip2.yaml", world, tmp / "edit.yaml", archive=str(archive))
     hparams = nan_guard.load_mend_hparams(str(edit_yaml))
     with nan_guard.easyedit_context(world):

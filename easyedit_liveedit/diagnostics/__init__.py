@@ -1,7 +1,7 @@
 """Inspection tools: the NaN guard (activation watch, edited-weight tracking, guarded editing, reports).
 
 Everything here returns data; only ``nan_guard.main`` (the command line) prints. The EasyEdit-dependent
-runners (``mend_run``, ``liveedit_run``, ``mend_archive``, ``nan_guard``) are imported from their modules.
+runners (``mend_run``, ``liveedit_run``, ``nan_guard``) are imported from their modules.
 """
 
 from .guard import ExpertRollback, GuardedEdit, GuardReport, WeightRollback, rollback_for, run_guarded

@@ -25,10 +25,9 @@ import torch
 import yaml
 
 from .. import compat
-from ..archives import archive_path
+from ..archives import archive_path, train_archive
 from ..liveedit_hparams import LiveEditMultimodalHparams
 from .liveedit_run import run_liveedit
-from .mend_archive import train_mend_archive
 from .mend_run import run_mend
 from .report import RunReport, format_table, plot_norm_history, write_json
 
@@ -187,9 +186,10 @@ def run(args: argparse.Namespace) -> list[RunReport]:
                 f"--archive {wanted}: missing, and EasyEdit's trainer can only write <dir>/models/"
                 f"{training.alg}/{archive_path(training).name}; give such a path or an existing archive"
             )
-        patches = world.easyedit_patches() if world is not None else None
-        val_json = args.data or (world.split("vqa_eval") if world is not None else train_json)
-        archive = str(train_mend_archive(training, train_json, val_json, args.train_steps, patches))
+        if args.train_steps is not None:
+            training.max_iters = args.train_steps
+        patches = world.easyedit_patches if world is not None else None
+        archive = str(train_archive("MEND", training, train_json, "VQADataset", out / "training", patches))
     data = args.data or (str(world.split("vqa_eval")) if world is not None else None)
     if data is None:
         raise ValueError("--data is required outside the toy world")
