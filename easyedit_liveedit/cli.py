@@ -120,18 +120,13 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(cfg: Any) -> None:
     """Hydra's task function: run ``cfg.command`` with the composed configuration."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
     if cfg.command not in COMMANDS:
         raise ValueError(f"command={cfg.command!r}: expected one of {', '.join(COMMANDS)}")
     out = Path(HydraConfig.get().runtime.output_dir)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    from .compare import seed_all
-    from .runner import Runner  # heavy imports (torch, easyeditor) only once the configuration is valid
+    from .runner import run  # heavy imports (torch, easyeditor) only once the configuration is valid
 
-    seed_all(cfg.run.seed)
-    runner = Runner(cfg, out)
-    result = getattr(runner, cfg.command)()
+    _, result = run(cfg, out)
     if result:
         print(result)
     print(f"run directory: {out}")

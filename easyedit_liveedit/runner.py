@@ -225,13 +225,12 @@ class Runner:
 
         return [self.method_run(method_config(self.cfg, name)) for name in names]
 
-    def _compare_in_workers(self, settings: CompareSettings, report: Any) -> list[Row]:
-        """``compare`` with one process per method, ``run.workers`` at a time (in ``run.methods`` order)."""
+    def _compare_in_workers(self, names: list[str], settings: CompareSettings, report: Any) -> list[Row]:
+        """``compare`` with one process per method, ``run.workers`` at a time (in ``names`` order)."""
         from omegaconf import OmegaConf
 
         from .cli import method_config
 
-        names = list(self.cfg.run.methods)
         for name in names:  # an unknown name fails here, before any process starts
             method_config(self.cfg, name)
         config = OmegaConf.to_container(self.cfg, resolve=True)
@@ -291,10 +290,10 @@ class Runner:
         def report(done: list[Row]) -> None:
             self._report(done, title + " (partial)")
 
-        if self.cfg.run.workers > 1 and len(self.cfg.run.methods) > 1:
-            rows = self._compare_in_workers(settings, report)
+        if self.cfg.run.workers > 1 and len(methods) > 1:
+            rows = self._compare_in_workers(methods, settings, report)
         else:
-            rows = compare(self._methods(list(self.cfg.run.methods)), self.backbone(), settings,
+            rows = compare(self._methods(methods), self.backbone(), settings,
                            threads=self.cfg.run.threads, progress=self.cfg.run.progress,
                            on_method_done=report)  # fmt: skip
         return self._report(rows, title)
@@ -390,8 +389,16 @@ def method_rows(config: dict, name: str, out: str, toy_cache: str | None = None)
     cfg = OmegaConf.create(config)
     cfg.method = method_config(cfg, name)
     cfg.command = "edit"
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    seed_all(cfg.run.seed)
-    runner = Runner(cfg, folder)
-    runner.edit()
+    runner, _ = run(cfg, folder)
     return runner.rows
+
+
+def run(cfg: Any, out: Path) -> tuple[Runner, str]:
+    """Run ``cfg.command`` into ``out`` as the command line does: the resolved configuration written beside its
+    results, every generator seeded with ``run.seed``. Returns the runner and the command's text result."""
+    from omegaconf import OmegaConf
+
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    seed_all(cfg.run.seed)
+    runner = Runner(cfg, out)
+    return runner, getattr(runner, cfg.command)()
