@@ -118,7 +118,28 @@ def _stays_on_cpu(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor
     return self  # tensor.cuda(device=None, non_blocking=False); Module.cuda() reaches it through _apply
 
 
+_originals: dict[tuple[type, str], Any] = {}  # torch's own attributes while patched (None: inherited)
 _cpu_depth = 0  # nested cuda_to_cpu() contexts: patched on the first entry, restored on the last exit
+
+
+def _keep_on_cpu() -> None:
+    replacements = {
+        (torch.Tensor, "to"): _kept_on_cpu(torch.Tensor.to),
+        (torch.Tensor, "cuda"): _stays_on_cpu,
+        (torch.nn.Module, "to"): _kept_on_cpu(torch.nn.Module.to),
+    }
+    for (cls, name), replacement in replacements.items():
+        _originals[cls, name] = cls.__dict__.get(name)
+        setattr(cls, name, replacement)
+
+
+def _restore_devices() -> None:
+    for (cls, name), original in _originals.items():
+        if original is None:
+            delattr(cls, name)  # inherited (torch._C.TensorBase's)
+        else:
+            setattr(cls, name, original)
+    _originals.clear()
 
 
 @contextlib.contextmanager
@@ -128,26 +149,15 @@ def cuda_to_cpu() -> Iterator[None]:
     if torch.cuda.is_available():
         yield
         return
-    patches = {
-        (torch.Tensor, "to"): _kept_on_cpu(torch.Tensor.to),
-        (torch.Tensor, "cuda"): _stays_on_cpu,
-        (torch.nn.Module, "to"): _kept_on_cpu(torch.nn.Module.to),
-    }
-    saved = {(cls, name): cls.__dict__.get(name) for cls, name in patches}
     if _cpu_depth == 0:
-        for (cls, name), patched in patches.items():
-            setattr(cls, name, patched)
+        _keep_on_cpu()
     _cpu_depth += 1
     try:
         yield
     finally:
         _cpu_depth -= 1
         if _cpu_depth == 0:
-            for (cls, name), original in saved.items():
-                if original is None:
-                    delattr(cls, name)  # inherited (torch._C.TensorBase's)
-                else:
-                    setattr(cls, name, original)
+            _restore_devices()
 
 
 # --- 4. EasyEdit's hard-coded EVA ViT-g -------------------------------------------------------------------
