@@ -41,12 +41,10 @@ def summary(reports: list[list[tuple[int, float]]], own: list[int] | None) -> di
     fired = [len(row) for row in reports]
     result = {"mean_fired": statistics.mean(fired), "any_fired": sum(n > 0 for n in fired) / len(fired)}
     if own is not None:
-        weights = [dict(row).get(i, 0.0) for row, i in zip(reports, own, strict=True)]
-        result["own_kept"] = sum(i in dict(row) for row, i in zip(reports, own, strict=True)) / len(own)
-        result["own_heaviest"] = sum(bool(row) and row[0][0] == i for row, i in zip(reports, own, strict=True)) / len(
-            own
-        )
-        result["own_mean_weight"] = statistics.mean(weights)
+        weights = [dict(row) for row in reports]  # expert id -> weight, per input
+        result["own_kept"] = statistics.mean(i in w for w, i in zip(weights, own, strict=True))
+        result["own_heaviest"] = statistics.mean(bool(r) and r[0][0] == i for r, i in zip(reports, own, strict=True))
+        result["own_mean_weight"] = statistics.mean(w.get(i, 0.0) for w, i in zip(weights, own, strict=True))
     return {k: round(v, 3) for k, v in result.items()}
 
 
