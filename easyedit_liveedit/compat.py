@@ -90,7 +90,7 @@ def _restore_moved_transformers_helpers() -> list[str]:
 # device from a tensor), so while active, this context makes exactly those three keep everything on the CPU:
 # any CUDA device (string, torch.device, or an integer index) becomes "cpu". It is a no-op when CUDA exists.
 # Why not a TorchFunctionMode, which would also catch factories: every torch call then detours through Python,
-# which cost a third of a forward pass of the toy backbone, in training and editing alike.
+# which doubled the time of SERAC's meta-training on the toy backbone (BENCHMARKS.md) and slowed editing alike.
 def _is_cuda(device: Any) -> bool:
     if isinstance(device, torch.device):
         return device.type == "cuda"
