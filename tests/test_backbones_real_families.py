@@ -296,6 +296,25 @@ def test_add_edits_makes_one_expert_and_leaves_every_base_weight_bit_identical(f
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("row, token_type", [(0, "image"), (1, "prompt"), (2, "answer")])
+def test_token_types_reach_the_generator_through_the_familys_layout(family, row, token_type):
+    """``token_types`` (ours) marks the family's image, prompt and answer tokens: each type's embedding shapes U, V."""
+    editor = LiveEdit(family.model, family.hparams(token_types=True))
+    try:
+        samples = family.samples(2)
+        before = editor.make_experts(samples)
+        with torch.no_grad():
+            editor.net.generator.types_u[row] += 1.0
+            editor.net.generator.types_v[row] += 1.0
+        after = editor.make_experts(samples)
+    finally:
+        editor.detach_hooks()
+    for name in ("U", "V"):
+        change = (getattr(after, name) - getattr(before, name)).abs().amax()
+        assert change > 1e-4, f"the {token_type} type embedding left {name} unchanged"
+    assert torch.equal(after.phi, before.phi) and torch.equal(after.psi, before.psi)  # keys do not see types
+
+
 def _add_strong_experts(editor: LiveEdit, samples: dict) -> list[int]:
     """Experts with the edit's real keys and random factors, so their residual is surely non-zero."""
     made = editor.make_experts(samples)
