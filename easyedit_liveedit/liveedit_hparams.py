@@ -21,6 +21,7 @@ from easyeditor.util.hparams import HyperParams
 
 ALG_NAME = "LiveEdit"
 SUPPORTED_MODELS = ("blip2", "minigpt4", "llava")
+QUESTION_RENDERINGS = ("editor", "dataset")  # values of the training key `questions`
 
 # Keys holding files or folders the run reads; checked by `check_paths()` when a model or data set is built.
 PATH_KEYS = (
@@ -201,6 +202,9 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     soft_route_lambda: float = 1.0
     hard_route_lambda: float = 1.0
     filter_lambda: float = 0.0  # ours: hard-filter calibration on every (input, edit) pair (losses.py); 0 = paper
+    # ours: "editor" renders training questions as MultimodalEditor renders edits (questions.py); "dataset" keeps
+    # the dataset's own rendering (VQADataset's template), as EasyEdit's trainers do
+    questions: str = "editor"
 
     # EasyEdit's training loop (BaseTrainer / MultimodalTrainer) reads these.
     batch_size: int = 8
@@ -231,6 +235,11 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.questions not in QUESTION_RENDERINGS:
+            raise ValueError(
+                f"{self.source or '<in code>'}: key 'questions' is {self.questions!r}; "
+                f"expected one of {', '.join(QUESTION_RENDERINGS)}"
+            )
         if self.train_base:
             raise ValueError(
                 f"{self.source or '<in code>'}: key 'train_base' must be false: LiveEdit keeps the backbone frozen"

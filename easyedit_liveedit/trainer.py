@@ -13,6 +13,9 @@ arranged as the official code does, see ``losses.py``):
    ``filter_lambda > 0``, the hard filter's own decision on every (input, edit) pair: an edit is in scope of
    an input exactly when its image is the input's edit image (other questions about the same scan count).
 
+The batches are EasyEdit's (``VQADataset`` / ``CaptionDataset``), but with ``questions: editor`` (the default) every
+question in them is rendered as EasyEdit's editor renders an edit (``questions.py``), not with the dataset's template.
+
 Validation does not mix: it stores the batch's experts in a fresh library and answers through the real
 inference path (hard + soft routing), so the logged accuracies are what editing will deliver.
 """
@@ -39,6 +42,7 @@ from .losses import (
     soft_routing_absolute_loss,
     soft_routing_relative_loss,
 )
+from .questions import EditorQuestions
 
 LOG = logging.getLogger(__name__)
 
@@ -56,16 +60,32 @@ def predicts_answer(labels: Tensor) -> Tensor:
     return mask
 
 
-def answer_accuracy(logits: Tensor, labels: Tensor) -> float:
-    """Teacher-forced token accuracy on the answer, EasyEdit's definition (argmax == next answer token)."""
+def scored_positions(labels: Tensor, answer_tokens: list[int] | None = None) -> Tensor:
+    """``(B, T)`` bool: logit positions EasyEdit's metric scores, those that predict the answer's own tokens.
+
+    EasyEdit scores the last ``len(tok(target))`` positions. The supervised span can be longer: rendered as the
+    editor renders it (``questions.py``), a tokenizer that keeps spaces apart (the toy world's) supervises the space
+    before the answer too. ``answer_tokens`` (per row) keeps the last that many; None keeps the whole span.
+    """
     where = predicts_answer(labels)
+    if answer_tokens is None:
+        return where
+    from_end = where.flip(1).cumsum(1).flip(1)  # supervised positions at or after each position
+    return where & (from_end <= torch.tensor(answer_tokens, device=labels.device)[:, None])
+
+
+def answer_accuracy(logits: Tensor, labels: Tensor, answer_tokens: list[int] | None = None) -> float:
+    """Teacher-forced token accuracy on the answer, EasyEdit's definition (argmax == next answer token)."""
+    where = scored_positions(labels, answer_tokens)
     predicted = logits.argmax(-1)[where]
     return (predicted == labels[:, 1:][where[:, :-1]]).float().mean().item()
 
 
-def agreement(pre_logits: Tensor, post_logits: Tensor, labels: Tensor) -> float:
+def agreement(
+    pre_logits: Tensor, post_logits: Tensor, labels: Tensor, answer_tokens: list[int] | None = None
+) -> float:
     """Locality: share of answer positions where the edited model's argmax equals the unedited one's."""
-    where = predicts_answer(labels)
+    where = scored_positions(labels, answer_tokens)
     return (pre_logits.argmax(-1)[where] == post_logits.argmax(-1)[where]).float().mean().item()
 
 
@@ -86,6 +106,8 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
 
     def __init__(self, config: Any, train_set: Any, val_set: Any) -> None:
         _check_training_config(config, len(train_set))
+        if config.questions == "editor":  # train on edits as the editor will present them (questions.py)
+            train_set, val_set = EditorQuestions(train_set), EditorQuestions(val_set)
         super().__init__(config, train_set, val_set)
         if not isinstance(self.model, LiveEdit):
             raise TypeError(f"config key 'alg' must select LiveEdit, got {type(self.model).__name__}")
@@ -125,13 +147,15 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
         for name, (term, acc_name) in IN_SCOPE.items():
             out, keys = editor.forward_with_experts(batch[name], experts, own | random_prefix(B, B, device))
             terms[term] = answer_cross_entropy(out.logits, out.labels)
-            info[acc_name] = answer_accuracy(out.logits.detach(), out.labels)
+            info[acc_name] = answer_accuracy(out.logits.detach(), out.labels, batch[name].get("answer_tokens"))
             in_scope_keys.append(keys)
         with torch.no_grad():
             pre = editor.model(batch["loc_image"])
         post, out_keys = editor.forward_with_experts(batch["loc_image"], experts, random_prefix(B, B, device))
         terms["loc/image"] = locality_kl(pre.logits, post.logits, predicts_answer(post.labels))
-        info["image_loc/acc"] = agreement(pre.logits, post.logits.detach(), post.labels)
+        info["image_loc/acc"] = agreement(
+            pre.logits, post.logits.detach(), post.labels, batch["loc_image"].get("answer_tokens")
+        )
         n = len(in_scope_keys)
         terms["soft_route/relative"] = sum(soft_routing_relative_loss(k.psi, experts.psi) for k in in_scope_keys) / n
         terms["soft_route/absolute"] = sum(soft_routing_absolute_loss(k.psi, experts.psi) for k in in_scope_keys) / n
@@ -156,10 +180,11 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
             library.add(editor.make_experts(batch["edit_inner"]))
             for name, (_, acc_name) in IN_SCOPE.items():
                 out = editor(batch[name])
-                accuracies[acc_name] = answer_accuracy(out.logits, out.labels)
+                accuracies[acc_name] = answer_accuracy(out.logits, out.labels, batch[name].get("answer_tokens"))
             for name, acc_name in (("loc", "loc/acc"), ("loc_image", "image_loc/acc")):
                 pre, post = editor.model(batch[name]), editor(batch[name])
-                accuracies[acc_name] = agreement(pre.logits, post.logits, post.labels)
+                answer_tokens = batch[name].get("answer_tokens")
+                accuracies[acc_name] = agreement(pre.logits, post.logits, post.labels, answer_tokens)
         return accuracies
 
 

@@ -94,6 +94,7 @@ TRAIN = ROOT / "hparams" / "TRAINING" / "LiveEdit" / "blip2.yaml"
         (EDIT, LiveEditMultimodalHparams, {"cross_attn_dim": 100}, ValueError, "cross_attn_dim"),
         (EDIT, LiveEditMultimodalHparams, {"rank": 0}, ValueError, "rank"),
         (TRAIN, LiveEditMultimodalTrainingHparams, {"train_base": True}, ValueError, "train_base"),
+        (TRAIN, LiveEditMultimodalTrainingHparams, {"questions": "template"}, ValueError, "questions"),
         (TRAIN, LiveEditMultimodalTrainingHparams, {"save": "yes"}, TypeError, "save"),
     ],
 )

@@ -17,7 +17,8 @@ The BOS and the template are neither image, prompt nor answer tokens (see ``span
 The layout follows the forward's own loss mask, quirks included: EasyEdit's ``VQADataset`` counts
 ``prompts_len`` on ``"Question: {} Short answer: "`` with its trailing space, which LLaMA's tokenizer encodes
 as one extra ``"▁"`` token that ``text_input`` does not have (there the space joins the answer's first word),
-so on those batches the first answer token counts as prompt, for the forward's loss and here alike.
+so on those batches the first answer token counts as prompt, for the forward's loss and here alike. LiveEdit's
+trainer renders questions as the editor does by default (``questions.py``), without that space.
 """
 
 from __future__ import annotations

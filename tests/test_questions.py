@@ -1,0 +1,51 @@
+"""Meta-training sees every question rendered exactly as EasyEdit's editor renders an edit (questions.py)."""
+
+import importlib
+
+import pytest
+import torch
+from conftest import small_liveedit_hparams
+
+from easyedit_liveedit import LiveEditMultimodalTrainer
+from easyedit_liveedit.questions import QUESTIONS, EditorQuestions
+
+
+def _vqa(world, hparams, size):
+    from easyeditor import VQADataset
+
+    with world.easyedit_patches():
+        return VQADataset(str(world.split("vqa_eval")), size=size, config=hparams)
+
+
+def test_batches_render_each_question_as_prepare_multimodal_edit_does(small_world):
+    prepare = importlib.import_module("easyeditor.evaluate.evaluate").prepare_multimodal_edit
+    hparams = small_liveedit_hparams(small_world, training=True)
+    plain = _vqa(small_world, hparams, 3)
+    items = [plain[0], plain[1], plain[2]]
+    dataset_batch, editor_batch = plain.collate_fn(items), EditorQuestions(plain).collate_fn(items)
+    tok = small_world.tokenizer()
+    for name, (question, answer) in QUESTIONS.items():
+        expected = [prepare(hparams, tok, it[answer], it[question], None) for it in items]
+        assert editor_batch[name]["text_input"] == [e["text_input"][0] for e in expected], name
+        assert editor_batch[name]["prompts_len"] == [e["prompts_len"][0] for e in expected], name
+        assert editor_batch[name]["answer_tokens"] == [e["labels"].shape[1] for e in expected], name
+        for key in ("image", "labels"):  # the rest of the batch is the dataset's own
+            mine, theirs = editor_batch[name][key], dataset_batch[name][key]
+            assert (mine is None and theirs is None) or torch.equal(mine, theirs), (name, key)
+    # VQADataset renders image questions differently (its template), so the wrapper changes what training sees
+    assert dataset_batch["edit_inner"]["text_input"] != editor_batch["edit_inner"]["text_input"]
+    assert dataset_batch["edit_inner"]["text_input"][0].startswith("Question: ")
+
+
+@pytest.mark.parametrize("questions", ["editor", "dataset"])
+def test_trainer_loads_batches_in_the_configured_rendering(small_world, tmp_path, questions):
+    hparams = small_liveedit_hparams(
+        small_world, training=True, batch_size=2, val_batch_size=2, max_iters=4, results_dir=str(tmp_path),
+        questions=questions,
+    )  # fmt: skip
+    data = _vqa(small_world, hparams, 4)
+    with small_world.easyedit_patches():
+        trainer = LiveEditMultimodalTrainer(hparams, data, data)
+    for loader in (trainer.train_loader, trainer.val_loader):
+        rendered = next(iter(loader))["edit_inner"]["text_input"]
+        assert all(text.startswith("Question: ") == (questions == "dataset") for text in rendered)
