@@ -1,7 +1,8 @@
 """Can LiveEdit's expert generator, on its own, turn an edit into an expert that gives the new answer?
 
 Usage (from the project root, after `make setup`):
-    .venv/bin/python benchmarks/generator_probe.py [--steps 400] [--lora-scale 1] [--token-types | --no-token-types]
+    .venv/bin/python benchmarks/generator_probe.py [--steps 400] [--lora-scale 1] [--rank 4]
+        [--token-types | --no-token-types]
 
 Routing is taken out: each edit's own expert is applied to the edit's own question at weight 1, and only the
 generator (with ``LN_r``) is trained, on the reliability cross-entropy of the toy E-VQA train split (batch 32,
@@ -57,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lora-scale", type=float, default=None, help="default: the toy YAML's")
+    parser.add_argument("--rank", type=int, default=None, help="expert rank r; default: the toy YAML's")
     parser.add_argument("--token-types", action=argparse.BooleanOptionalAction, default=None, help="default: YAML's")
     parser.add_argument("--eval-size", type=int, default=256)
     args = parser.parse_args()
@@ -69,6 +71,8 @@ def main() -> None:
         hparams.lora_scale = args.lora_scale
     if args.token_types is not None:
         hparams.token_types = args.token_types
+    if args.rank is not None:
+        hparams.rank = args.rank
     editor = LiveEdit(world.load_model(), hparams)
     from easyeditor import VQADataset
 
@@ -103,6 +107,7 @@ def main() -> None:
     result = {
         "steps": args.steps,
         "lora_scale": hparams.lora_scale,
+        "rank": hparams.rank,
         "token_types": hparams.token_types,
         "curve": curve,
         "eval_reliability_own_expert": round(sum(scores) / len(scores), 3),

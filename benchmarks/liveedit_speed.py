@@ -10,8 +10,11 @@ Measures, at batch 1 and batch 8 on the default toy world:
   filled with the experts of real edits (eval records, one partial forward each); beyond the number of eval
   records the real experts are repeated with small noise on keys and factors, which exercises routing over N
   experts (what scales with N) while the number of experts that pass the hard filter stays realistic;
-- bytes per expert (`ExpertLibrary.bytes_per_expert`).
-Median wall-clock time of `--repeats` runs after warm-up; torch uses one thread (as the toy world does).
+- bytes per expert (`ExpertLibrary.bytes_per_expert`);
+- with N experts, the parts LiveEdit adds to a forward, each timed alone: the input-side keys, routing against the
+  library, applying the selected experts.
+Median wall-clock time of `--repeats` runs after warm-up, the two sides of each ratio run in turn; torch uses one
+thread (as the toy world does).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -30,15 +33,22 @@ from easyedit_liveedit.editor import LiveEdit
 from easyedit_liveedit.modules import Experts
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
+def median_seconds(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """Median wall-clock seconds of each of ``fns``, run in turn within every repeat.
+
+    Interleaved so that the two sides of a ratio see the same machine load: timed in separate blocks, the same
+    ratio moved by up to 0.4 between runs on this 2-core machine.
+    """
+    for fn in fns:
+        for _ in range(3):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, runs in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - start)
+    return [statistics.median(runs) for runs in times]
 
 
 def eval_samples(world: toyworld.ToyWorld, hparams: LiveEditMultimodalHparams, n: int, offset: int = 0) -> list[dict]:
@@ -76,6 +86,30 @@ def fill_library(editor: LiveEdit, real: list[dict], n: int, seed: int = 0) -> N
         editor.library.add(noisy)
 
 
+def parts_ms(editor: LiveEdit, batch: dict, repeats: int) -> dict[str, float]:
+    """What LiveEdit adds to a forward, timed alone: input keys, routing against the library, applying experts."""
+    h, layout = editor.hidden_states(batch)
+    keys = editor.net.input_keys(h, layout.image, layout.prompt)
+    routing = editor.library.route(keys)
+    parts = {
+        "input_keys": lambda: editor.net.input_keys(h, layout.image, layout.prompt),
+        "route": lambda: editor.library.route(keys),
+        "apply": lambda: editor.library.apply(h, routing, editor.net.expert_norm),
+    }
+    return {
+        name: round(1e3 * t, 3) for name, t in zip(parts, median_seconds(list(parts.values()), repeats), strict=True)
+    }
+
+
+def probe_arguments(doc: str, edits: int) -> argparse.Namespace:
+    """``--archive`` and ``--edits`` of the LiveEdit probes; also puts torch on one thread, as the toy world runs."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--archive", help="trained LiveEdit archive (default: the toy YAML's)")
+    parser.add_argument("--edits", type=int, default=edits)
+    torch.set_num_threads(1)
+    return parser.parse_args()
+
+
 def load_editor(archive: str | None = None) -> tuple[toyworld.ToyWorld, LiveEditMultimodalHparams, LiveEdit, str]:
     """The default toy world, the toy editing YAML, and a ``LiveEdit`` with ``archive`` (default: the YAML's)."""
     world = toyworld.load("default", progress=False)
@@ -102,9 +136,10 @@ def main() -> None:
     with torch.no_grad():
         for batch_size in (1, 8):
             batch = batch_of(eval_samples(world, hparams, batch_size, offset=1500))
-            forward = median_seconds(lambda b=batch: model(b), args.repeats)
             editor.reset()
-            edit = median_seconds(lambda b=batch: editor.make_experts(b), args.repeats)
+            forward, edit = median_seconds(
+                [lambda b=batch: model(b), lambda b=batch: editor.make_experts(b)], args.repeats
+            )
             results[f"batch{batch_size}"] = {"forward_ms": 1e3 * forward, "edit_ms": 1e3 * edit,
                                              "edit_over_forward": edit / forward}  # fmt: skip
         real = eval_samples(world, hparams, args.real_edits)
@@ -112,12 +147,11 @@ def main() -> None:
             fill_library(editor, real, n)
             for batch_size in (1, 8):
                 batch = batch_of(eval_samples(world, hparams, batch_size, offset=1500))
-                forward = median_seconds(lambda b=batch: model(b), args.repeats)
-                routed = median_seconds(lambda b=batch: editor(b), args.repeats)
+                forward, routed = median_seconds([lambda b=batch: model(b), lambda b=batch: editor(b)], args.repeats)
                 fired = sum(len(row) for row in editor.routing_report(batch)) / batch_size
                 results[f"experts{n}_batch{batch_size}"] = {
                     "forward_ms": 1e3 * forward, "edited_ms": 1e3 * routed, "overhead": routed / forward,
-                    "experts_fired_per_input": fired,
+                    "experts_fired_per_input": fired, "parts_ms": parts_ms(editor, batch, args.repeats),
                 }  # fmt: skip
         results["bytes_per_expert"] = editor.library.bytes_per_expert()
     print(json.dumps(results, indent=2))

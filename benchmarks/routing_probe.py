@@ -10,18 +10,27 @@ For each of those records it routes three inputs and reports, per input kind:
   its mean weight, and how many experts fire in all;
 - `m_loc` (a question of another kind about a scan of another digit, which no expert should touch): how often any
   expert fires, and how many.
-Routing only: the backbone runs up to the edit layer (`LiveEdit.routing_report`). One torch thread.
+For every input it also splits the experts that pass the hard filter although their edit shows another scan
+(`stray`) by whether that scan shows the same digit: the share of such experts that pass, per group.
+
+Then it scores reliability (`rel`), text generality (`t_gen`) and image generality (`m_gen`) with EasyEdit's own
+metric code, three ways, to locate the loss:
+- `routed`: the real inference path (hard filter, then soft weights), as the comparison scores it;
+- `scan_filter`: the hard filter replaced by the truth, "the expert's edit shows this scan"; soft routing as is;
+- `own_expert`: only the record's own expert, at its soft weight (the generator alone).
+Routing counts need only the backbone up to the edit layer (`LiveEdit.routing_report`). One torch thread.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 
 import torch
-from liveedit_speed import batch_of, fill_library, load_editor
+from liveedit_speed import batch_of, load_editor, probe_arguments
+from tqdm import tqdm
 
+from easyedit_liveedit.modules import Experts
 from easyedit_liveedit.toyworld.evaluate import ImageLoader
 
 
@@ -48,24 +57,82 @@ def summary(reports: list[list[tuple[int, float]]], own: list[int] | None) -> di
     return {k: round(v, 3) for k, v in result.items()}
 
 
+def scan_of(path: str) -> str:
+    """``digits/0042.png`` and its other view ``views/0042.png`` show one scan: its file name."""
+    return path.rsplit("/", 1)[-1]
+
+
+def stray_rates(reports: list[list[tuple[int, float]]], scans: list[str], digits: list[int],
+                records: list[dict], image: str) -> dict[str, float]:  # fmt: skip
+    """Share of the experts whose edit shows another scan that pass the hard filter, by that scan's digit."""
+    passed = {"same_digit": 0, "other_digit": 0}
+    pool = {"same_digit": 0, "other_digit": 0}
+    for row, record in zip(reports, records, strict=True):
+        scan, digit = scan_of(record[image]), record["label"]
+        fired = {i for i, _ in row}
+        for i, (s, d) in enumerate(zip(scans, digits, strict=True)):
+            if s != scan:
+                group = "same_digit" if d == digit else "other_digit"
+                pool[group] += 1
+                passed[group] += i in fired
+    return {f"stray_pass_{g}": round(passed[g] / pool[g], 4) for g in passed if pool[g]}
+
+
+class _Mixing:
+    """A callable model for EasyEdit's metric: answers with fixed experts switched on per input (mix mode)."""
+
+    def __init__(self, editor, experts, switch) -> None:
+        self.editor, self.experts, self.switch = editor, experts, switch
+
+    def __call__(self, batch: dict):
+        return self.editor.forward_with_experts(batch, self.experts, self.switch)[0]
+
+
+def accuracies(editor, experts, world, hparams, records: list[dict]) -> dict[str, dict[str, float]]:
+    """``rel``, ``t_gen``, ``m_gen`` under the three routings (module docstring), EasyEdit's metric at batch 1."""
+    from easyeditor.evaluate.evaluate import compute_multimodal_edit_quality, prepare_multimodal_edit
+
+    load = ImageLoader(world.layout.images, world.config.image_size)
+    tok = world.tokenizer()
+    scans = torch.tensor([int(scan_of(r["image"]).split(".")[0]) for r in records])
+    parts = {"rel": ("src", "image"), "t_gen": ("rephrase", "image"), "m_gen": ("src", "image_rephrase")}
+    scores: dict[str, dict[str, list[float]]] = {
+        m: {p: [] for p in parts} for m in ("routed", "scan_filter", "own_expert")
+    }
+    for j, r in enumerate(tqdm(records, desc="scoring", leave=False)):
+        models = {
+            "routed": editor,
+            "scan_filter": _Mixing(editor, experts, (scans == scans[j])[None]),
+            "own_expert": _Mixing(editor, experts, (torch.arange(len(records)) == j)[None]),
+        }
+        for part, (prompt, image) in parts.items():
+            batch = prepare_multimodal_edit(hparams, tok, r["alt"], r[prompt], load(r[image]))
+            for mode, model in models.items():
+                scores[mode][part].append(float(compute_multimodal_edit_quality(model, batch)[0]))
+    return {m: {p: round(statistics.mean(v), 3) for p, v in by_part.items()} for m, by_part in scores.items()}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archive", help="trained LiveEdit archive (default: the toy YAML's)")
-    parser.add_argument("--edits", type=int, default=1000)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = probe_arguments(__doc__, edits=1000)
 
     world, hparams, editor, archive = load_editor(args.archive)
     records = json.loads(world.split("vqa_eval").read_text())[: args.edits]
+    scans, digits = [scan_of(r["image"]) for r in records], [r["label"] for r in records]
     results: dict[str, object] = {"archive": archive, "edits": args.edits}
     with torch.no_grad():
-        fill_library(editor, samples_of(world, hparams, records, "edit"), args.edits)
-        own = editor.library.ids()
-        for kind in ("edit", "image_rephrase", "m_loc"):
+        edits = samples_of(world, hparams, records, "edit")
+        made = [editor.make_experts(batch_of(edits[start : start + 8])) for start in range(0, len(edits), 8)]
+        experts = Experts(*(torch.cat([getattr(e, f) for e in made]) for f in ("psi", "phi", "U", "V")))
+        editor.reset()
+        own = editor.library.add(experts)
+        for kind, image in (("edit", "image"), ("image_rephrase", "image_rephrase"), ("m_loc", "m_loc")):
             samples = samples_of(world, hparams, records, kind)
             reports = [row for start in range(0, len(samples), 8)
                        for row in editor.routing_report(batch_of(samples[start : start + 8]))]  # fmt: skip
             results[kind] = summary(reports, None if kind == "m_loc" else own)
+            if kind != "m_loc":  # an M-Loc scan's digit is not in its record
+                results[kind] |= stray_rates(reports, scans, digits, records, image)
+        results["accuracy"] = accuracies(editor, experts, world, hparams, records)
     print(json.dumps(results, indent=2))
 
 
