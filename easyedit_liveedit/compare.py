@@ -37,7 +37,9 @@ import importlib
 import logging
 import math
 import multiprocessing
+import os
 import random
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -364,9 +366,25 @@ def compare(
     return rows
 
 
+def _end_with(parent: int) -> None:
+    """Worker initializer: end this process as soon as the comparison that spawned it is gone.
+
+    Killed with SIGTERM or SIGKILL (``kill``, a job scheduler), a comparison leaves its spawned workers running,
+    training on and writing archives (Ctrl-C in a terminal signals the whole process group, this does not).
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def _in_own_process(fn: Callable[..., list[Row]], args: tuple) -> list[Row]:
     # Spawned, not forked: a forked process inherits torch's thread pools mid-state and can deadlock.
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as process:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=_end_with, initargs=(os.getpid(),)) as process:
         return process.submit(fn, *args).result()
 
 

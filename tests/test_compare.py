@@ -14,6 +14,10 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -457,6 +461,50 @@ def test_a_method_whose_process_dies_shows_as_failed_rows_beside_the_others():
     assert all(r.status.startswith("error (BrokenProcessPool") for r in rows[:2]), rows[:2]
     assert rows[2].status == "ok" and rows[2].metrics == {"rewrite_acc": 1.0}
     assert len(seen) == 2 and seen[-1] == rows  # the partial table is written as each method ends
+
+
+def _sleeps(marker: str) -> list[Row]:
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(600)
+    return []
+
+
+def _ended(pid: int) -> bool:
+    """The process is gone or a zombie (nobody may reap an orphan in a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc (Linux)")
+def test_a_killed_comparison_takes_its_worker_processes_along(tmp_path):
+    marker = tmp_path / "worker.pid"
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_compare import _sleeps\n"
+        "from easyedit_liveedit.compare import compare_in_processes\n"
+        f"compare_in_processes([('Sleeps', _sleeps, ({str(marker)!r},))], [1], workers=1, progress=False)\n"
+    )
+    comparison = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        assert _wait_for(marker.exists, 300), "the worker never started"
+        worker = int(marker.read_text())
+        assert not _ended(worker)
+        comparison.kill()  # SIGKILL: the comparison gets no chance to clean up
+        comparison.wait()
+        assert _wait_for(lambda: _ended(worker), 60), f"worker {worker} outlived the killed comparison"
+    finally:
+        comparison.kill()
 
 
 def test_last_progress_reads_the_newest_bar_of_a_worker_log(tmp_path):
