@@ -62,9 +62,12 @@ def scan_of(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def stray_rates(reports: list[list[tuple[int, float]]], scans: list[str], digits: list[int],
-                records: list[dict], image: str) -> dict[str, float]:  # fmt: skip
-    """Share of the experts whose edit shows another scan that pass the hard filter, by that scan's digit."""
+def stray_rates(reports: list[list[tuple[int, float]]], records: list[dict], image: str) -> dict[str, float]:
+    """Share of the experts whose edit shows another scan that pass the hard filter, by that scan's digit.
+
+    Expert ``i`` is record ``i``'s edit; ``image`` is the record field holding each routed input's image.
+    """
+    scans, digits = [scan_of(r["image"]) for r in records], [r["label"] for r in records]
     passed = {"same_digit": 0, "other_digit": 0}
     pool = {"same_digit": 0, "other_digit": 0}
     for row, record in zip(reports, records, strict=True):
@@ -117,7 +120,6 @@ def main() -> None:
 
     world, hparams, editor, archive = load_editor(args.archive)
     records = json.loads(world.split("vqa_eval").read_text())[: args.edits]
-    scans, digits = [scan_of(r["image"]) for r in records], [r["label"] for r in records]
     results: dict[str, object] = {"archive": archive, "edits": args.edits}
     with torch.no_grad():
         edits = samples_of(world, hparams, records, "edit")
@@ -131,7 +133,7 @@ def main() -> None:
                        for row in editor.routing_report(batch_of(samples[start : start + 8]))]  # fmt: skip
             results[kind] = summary(reports, None if kind == "m_loc" else own)
             if kind != "m_loc":  # an M-Loc scan's digit is not in its record
-                results[kind] |= stray_rates(reports, scans, digits, records, image)
+                results[kind] |= stray_rates(reports, records, image)
         results["accuracy"] = accuracies(editor, experts, world, hparams, records)
     print(json.dumps(results, indent=2))
 
