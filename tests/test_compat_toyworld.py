@@ -44,19 +44,23 @@ def test_image_processor_size_rejects_bad_sizes():
             pass
 
 
+def wheel_blip2opt(layout: toyworld.Layout) -> torch.nn.Module:
+    """Blip2OPT built with the arguments EasyEdit's editor passes for a BLIP-2 OPT config."""
+    blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt").Blip2OPT
+    return blip2_opt(
+        vit_model="eva_clip_g",
+        img_size=364,
+        freeze_vit=True,
+        opt_model=str(layout.opt),
+        state_dict_file=str(layout.vision_weights),
+        qformer_name_or_path=str(layout.qformer),
+    )
+
+
 def test_wheel_blip2opt_does_not_load_the_checkpoint(small_world):
     """The reason for section 8: without it EasyEdit's constructor leaves 32 random query tokens."""
     with compat.vision_tower_builder(backbone.build_vision_tower):
-        blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt")
-        layout = small_world.layout
-        model = blip2_opt.Blip2OPT(
-            vit_model="eva_clip_g",
-            img_size=364,
-            freeze_vit=True,
-            opt_model=str(layout.opt),
-            state_dict_file=str(layout.vision_weights),
-            qformer_name_or_path=str(layout.qformer),
-        )
+        model = wheel_blip2opt(small_world.layout)
     assert model.query_tokens.shape[1] == 32
     assert model.opt_model.dtype == torch.float16
 
@@ -66,14 +70,7 @@ def test_blip2_checkpoint_loads_every_tensor_exactly(small_world):
     blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt").Blip2OPT
     original_init = blip2_opt.__init__
     with compat.vision_tower_builder(backbone.build_vision_tower), compat.blip2_checkpoint(layout.checkpoint):
-        model = blip2_opt(
-            vit_model="eva_clip_g",
-            img_size=364,
-            freeze_vit=True,
-            opt_model=str(layout.opt),
-            state_dict_file=str(layout.vision_weights),
-            qformer_name_or_path=str(layout.qformer),
-        )
+        model = wheel_blip2opt(layout)
     assert blip2_opt.__init__ is original_init
     saved = load_file(str(layout.checkpoint))
     assert model.query_tokens.shape[1] == small_world.config.num_query_tokens
