@@ -45,7 +45,7 @@ def test_image_processor_size_rejects_bad_sizes():
 
 
 def wheel_blip2opt(layout: toyworld.Layout) -> torch.nn.Module:
-    """Blip2OPT built with the arguments EasyEdit's editor passes for a BLIP-2 OPT config."""
+    """The wheel's Blip2OPT on the toy world's files, given no ``num_query_token`` (EasyEdit's editor gives none)."""
     blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt").Blip2OPT
     return blip2_opt(
         vit_model="eva_clip_g",
