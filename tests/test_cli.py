@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_compare import ARCHIVE_RUN, small_archives
+from helpers import ARCHIVE_RUN, small_archives
 
 from easyedit_liveedit.toyworld.layout import CACHE_ENV
 
@@ -125,7 +125,7 @@ def test_bare_command_prints_usage_and_easyedit_tables(runs):
     result = runs[1]["bare"]
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage: easyedit-liveedit")
-    assert "LiveEdit     easyedit_liveedit.liveedit_main.apply_liveedit_to_multimodal_model" in result.stdout
+    assert "LiveEdit     easyedit_liveedit.easyedit.entry.apply_liveedit_to_multimodal_model" in result.stdout
 
 
 def test_bad_group_option_names_the_group_and_the_choices(runs):
@@ -149,7 +149,7 @@ def test_unknown_command_lists_the_commands(runs):
 
 
 def test_quick_flag_is_the_quick_run_preset():
-    from easyedit_liveedit.cli import _hydra_argv
+    from easyedit_liveedit.bench.cli import _hydra_argv
 
     assert _hydra_argv(["compare", "--quick", "method=MEND"]) == ["run=quick", "method=MEND", "command=compare"]
     assert _hydra_argv(["compare", "--multirun", "--quick"]) == ["--multirun", "run=quick", "command=compare"]

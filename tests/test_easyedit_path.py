@@ -5,10 +5,11 @@ import json
 
 import pytest
 import torch
-from conftest import small_liveedit_hparams
+from helpers import small_liveedit_hparams
 
-from easyedit_liveedit import LiveEditMultimodalTrainer, MultimodalEditor, compat
-from easyedit_liveedit.liveedit_main import editor_for
+from easyedit_liveedit import LiveEditMultimodalTrainer, MultimodalEditor
+from easyedit_liveedit.easyedit import compat
+from easyedit_liveedit.easyedit.entry import editor_for
 
 METRICS = {"rewrite_acc", "rephrase_acc", "image_rephrase_acc", "locality_acc", "multimodal_locality_acc"}
 

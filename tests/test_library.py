@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from easyedit_liveedit.library import ExpertLibrary
-from easyedit_liveedit.modules import Experts, InputKeys, LiveEditNetwork
+from easyedit_liveedit.liveedit.library import ExpertLibrary
+from easyedit_liveedit.liveedit.networks import Experts, InputKeys, LiveEditNetwork
 
 D, DM, R, K = 16, 8, 2, 2
 

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from easyedit_liveedit.trainer import IGNORE_INDEX, answer_accuracy, random_prefix, same_image, scored_positions
+from easyedit_liveedit.liveedit.train_step import (
+    IGNORE_INDEX,
+    answer_accuracy,
+    random_prefix,
+    same_image,
+    scored_positions,
+)
 
 
 def test_same_image_matches_pixel_identical_images_only():

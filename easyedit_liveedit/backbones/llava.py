@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
-from .base import BackboneAdapter, TokenLayout, span_layout
+from ..liveedit.backbone import BackboneAdapter, TokenLayout, span_layout
 
 IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100

@@ -1,0 +1,23 @@
+"""LiveEdit, the method: importable and testable without EasyEdit.
+
+``LiveEditModel`` holds a frozen backbone, LiveEdit's networks and an expert library; ``LiveEditConfig`` sizes
+them; a ``BackboneAdapter`` (``easyedit_liveedit.backbones``) tells it where a backbone's layers and tokens are.
+"""
+
+from .backbone import BackboneAdapter, TokenLayout
+from .config import LiveEditConfig
+from .library import ExpertLibrary, Routing
+from .model import LiveEditModel
+from .networks import Experts, InputKeys, LiveEditNetwork
+
+__all__ = [
+    "BackboneAdapter",
+    "Experts",
+    "ExpertLibrary",
+    "InputKeys",
+    "LiveEditConfig",
+    "LiveEditModel",
+    "LiveEditNetwork",
+    "Routing",
+    "TokenLayout",
+]
