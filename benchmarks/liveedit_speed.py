@@ -52,7 +52,7 @@ def median_seconds(fns: Sequence[Callable[[], object]], repeats: int) -> list[fl
 
 def eval_samples(world: toyworld.ToyWorld, hparams: LiveEditMultimodalHparams, n: int, offset: int = 0) -> list[dict]:
     """EasyEdit-format edit samples (src + alt, image) for eval records ``offset..offset+n``."""
-    from easyeditor.evaluate.evaluate import prepare_multimodal_edit
+    from easyeditor.evaluate import prepare_multimodal_edit
 
     from easyedit_liveedit.toyworld.evaluate import ImageLoader
 

@@ -36,7 +36,7 @@ from easyedit_liveedit.toyworld.evaluate import ImageLoader
 
 def samples_of(world, hparams, records: list[dict], kind: str) -> list[dict]:
     """One EasyEdit edit-format sample per record: its edit, its edit on the other view, or its M-Loc question."""
-    from easyeditor.evaluate.evaluate import prepare_multimodal_edit
+    from easyeditor.evaluate import prepare_multimodal_edit
 
     load = ImageLoader(world.layout.images, world.config.image_size)
     tok = world.tokenizer()
@@ -93,7 +93,7 @@ class _Mixing:
 
 def accuracies(editor, experts, world, hparams, records: list[dict]) -> dict[str, dict[str, float]]:
     """``rel``, ``t_gen``, ``m_gen`` under the three routings (module docstring), EasyEdit's metric at batch 1."""
-    from easyeditor.evaluate.evaluate import compute_multimodal_edit_quality, prepare_multimodal_edit
+    from easyeditor.evaluate import compute_multimodal_edit_quality, prepare_multimodal_edit
 
     load = ImageLoader(world.layout.images, world.config.image_size)
     tok = world.tokenizer()

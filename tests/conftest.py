@@ -11,6 +11,17 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A session started for one EasyEdit target (``EASYEDIT_TARGET``, set by ``make test``) must import that one: a
+    main session that silently ran the wheel (say, without EasyEdit main on ``PYTHONPATH``) would test nothing new."""
+    wanted = os.environ.get("EASYEDIT_TARGET")
+    if wanted:
+        from helpers import TARGET
+
+        if TARGET != wanted:
+            pytest.exit(f"EASYEDIT_TARGET={wanted}, but this session imports the EasyEdit {TARGET}", returncode=4)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

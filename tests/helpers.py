@@ -5,6 +5,7 @@ The worker functions (``rows_of``, ``dies``, ``sleeps``) live here because spawn
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -95,3 +96,8 @@ def small_liveedit_hparams(world, training: bool = False, **overrides):
     values.update(overrides)
     cls = LiveEditMultimodalTrainingHparams if training else LiveEditMultimodalHparams
     return world.apply_paths(cls.from_dict(values))
+
+
+# Which EasyEdit the session runs: EasyEdit main has `easyeditor.evaluate.multimodal_evaluate`, the PyPI wheel
+# (0.0.1.dev0) has not. Tests of behaviour that differs between the two assert what is true on each.
+TARGET = "main" if importlib.util.find_spec("easyeditor.evaluate.multimodal_evaluate") is not None else "wheel"

@@ -174,7 +174,7 @@ class Family:
 
     def samples(self, n: int = 2, seed: int = 0, image: bool = True) -> dict[str, Any]:
         """``n`` edit samples made by EasyEdit's own ``prepare_multimodal_edit`` for this ``model_name``."""
-        from easyeditor.evaluate.evaluate import prepare_multimodal_edit
+        from easyeditor.evaluate import prepare_multimodal_edit
 
         g = torch.Generator().manual_seed(seed)
         pixels = torch.rand(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g) if image else None
@@ -409,7 +409,7 @@ def test_generation_counts_prompts_like_easyedit_does_for_the_family(family, edi
 
 def test_easyedit_entry_point_and_metric_run_on_the_family(family, tmp_path):
     """``ALG_MULTIMODAL_DICT['LiveEdit']`` with this family's ``model_name``, then EasyEdit's own accuracy metric."""
-    from easyeditor.evaluate.evaluate import compute_multimodal_edit_quality, prepare_multimodal_edit
+    from easyeditor.evaluate import compute_multimodal_edit_quality, prepare_multimodal_edit
     from easyeditor.util.alg_dict import ALG_MULTIMODAL_DICT
 
     from easyedit_liveedit.easyedit.entry import attached_editor

@@ -47,7 +47,7 @@ def _add_strong_experts(editor, samples) -> list[int]:
 
 def _samples(tok, context, n, seed=0):
     """``n`` edit-style samples (prompt + target, random images) as EasyEdit's metric code builds them."""
-    from easyeditor.evaluate.evaluate import prepare_multimodal_edit
+    from easyeditor.evaluate import prepare_multimodal_edit
 
     hparams, image_size = context
     prompts = [f"what digit is shown {'here ' * (i % 3)}?" for i in range(n)]
@@ -158,7 +158,7 @@ def test_generation_with_kv_cache_matches_full_recomputation_with_experts(setup,
 
 
 def test_generation_counts_prompts_like_easyedit(setup):
-    from easyeditor.evaluate.evaluate import prepare_multimodal_edit
+    from easyeditor.evaluate import prepare_multimodal_edit
 
     _, tok, editor, (hparams, _) = setup
     prompts = ["what digit is shown ?", "what digit is shown here here ?"]

@@ -18,7 +18,7 @@ def _vqa(world, hparams, size):
 
 
 def test_batches_render_each_question_as_prepare_multimodal_edit_does(small_world):
-    prepare = importlib.import_module("easyeditor.evaluate.evaluate").prepare_multimodal_edit
+    prepare = importlib.import_module("easyeditor.evaluate").prepare_multimodal_edit
     hparams = small_liveedit_hparams(small_world, training=True)
     plain = _vqa(small_world, hparams, 3)
     items = [plain[0], plain[1], plain[2]]

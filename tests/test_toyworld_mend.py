@@ -62,7 +62,7 @@ def test_sequential_mend_edits(small_world, trained):
     base = mend.model
     inner = list(hparams.inner_params)
     original = {name: base.get_parameter(name).detach().clone() for name in inner}
-    evaluate = importlib.import_module("easyeditor.evaluate.evaluate")
+    evaluate = importlib.import_module("easyeditor.evaluate")
     dataset = importlib.import_module("easyeditor.dataset")
     with small_world.easyedit_patches():
         data = dataset.VQADataset(str(small_world.split("vqa_eval")), size=3, config=hparams)

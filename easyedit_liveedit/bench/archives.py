@@ -83,6 +83,8 @@ def load_hparams(
     if hasattr(cls, "from_dict"):  # this plugin's classes validate every key and type themselves
         return cls.from_dict(config, source=str(path))
     known = {f.name for f in dataclasses.fields(cls)}
+    if not training:  # a YAML written for either EasyEdit target: `alg` beside `alg_name` or not
+        config = compat.targets.fit_alg_key(config, known)
     unknown = sorted(set(config) - known)
     if unknown:
         raise TypeError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))} for easyeditor's {cls.__name__}")

@@ -148,7 +148,7 @@ def in_context_scores(model: Any, hparams: Any, tok: Any, request: dict, example
     edit's context (as EasyEdit's text IKE does) are returned as ``locality_output`` /
     ``multimodal_locality_output``, to be compared with the unedited backbone's like every other editor's.
     """
-    evaluate = importlib.import_module("easyeditor.evaluate.evaluate")
+    evaluate = importlib.import_module("easyeditor.evaluate")
     post = evaluate.compute_icl_multimodal_edit_quality(model, hparams.model_name, hparams, tok, examples, request,
                                                         hparams.device)  # fmt: skip
     scores = {"rewrite_acc": post["rewrite_acc"]}

@@ -97,13 +97,10 @@ class Runner:
             return editor.model.eval(), editor.tok
 
         def load_image(relative: str) -> torch.Tensor:
-            from PIL import Image
-
             processors = importlib.import_module("easyeditor.dataset.processor.blip_processors")
             processor = processors.BlipImageEvalProcessor(image_size=364, mean=None, std=None)
             image_root = Path(self.cfg.data.get("image_root") or ".")
-            with Image.open(image_root / relative) as image:
-                return processor(image.convert("RGB"))
+            return compat.targets.process_image(processor, image_root / relative)
 
         return Backbone(load=load, patches=contextlib.nullcontext, load_image=load_image)
 

@@ -1,8 +1,10 @@
-"""EasyEdit main's ``MultimodalEditor`` editing API, for every registered method, on the PyPI wheel.
+"""EasyEdit main's ``MultimodalEditor`` editing API, for every registered method, on both EasyEdit targets.
 
 The wheel's ``MultimodalEditor.edit`` has no ``sequential_edit``/``file_type`` parameters (it swallows them),
 needs ``locality_inputs``, hard-codes ``cuda:{device}``, and its ``edit_dataset`` calls a function it never
-imports. This subclass gives EasyEdit main's signatures, so code written for main runs unchanged:
+imports. EasyEdit main has the signatures, but scores ``pre`` after a non-sequential edit, undoes only the methods it
+lists, and its ``edit_dataset`` never undoes. This subclass of the target's own ``MultimodalEditor`` gives main's
+signatures with one behaviour on both targets, so code written for main runs unchanged:
 
 - pre-edit scores of every request are computed on the unedited model before the first edit (``scoring.py``);
 - ``sequential_edit=True``: edits accumulate in place; each is scored right after it is made;
@@ -13,13 +15,16 @@ imports. This subclass gives EasyEdit main's signatures, so code written for mai
   cannot restore.
 
 Scores come from EasyEdit's own ``compute_multimodal_edit_results`` and locality is the share of answer tokens
-whose argmax is unchanged from the genuinely unedited model, under EasyEdit's metric names.
+whose argmax is unchanged from the genuinely unedited model, under EasyEdit's metric names. Image paths are read
+under ``hparams.coco_image`` / ``hparams.rephrase_image`` on both targets (main's own editor reads them as given).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import os
 from time import perf_counter
 from typing import Any
 
@@ -33,7 +38,7 @@ from .registration import MULTIMODAL_KEY
 
 LOG = logging.getLogger(__name__)
 
-_WheelEditor = importlib.import_module("easyeditor.editors.multimodal_editor").MultimodalEditor
+_TargetEditor = importlib.import_module("easyeditor.editors.multimodal_editor").MultimodalEditor
 
 
 class _Checkpoint:
@@ -76,7 +81,13 @@ class _Checkpoint:
                 liveedit.remove(expert_id)
 
 
-class MultimodalEditor(_WheelEditor):
+def _opens_paths_as_given(editor: _TargetEditor) -> bool:
+    """Whether the target's ``_prepare_requests`` hands image paths to its processor as given (EasyEdit main, whose
+    ``_prepare_requests`` takes ``file_type``) rather than under ``coco_image`` / ``rephrase_image`` (the wheel)."""
+    return "file_type" in inspect.signature(editor._prepare_requests).parameters
+
+
+class MultimodalEditor(_TargetEditor):
     """``easyeditor.MultimodalEditor`` with EasyEdit main's ``edit``/``edit_dataset`` (see module docstring)."""
 
     def __init__(self, hparams: Any) -> None:
@@ -109,7 +120,7 @@ class MultimodalEditor(_WheelEditor):
             ``multimodal_locality_acc``) and the edit ``time``.
         """
         if file_type is not None and set([file_type] if isinstance(file_type, str) else file_type) != {"image"}:
-            raise NotImplementedError(f"file_type {file_type!r}: the wheel's datasets read images only")
+            raise NotImplementedError(f"file_type {file_type!r}: BLIP-2 and MiniGPT-4 read images only")
         if self.alg_name == "IKE":
             raise NotImplementedError("IKE edits through in-context examples: use easyedit_liveedit.compare for IKE")
         if isinstance(prompts, str):
@@ -118,11 +129,29 @@ class MultimodalEditor(_WheelEditor):
             raise ValueError(
                 f"prompts, targets and image differ in length: {len(prompts)}, {len(targets)}, {len(image)}"
             )
+        locality_inputs = locality_inputs or {}
+        if _opens_paths_as_given(self):
+            image, rephrase_image, locality_inputs = self._rooted(image, rephrase_image, locality_inputs)
         with compat.cuda_to_cpu():
             requests = self._prepare_requests(
-                prompts, targets, image, rephrase_prompts, rephrase_image, locality_inputs or {}, **kwargs
+                prompts, targets, image, rephrase_prompts, rephrase_image, locality_inputs, **kwargs
             )
             return self._edit_requests(requests, keep_original_weight, verbose, sequential_edit)
+
+    def _rooted(self, image: list[str], rephrase_image: Any, locality_inputs: dict) -> tuple[list[str], Any, dict]:
+        """Image paths joined with the hparams' image folders, as the wheel's editor and both targets' datasets do."""
+        rephrase = [rephrase_image] if isinstance(rephrase_image, str) else rephrase_image
+        locality = dict(locality_inputs)
+        if "vision" in locality:
+            vision = dict(locality["vision"])
+            images = [vision["image"]] if isinstance(vision["image"], str) else vision["image"]
+            vision["image"] = [os.path.join(self.vis_root, p) for p in images]
+            locality["vision"] = vision
+        return (
+            [os.path.join(self.vis_root, p) for p in image],
+            None if rephrase is None else [os.path.join(self.rephrase_root, p) for p in rephrase],
+            locality,
+        )
 
     def edit_dataset(
         self, ds: Dataset, keep_original_weight: bool = False, verbose: bool = True, sequential_edit: bool = False

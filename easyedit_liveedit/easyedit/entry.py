@@ -6,6 +6,11 @@ backbone object itself, keyed by what defines it (the archive and the fields tha
 calls with the same hparams keep adding to one library, a call with other hparams gets an editor of its own, and the
 backbone called directly still answers exactly as it did before any edit (the hooks act only inside LiveEdit's
 calls).
+
+Undo: LiveEdit changes no weight, so there is no weight to copy back. EasyEdit main's ``MultimodalEditor`` undoes a
+non-sequential edit by calling the entry's ``weights_copy`` for the methods named in its ``CALLABLE_RESTORE_ALGS``
+(``register()`` adds LiveEdit there): on main the entry returns a callable that removes the experts this call added.
+The wheel's editor copies dict entries back, so there it returns an empty dict.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from .compat import targets
 from .editable import LiveEdit
-from .hparams import LiveEditMultimodalHparams
+from .hparams import ALG_NAME, LiveEditMultimodalHparams
 
 LOG = logging.getLogger(__name__)
 
@@ -86,15 +93,32 @@ def apply_liveedit_to_multimodal_model(
             first), as EasyEdit's flag means for weight-editing methods; False accumulates edits.
 
     Returns:
-        ``(editor, {})``: the editor answers with the edits applied; the empty dict tells EasyEdit that
-        no weight needs restoring.
+        ``(editor, weights_copy)``: the editor answers with the edits applied. ``weights_copy`` undoes this call's
+        edits when called (EasyEdit main, whose editor calls it for the methods in ``CALLABLE_RESTORE_ALGS``), or is
+        an empty dict (the wheel, whose editor copies dict entries back: LiveEdit changes no weight).
     """
     requests = [requests] if isinstance(requests, dict) else list(requests)
     editor = editor_for(model, hparams)
     if keep_original_weight:
         editor.reset()
-    prepare = importlib.import_module("easyeditor.evaluate.evaluate").prepare_multimodal_edit
+    prepare = importlib.import_module("easyeditor.evaluate").prepare_multimodal_edit
+    added = []
     for request in requests:  # one at a time: each request may carry its own image size
         samples = prepare(hparams, tok, request["target"], request["prompt"], request["image"])
-        editor.add_edits(samples)
+        added += editor.add_edits(samples)
+    restore_algs = targets.callable_restore_algs()
+    if restore_algs is not None and ALG_NAME in restore_algs:
+        return editor, _remover(editor, added)
     return editor, {}
+
+
+def _remover(editor: LiveEdit, expert_ids: list[int]) -> Callable[[], None]:
+    """A callable that removes ``expert_ids`` from ``editor`` (those still there), as EasyEdit main's undo calls it."""
+
+    def remove_experts() -> None:
+        present = set(editor.library.ids())
+        for expert_id in expert_ids:
+            if expert_id in present:
+                editor.remove(expert_id)
+
+    return remove_experts

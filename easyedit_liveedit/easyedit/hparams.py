@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import torch
 import yaml
 from easyeditor.util.hparams import HyperParams
 
@@ -25,6 +26,14 @@ from ..liveedit import LiveEditConfig
 
 ALG_NAME = "LiveEdit"
 SUPPORTED_MODELS = ("blip2", "minigpt4", "llava")
+# EasyEdit main names its Hugging Face backbones by path or family, as its own YAMLs do: editing YAMLs give the
+# model folder as `model_name` ("./hugging_cache/llava-onevision-qwen2-7b-ov-hf"), training YAMLs the family
+# ("llava-onevision", "qwen2-vl-7b") with the folder in `name`.
+CHAT_VLM_FAMILIES = {
+    "llava-onevision": ("llava-onevision", "llava_onevision"),
+    "qwen2-vl": ("qwen2-vl", "qwen2_vl", "qwen2vl"),
+}
+DTYPES = ("float32", "float16", "bfloat16")  # values of `dtype` ("torch." prefix accepted, as in EasyEdit's YAMLs)
 QUESTION_RENDERINGS = ("editor", "dataset")  # values of the training key `questions`
 
 # Keys holding files or folders the run reads; checked by `check_paths()` when a model or data set is built.
@@ -64,6 +73,9 @@ class _LiveEditHparamsBase(HyperParams):
     num_key_slots: int = 4  # k query slots of each routing key
     num_sentinel_tokens: int = 32  # n_img tokens of the learned visual sentinel (BLIP-2 has 32 query tokens)
     token_types: bool = False  # ours (False = the paper): image/prompt/answer embeddings in the expert generator
+    # Precision EasyEdit main loads its Hugging Face backbones in (`torch_dtype=hparams.dtype`) and casts their
+    # inputs to; a YAML string, a torch.dtype once loaded. None (blip2, minigpt4) leaves it to EasyEdit.
+    dtype: str | torch.dtype | None = None
     archive: str | None = None  # a trained LiveEdit checkpoint (editing) / one to resume from (training)
     seed: int = 42
 
@@ -88,10 +100,17 @@ class _LiveEditHparamsBase(HyperParams):
             raise ValueError(
                 f"{where}: key '{self.ALG_KEY}' is {getattr(self, self.ALG_KEY)!r}; expected {ALG_NAME!r}"
             )
-        if self.model_name not in SUPPORTED_MODELS:
+        family = chat_vlm_family(self.model_name)
+        if self.model_name not in SUPPORTED_MODELS and family is None:
             raise ValueError(
-                f"{where}: key 'model_name' is {self.model_name!r}; supported: {', '.join(SUPPORTED_MODELS)}"
+                f"{where}: key 'model_name' is {self.model_name!r}; supported: {', '.join(SUPPORTED_MODELS)}, or "
+                f"a name or folder containing {' / '.join(CHAT_VLM_FAMILIES)} (EasyEdit main's Hugging Face backbones)"
             )
+        if isinstance(self.dtype, str) or (self.dtype is None and family is not None):
+            name = (self.dtype or "float32").removeprefix("torch.")
+            if name not in DTYPES:
+                raise ValueError(f"{where}: key 'dtype' is {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+            self.dtype = getattr(torch, name)  # EasyEdit main passes it to from_pretrained and to tensor.to()
         for key in ("edit_layer", "cross_attn_dim", "num_heads", "rank", "num_key_slots", "num_sentinel_tokens"):
             minimum = 0 if key == "edit_layer" else 1
             if getattr(self, key) < minimum:
@@ -146,6 +165,12 @@ class _LiveEditHparamsBase(HyperParams):
                 raise FileNotFoundError(
                     f"{self.source or '<in code>'}: key {key!r} points to {value!r}, which does not exist"
                 )
+
+
+def chat_vlm_family(model_name: str) -> str | None:
+    """The family of one of EasyEdit main's Hugging Face backbones named by ``model_name``; None for any other."""
+    name = str(model_name).lower()
+    return next((family for family, aliases in CHAT_VLM_FAMILIES.items() if any(a in name for a in aliases)), None)
 
 
 def _is_required(f: dataclasses.Field) -> bool:
@@ -234,6 +259,10 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     dropout: float | None = None
     no_grad_layers: int | None = None
     model_parallel: bool = False
+    # Read by EasyEdit main: `get_model` passes `freeze_qformer` to Blip2OPT / MiniGPT4 (LiveEdit keeps the whole
+    # backbone frozen), and its `EditableModel` reads `exact_match`.
+    freeze_qformer: bool = True
+    exact_match: bool = False
     eval_only: bool = False
     final_eval: bool = True
     half: bool = False

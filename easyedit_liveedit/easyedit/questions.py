@@ -68,7 +68,7 @@ class EditorQuestions(Dataset):
 
     def _render(self, question: str, answer: str) -> Rendered:
         if (question, answer) not in self._rendered:
-            prepare = importlib.import_module("easyeditor.evaluate.evaluate").prepare_multimodal_edit
+            prepare = importlib.import_module("easyeditor.evaluate").prepare_multimodal_edit
             sample = prepare(self.dataset.config, self.dataset.tok, answer, question, None)
             self._rendered[question, answer] = Rendered(
                 sample["text_input"][0], sample["prompts_len"][0], sample["labels"].shape[1]

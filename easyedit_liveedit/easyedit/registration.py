@@ -30,13 +30,17 @@ def register() -> None:
 
     Mutates EasyEdit's own dicts in place (every EasyEdit module that star-imported them holds the same
     objects) and exposes the hparams classes as ``easyeditor.LiveEditMultimodal[Training]Hparams`` beside
-    EasyEdit's built-in ones.
+    EasyEdit's built-in ones. On EasyEdit main it also names LiveEdit in ``CALLABLE_RESTORE_ALGS``, so that main's
+    editor undoes a non-sequential LiveEdit edit by calling what the entry returns (no other method is affected).
     """
     compat.apply()
     alg_dict = importlib.import_module("easyeditor.util.alg_dict")
     train_dict = importlib.import_module("easyeditor.util.alg_train_dict")
     _put(alg_dict.ALG_MULTIMODAL_DICT, MULTIMODAL_KEY, apply_liveedit_to_multimodal_model, "ALG_MULTIMODAL_DICT")
     _put(train_dict.ALG_TRAIN_DICT, TRAIN_KEY, LiveEdit, "ALG_TRAIN_DICT")
+    restore_algs = compat.targets.callable_restore_algs()
+    if restore_algs is not None:  # EasyEdit main: its editor undoes a LiveEdit edit by calling what the entry returns
+        restore_algs.add(MULTIMODAL_KEY)
 
     easyeditor = importlib.import_module("easyeditor")
     for cls in (LiveEditMultimodalHparams, LiveEditMultimodalTrainingHparams):

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .compat import targets
+
 METRICS = {  # EasyEdit's key -> the column name used in the literature
     "rewrite_acc": "Reliability",
     "rephrase_acc": "T-Gen",
@@ -54,12 +56,28 @@ def on_device(request: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in request.items()}
 
 
+# locality output -> (question key, answer key) of the request it was computed from
+_LOCALITY_QUESTIONS = {
+    "locality_output": ("locality_prompt", "locality_ground_truth"),
+    "multimodal_locality_output": ("multimodal_locality_prompt", "multimodal_locality_ground_truth"),
+}
+
+
 def score(model: Any, hparams: Any, tok: Any, request: dict) -> dict:
-    """EasyEdit's ``compute_multimodal_edit_results`` for one request, without gradients."""
+    """EasyEdit's ``compute_multimodal_edit_results`` for one request, without gradients.
+
+    The locality outputs are the argmax tokens at the answer's positions on both targets (EasyEdit main returns the
+    logits of the whole sequence instead; ``compat.targets.answer_tokens``).
+    """
     evaluate = importlib.import_module("easyeditor.evaluate")
     request = on_device(request, model_device(model))
     with torch.no_grad():
-        return evaluate.compute_multimodal_edit_results(model, hparams.model_name, hparams, tok, request, "cpu")
+        result = evaluate.compute_multimodal_edit_results(model, hparams.model_name, hparams, tok, request, "cpu")
+    for output, (question, answer) in _LOCALITY_QUESTIONS.items():
+        if output in result:
+            labels = evaluate.prepare_multimodal_edit(hparams, tok, request[answer], request[question], None)["labels"]
+            result[output] = targets.answer_tokens(result[output], labels.shape[1])
+    return result
 
 
 def pre_edit_outputs(

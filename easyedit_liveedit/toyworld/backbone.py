@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..easyedit.compat import cuda_to_cpu
 from .config import ToyWorldConfig
-from .easyedit_shims import blip2_checkpoint, image_processor_size, vision_tower_builder
+from .easyedit_shims import blip2_checkpoint, image_processor_size, skip_qformer_checkpoint, vision_tower_builder
 from .layout import Layout
 from .tokenizer import load_opt_tokenizer
 from .vision import VisionConfig, build_vision_tower
@@ -89,10 +89,11 @@ def construct(layout: Layout, num_query_token: int) -> torch.nn.Module:
     """Build a fresh ``Blip2OPT`` with EasyEdit's own constructor call (before pretraining).
 
     EasyEdit's call leaves ``num_query_token`` at its default of 32; the toy backbone uses fewer, so this call
-    passes it (under ``easyedit_patches`` the checkpoint supplies it to EasyEdit's own call).
+    passes it (under ``easyedit_patches`` the checkpoint supplies it to EasyEdit's own call). A fresh model has no
+    checkpoint to load yet, so EasyEdit main's own load of ``qformer_checkpoint`` is skipped.
     """
     blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt")
-    with vision_tower_builder(build_vision_tower):
+    with vision_tower_builder(build_vision_tower), skip_qformer_checkpoint():
         model = blip2_opt.Blip2OPT(
             vit_model="eva_clip_g",
             img_size=364,

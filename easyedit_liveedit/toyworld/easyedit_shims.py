@@ -1,14 +1,17 @@
 """EasyEdit's constructors on the toy world's small backbone: the shims that only a small ``Blip2OPT`` needs.
 
 EasyEdit builds BLIP-2 with a hard-coded 986M-parameter EVA ViT-g, a 364-pixel image processor, and (in the wheel)
-without loading the model's full checkpoint. The toy world swaps in its own vision tower and image size and loads
-its own full checkpoint while EasyEdit's own constructors run (``backbone.easyedit_patches``).
+without loading the model's full checkpoint, or (EasyEdit main) loading only the LAVIS-format Q-Former checkpoint
+its ``qformer_checkpoint`` names, by default from a URL. The toy world swaps in its own vision tower and image size
+and loads its own full checkpoint while EasyEdit's own constructors run (``backbone.easyedit_patches``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,13 +76,38 @@ def image_processor_size(size: int) -> Iterator[None]:
             module.BlipImageEvalProcessor = original
 
 
-# --- The BLIP-2 checkpoint that the wheel's Blip2OPT never loads -------------------------------------------
-# EasyEdit's `Blip2OPT.__init__` loads OPT and the Q-Former's BERT from their folders, but not the checkpoint
-# with the rest of the model (query tokens, `opt_proj`, `ln_vision`, the trained Q-Former); `qformer_checkpoint`
-# is read only for MiniGPT-4. Within this context every `Blip2OPT` built (by `get_model`, `MultimodalEditor`,
-# or directly) loads a full state-dict checkpoint (safetensors) after its own constructor has run, strictly
-# (every key must match), at the checkpoint's precision: the wheel loads OPT in fp16 and an fp32 checkpoint
-# would otherwise be rounded (and fp16 on CPU fails with "mixed dtype"). EasyEdit's call leaves
+# --- The Q-Former checkpoint EasyEdit main's Blip2OPT loads itself -----------------------------------------
+# EasyEdit main's `Blip2OPT.__init__` takes `qformer_checkpoint` (default: the URL of LAVIS's
+# `blip2_pretrained_opt2.7b.pth`) and ends with `self.load_from_pretrained(qformer_checkpoint)`: a torch pickle with a
+# "model" key, loaded non-strictly. Offline the default fails (URLError), and the toy world has no such file: a fresh
+# toy backbone has nothing to load, and a trained one is loaded in full by `blip2_checkpoint`. Inside this context
+# `Blip2OPT.load_from_pretrained` does nothing; where `Blip2OPT` takes no `qformer_checkpoint` (the wheel, which never
+# calls it) the context changes nothing.
+@contextlib.contextmanager
+def skip_qformer_checkpoint() -> Iterator[None]:
+    """Make ``Blip2OPT``'s own load of its ``qformer_checkpoint`` a no-op while the context is open."""
+    blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt").Blip2OPT
+    if "qformer_checkpoint" not in inspect.signature(blip2_opt.__init__).parameters:
+        yield
+        return
+    own = vars(blip2_opt).get("load_from_pretrained")  # None: inherited from Blip2Base
+    blip2_opt.load_from_pretrained = lambda self, url_or_filename=None: None
+    try:
+        yield
+    finally:
+        if own is None:
+            del blip2_opt.load_from_pretrained
+        else:
+            blip2_opt.load_from_pretrained = own
+
+
+# --- The full BLIP-2 checkpoint, which neither EasyEdit's Blip2OPT loads -----------------------------------
+# EasyEdit's `Blip2OPT.__init__` loads OPT and the Q-Former's BERT from their folders; the wheel's loads nothing
+# else (query tokens, `opt_proj`, `ln_vision`, the trained Q-Former stay random), EasyEdit main's loads the LAVIS
+# Q-Former checkpoint above. Within this context every `Blip2OPT` built (by `get_model`, `MultimodalEditor`,
+# or directly) loads a full state-dict checkpoint (safetensors) after its own constructor has run (main's own load
+# skipped), strictly (every key must match), at the checkpoint's precision: EasyEdit loads OPT in fp16 and an fp32
+# checkpoint would otherwise be rounded (and fp16 on CPU fails with "mixed dtype"). EasyEdit's call leaves
 # `num_query_token` at its default of 32; unless the caller passes it, the checkpoint's count is used, so the
 # query tokens have the checkpoint's shape.
 @contextlib.contextmanager
@@ -93,6 +121,7 @@ def blip2_checkpoint(path: str | Any) -> Iterator[None]:
 
     state = load_file(str(path))
 
+    @functools.wraps(original_init)  # keeps the signature visible to skip_qformer_checkpoint's check
     def init_then_load(self, *args: Any, **kwargs: Any) -> None:
         if "query_tokens" in state:
             kwargs.setdefault("num_query_token", state["query_tokens"].shape[1])
@@ -105,6 +134,7 @@ def blip2_checkpoint(path: str | Any) -> Iterator[None]:
 
     blip2_opt.__init__ = init_then_load
     try:
-        yield
+        with skip_qformer_checkpoint():
+            yield
     finally:
         blip2_opt.__init__ = original_init

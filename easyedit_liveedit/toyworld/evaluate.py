@@ -17,6 +17,8 @@ from types import SimpleNamespace
 
 import torch
 
+from ..easyedit.compat import targets
+
 LOG = logging.getLogger(__name__)
 
 
@@ -31,16 +33,13 @@ class ImageLoader:
 
     def __call__(self, relative: str) -> torch.Tensor:
         if relative not in self._cache:
-            from PIL import Image
-
-            with Image.open(self.root / relative) as image:
-                self._cache[relative] = self.processor(image.convert("RGB"))
+            self._cache[relative] = targets.process_image(self.processor, self.root / relative)
         return self._cache[relative]
 
 
 def score(model, tok, prompt: str, target: str, image: torch.Tensor | None) -> float:
     """EasyEdit's teacher-forced token accuracy of ``target`` after ``prompt`` (one example)."""
-    evaluate = importlib.import_module("easyeditor.evaluate.evaluate")
+    evaluate = importlib.import_module("easyeditor.evaluate")
     hparams = SimpleNamespace(model_name="blip2")
     batch = evaluate.prepare_multimodal_edit(hparams, tok, target, prompt, image)
     accuracy, _ = evaluate.compute_multimodal_edit_quality(model, batch)

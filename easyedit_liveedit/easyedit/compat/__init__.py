@@ -3,10 +3,12 @@
 - ``imports``: fixes without which easyeditor cannot be imported; applied by ``import easyedit_liveedit``.
 - ``devices``: ``cuda_to_cpu()``, EasyEdit's hard-coded CUDA devices on a machine without CUDA.
 - ``baselines``: ``baseline_fixes()``, changes to EasyEdit's own MEND, SERAC and IKE, applied only by the harness.
+- ``targets``: how the plugin calls or reads EasyEdit where the wheel and EasyEdit main differ (feature-detected).
 """
 
+from . import targets
 from .baselines import baseline_fixes
 from .devices import cuda_to_cpu
 from .imports import apply
 
-__all__ = ["apply", "baseline_fixes", "cuda_to_cpu"]
+__all__ = ["apply", "baseline_fixes", "cuda_to_cpu", "targets"]

@@ -143,6 +143,46 @@ def _replace_item(table: dict, key: str, value: Any) -> Undo:
     return undo
 
 
+# --- MEND, SERAC (EasyEdit main): their executors take one request, main's editor passes a list of one -------------
+# Main's `MultimodalEditor` hands every executor one request dict when editing sequentially but a list of one
+# request in a non-sequential `edit` and in `edit_dataset`, and its executors disagree: WISE and GRACE iterate a list,
+# MEND's and SERAC's multimodal `apply_to_model` read `request["prompt"]` and fail on a list ("list indices must be
+# integers"). The wheel's executors take the list. Where an executor's `apply_to_model` reads the request as one dict,
+# the wrapper hands it the single request of a one-element list; a list of several is refused naming the executor.
+_ONE_REQUEST_EXECUTORS = (("easyeditor.models.mend.mend_main", "MendMultimodalRewriteExecutor", ("MEND",)),
+                          ("easyeditor.models.serac.serac_main", "SeracMultimodalRewriteExecutor",
+                           _SERAC_EXECUTOR_KEYS))  # fmt: skip
+_READS_ONE_REQUEST = 'request["prompt"]'
+
+
+def _one_request_from_a_list(executor_class: type, keys: tuple[str, ...], alg_dict: dict) -> list[Undo]:
+    """Wrap ``apply_to_model`` to unwrap a one-element request list, where it reads a single request dict."""
+    original = executor_class.apply_to_model
+    if getattr(original, "_unwraps_one_request", False) or _READS_ONE_REQUEST not in inspect.getsource(original):
+        return []
+    parameters = inspect.signature(original)
+
+    @functools.wraps(original)
+    def apply_to_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = parameters.bind(self, *args, **kwargs)
+        request = call.arguments["request"]
+        if isinstance(request, list):
+            if len(request) != 1:
+                raise ValueError(
+                    f"{executor_class.__name__} edits one request at a time, got a list of {len(request)}"
+                )
+            call.arguments["request"] = request[0]
+        return original(*call.args, **call.kwargs)
+
+    apply_to_model._unwraps_one_request = True
+    undo = [_replace(executor_class, "apply_to_model", apply_to_model)]
+    for key in keys:
+        executor = getattr(alg_dict.get(key), "__self__", None)
+        if isinstance(executor, executor_class):
+            undo.append(_replace_item(alg_dict, key, executor.apply_to_model))
+    return undo
+
+
 # --- SERAC: it re-encodes its whole memory every time it answers ---------------------------------------------------
 # `SERAC_MULTI.embedding_logsim_matrix` tokenizes and runs the scope classifier over every remembered edit input on
 # every forward, so answering one question after T edits costs a classifier pass over T texts (1.7-2.8 s per scored
@@ -245,6 +285,9 @@ def baseline_fixes() -> Iterator[None]:
             module("easyeditor.models.serac.serac_main").SeracMultimodalRewriteExecutor,
             module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT,
         )
+        for name, cls, keys in _ONE_REQUEST_EXECUTORS:  # after the SERAC wrapper: this one wraps it in turn
+            alg_dict = module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT
+            undo += _one_request_from_a_list(getattr(module(name), cls), keys, alg_dict)
         undo += _serac_encodes_memory_once(module("easyeditor.trainer.algs.SERAC").SERAC_MULTI)
         undo += _ike_loads_its_encoder_once(module("easyeditor.models.ike.ike_main"))
         yield

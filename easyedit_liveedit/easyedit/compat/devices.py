@@ -21,7 +21,9 @@ import torch
 # MEND/SERAC trainers call `.cuda()`. On a machine without CUDA these fail. In the wheel's multimodal paths the
 # CUDA device only ever reaches torch through `Tensor.to`, `Module.to` and `.cuda()` (tensor factories take their
 # device from a tensor), so while active, this context makes exactly those three keep everything on the CPU:
-# any CUDA device (string, torch.device, or an integer index) becomes "cpu". It is a no-op when CUDA exists.
+# any CUDA device (string, torch.device, or an integer index) becomes "cpu". EasyEdit main also loads MEND's
+# archive with `torch.load(..., map_location=<its CUDA device>)`, so `torch.load` maps a CUDA `map_location` to the
+# CPU too. It is a no-op when CUDA exists.
 # Why not a TorchFunctionMode, which would also catch factories: every torch call then detours through Python,
 # which doubled the time of SERAC's meta-training on the toy backbone (BENCHMARKS.md) and slowed editing alike.
 def _is_cuda(device: Any) -> bool:
@@ -47,6 +49,18 @@ def _kept_on_cpu(to: Callable) -> Callable:
     return cpu_to
 
 
+def _loads_on_cpu(load: Callable) -> Callable:
+    """``torch.load`` with a CUDA ``map_location`` replaced by the CPU."""
+
+    @functools.wraps(load)
+    def cpu_load(*args: Any, **kwargs: Any) -> Any:
+        if _is_cuda_or_index(kwargs.get("map_location")):
+            kwargs["map_location"] = "cpu"
+        return load(*args, **kwargs)
+
+    return cpu_load
+
+
 def _stays_on_cpu(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     return self  # tensor.cuda(device=None, non_blocking=False); Module.cuda() reaches it through _apply
 
@@ -68,8 +82,9 @@ def cuda_to_cpu() -> Iterator[None]:
         (torch.Tensor, "to"): _kept_on_cpu(torch.Tensor.to),
         (torch.Tensor, "cuda"): _stays_on_cpu,
         (torch.nn.Module, "to"): _kept_on_cpu(torch.nn.Module.to),
+        (torch, "load"): _loads_on_cpu(torch.load),
     }
-    originals = {key: key[0].__dict__.get(key[1]) for key in replacements}  # None: inherited from torch._C
+    originals = {key: vars(key[0]).get(key[1]) for key in replacements}  # None: inherited from torch._C
     for (cls, name), replacement in replacements.items():
         setattr(cls, name, replacement)
     try:

@@ -7,10 +7,16 @@ what an EasyEdit editor computes (those fixes live in ``baselines.py`` and apply
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
+import importlib.util
+import inspect
 import logging
 import sys
 import warnings
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -55,19 +61,39 @@ def _declare_torchvision_ops() -> bool:
 
 
 # --- transformers: Q-Former helpers that moved out of transformers.modeling_utils ---------------------------------
-# EasyEdit's copied Q-Former (`trainer/blip2_models/Qformer.py`) imports `apply_chunking_to_forward`,
+# The wheel's copied Q-Former (`trainer/blip2_models/Qformer.py`) imports `apply_chunking_to_forward`,
 # `find_pruneable_heads_and_indices` and `prune_linear_layer` from `transformers.modeling_utils`; since
-# transformers 4.4x they live only in `transformers.pytorch_utils`.
+# transformers 4.4x they live only in `transformers.pytorch_utils`. EasyEdit main's Q-Former imports them from
+# `pytorch_utils` itself (with its own fallback for `find_pruneable_heads_and_indices`, which transformers 5 removed):
+# there the fix finds nothing to do. It reads which names the Q-Former's source imports from `modeling_utils`
+# (importing the module is what fails) and copies only those that `modeling_utils` lacks and `pytorch_utils` has.
 _MOVED_TO_PYTORCH_UTILS = ("apply_chunking_to_forward", "find_pruneable_heads_and_indices", "prune_linear_layer")
 
 
+def _qformer_source() -> str:
+    """The text of easyeditor's ``trainer/blip2_models/Qformer.py``, found without importing easyeditor."""
+    spec = importlib.util.find_spec("easyeditor")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("easyeditor is not importable: install the wheel or put EasyEdit main on PYTHONPATH")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return (folder / "trainer" / "blip2_models" / "Qformer.py").read_text()
+
+
 def _restore_moved_transformers_helpers() -> list[str]:
-    """Re-export the moved helpers under their old module; returns the names that were missing."""
+    """Re-export the moved helpers the Q-Former imports from their old module; returns the names restored."""
     import transformers.modeling_utils as modeling_utils
     import transformers.pytorch_utils as pytorch_utils
 
+    imported = {
+        alias.name
+        for node in ast.walk(ast.parse(_qformer_source()))
+        if isinstance(node, ast.ImportFrom) and node.module == "transformers.modeling_utils"
+        for alias in node.names
+    }
     missing = [
-        name for name in _MOVED_TO_PYTORCH_UTILS if not hasattr(modeling_utils, name) and hasattr(pytorch_utils, name)
+        name
+        for name in _MOVED_TO_PYTORCH_UTILS
+        if name in imported and not hasattr(modeling_utils, name) and hasattr(pytorch_utils, name)
     ]
     for name in missing:
         setattr(modeling_utils, name, getattr(pytorch_utils, name))
@@ -88,6 +114,111 @@ def _unshadow_easyeditor_util() -> bool:
     return shadowed
 
 
+# --- transformers 5: EasyEdit's copied Q-Former never calls `post_init` -------------------------------------------
+# EasyEdit's `trainer/blip2_models/Qformer.py` (the wheel's and main's) ends `BertModel.__init__` and
+# `BertLMHeadModel.__init__` with `self.init_weights()`, not `self.post_init()`. transformers 5 computes
+# `all_tied_weights_keys` only in `post_init` and reads it in `from_pretrained`, so `Blip2Base.init_Qformer`
+# (`BertLMHeadModel.from_pretrained`) fails with "'BertLMHeadModel' object has no attribute 'all_tied_weights_keys'":
+# (transformers 5.5 already fails inside the constructor, whose `init_weights` ties weights by those keys): no BLIP-2
+# or MiniGPT-4 builds, EasyEdit main's own included. transformers 5 also removed
+# `ModuleUtilsMixin.get_head_mask`, which the Q-Former's `BertModel.forward` calls. The fix gives the Q-Former's base
+# class an `init_weights` that runs `post_init` first (which computes the keys and calls `init_weights` again) and
+# transformers 4's `get_head_mask`; each part only where the behaviour it covers is seen.
+def _head_mask(self: Any, head_mask: torch.Tensor | None, num_hidden_layers: int, is_attention_chunked: bool = False):
+    """transformers 4's ``ModuleUtilsMixin.get_head_mask`` (removed in transformers 5)."""
+    if head_mask is None:
+        return [None] * num_hidden_layers
+    if head_mask.dim() == 1:
+        head_mask = head_mask[None, None, :, None, None].expand(num_hidden_layers, -1, -1, -1, -1)
+    elif head_mask.dim() == 2:
+        head_mask = head_mask[:, None, :, None, None]  # one mask per layer
+    head_mask = head_mask.to(dtype=self.dtype)
+    return head_mask.unsqueeze(-1) if is_attention_chunked else head_mask
+
+
+def _qformer_misses_tied_weights_keys(qformer: ModuleType) -> bool:
+    """Whether building a Q-Former ``BertModel`` (one layer, width 8) fails for want of ``all_tied_weights_keys``."""
+    from transformers import BertConfig
+
+    config = BertConfig(vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    try:
+        qformer.BertModel(config, add_pooling_layer=False)
+    except AttributeError as error:
+        if "all_tied_weights_keys" in str(error):
+            return True
+        raise
+    return False
+
+
+def _qformer_on_transformers5(qformer: ModuleType) -> list[str]:
+    """Patch the Q-Former's ``BertPreTrainedModel`` where this transformers needs it; returns what was patched."""
+    from transformers.modeling_utils import PreTrainedModel
+
+    base = qformer.BertPreTrainedModel
+    patched = []
+    if "init_weights" not in vars(base) and _qformer_misses_tied_weights_keys(qformer):
+        init_weights = PreTrainedModel.init_weights
+
+        def post_init_first(self: Any) -> None:
+            if "all_tied_weights_keys" not in vars(self):
+                self.post_init()  # computes the keys, then calls init_weights again (the branch below)
+                return
+            init_weights(self)
+
+        base.init_weights = post_init_first
+        patched.append("post_init")
+    if not hasattr(base, "get_head_mask") and "get_head_mask" in inspect.getsource(qformer.BertModel.forward):
+        base.get_head_mask = _head_mask
+        patched.append("get_head_mask")
+    return patched
+
+
+# --- transformers 5: the rotary caches of EasyEdit's copied LLaMA (MiniGPT-4) -----------------------------------
+# EasyEdit's `modeling_llama.LlamaRotaryEmbedding.__init__` computes `cos_cached` / `sin_cached` as non-persistent
+# buffers. transformers 5's `from_pretrained` builds the model on the meta device and materialises only what the
+# checkpoint holds, so those two caches are left as uninitialised memory: MiniGPT-4's logits come out as NaN or
+# garbage, silently. On each rotary module's first forward this checks its caches against what `__init__` computes
+# for the module (its `inv_freq` and length) and writes them in only if they differ; a correctly built module
+# (transformers 4) is left untouched.
+def _rotary_caches_checked(llama: ModuleType) -> bool:
+    """Wrap ``LlamaRotaryEmbedding.forward`` of EasyEdit's LLaMA copy once; returns True when it wrapped it."""
+    cls = llama.LlamaRotaryEmbedding
+    forward = cls.forward
+    if getattr(forward, "_caches_checked", False):
+        return False
+
+    @functools.wraps(forward)
+    def checked_forward(self: Any, x: torch.Tensor, seq_len: int | None = None) -> Any:
+        if not vars(self).get("_caches_checked"):
+            _rebuild_rotary_caches(self)
+            vars(self)["_caches_checked"] = True
+        return forward(self, x, seq_len=seq_len)
+
+    checked_forward._caches_checked = True
+    cls.forward = checked_forward
+    return True
+
+
+def _rebuild_rotary_caches(module: Any) -> bool:
+    """Write ``__init__``'s caches into ``module`` if its own differ; returns True when they did."""
+    inv_freq = module.inv_freq.detach().float().cpu()
+    t = torch.arange(module.max_seq_len_cached, dtype=torch.float32)
+    emb = torch.cat([torch.outer(t, inv_freq)] * 2, dim=-1)  # (positions, head_dim), as __init__ builds it
+    expected = {"cos_cached": emb.cos()[None, None], "sin_cached": emb.sin()[None, None]}
+    stale = [
+        name
+        for name, value in expected.items()
+        if getattr(module, name).shape != value.shape
+        or not torch.allclose(getattr(module, name).detach().float().cpu(), value, atol=1e-3)
+    ]
+    for name in stale:
+        current = getattr(module, name)
+        module.register_buffer(name, expected[name].to(current.device, current.dtype), persistent=False)
+    if stale:
+        LOG.debug("rebuilt the rotary caches %s of EasyEdit's LLaMA (left uninitialised by from_pretrained)", stale)
+    return bool(stale)
+
+
 _applied: dict[str, Any] = {}
 
 
@@ -106,4 +237,9 @@ def apply() -> dict[str, Any]:
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\..*")
         importlib.import_module("easyeditor")
     _applied["easyeditor_util_unshadowed"] = _unshadow_easyeditor_util()
+    blip2_models = "easyeditor.trainer.blip2_models"
+    _applied["qformer_transformers5"] = _qformer_on_transformers5(importlib.import_module(f"{blip2_models}.Qformer"))
+    _applied["llama_rotary_caches_checked"] = _rotary_caches_checked(
+        importlib.import_module(f"{blip2_models}.modeling_llama")
+    )
     return _applied
