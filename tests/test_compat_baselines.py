@@ -3,14 +3,24 @@ harness's context applies each and restores EasyEdit's own code on exit, and eac
 needed (remove it when its "still" test fails)."""
 
 import importlib
+import inspect
 import subprocess
 import sys
 import types
 
+import pytest
 import torch
+from helpers import TARGET
 
 import easyedit_liveedit  # noqa: F401  (registers LiveEdit; applies no baseline fix)
 from easyedit_liveedit.easyedit.compat import baselines
+
+# What the harness's context changes on each EasyEdit target (the others' behaviour is absent there).
+APPLIED = {
+    "wheel": {"SERAC_MULTI entry", "MEND.edit", "SERAC_MULTI.embedding_logsim_matrix", "SentenceTransformer",
+              "model_parallel"},
+    "main": {"SERAC_MULTI entry", "MEND entry", "SERAC_MULTI.embedding_logsim_matrix", "SentenceTransformer"},
+}  # fmt: skip
 
 # What `import easyedit_liveedit` must leave exactly as easyeditor ships it: EasyEdit's multimodal entries, the
 # executors and classes behind them, and what the fixes patch.
@@ -61,7 +71,8 @@ def test_a_plain_import_leaves_easyeditors_own_editors_exactly_as_shipped():
     for name, (module, _, filename, wrapped) in ((k, v) for k, v in plugged.items() if len(v) == 4):
         assert module.startswith(("easyeditor", "sentence_transformers")) and not wrapped, name
         assert filename is None or "easyeditor" in filename, name
-    assert plugged["model_parallel defaults"] == [False, False]
+    # the wheel's training hparams lack model_parallel; main's define it
+    assert plugged["model_parallel defaults"] == ([False, False] if TARGET == "wheel" else [True, True])
 
 
 def test_the_context_patches_and_restores_every_fix_and_nests():
@@ -72,7 +83,7 @@ def test_the_context_patches_and_restores_every_fix_and_nests():
             assert _in_process_state() == inside
         assert _in_process_state() == inside  # the inner exit left the outer's fixes in place
     assert _in_process_state() == before
-    assert all(inside[key] is not before[key] for key in before), "a fix did not apply"
+    assert {key for key in before if inside[key] is not before[key]} == APPLIED[TARGET]
 
 
 def _in_process_state() -> dict:
@@ -81,6 +92,7 @@ def _in_process_state() -> dict:
     th = m("easyeditor.trainer.training_hparams")
     return {
         "SERAC_MULTI entry": d["SERAC_MULTI"].__func__,
+        "MEND entry": d["MEND"].__func__,
         "MEND.edit": m("easyeditor.trainer.algs.MEND").MEND.edit,
         "SERAC_MULTI.embedding_logsim_matrix": m("easyeditor.trainer.algs.SERAC").SERAC_MULTI.embedding_logsim_matrix,
         "SentenceTransformer": m("easyeditor.models.ike.ike_main").SentenceTransformer,
@@ -90,9 +102,11 @@ def _in_process_state() -> dict:
 
 # model_parallel missing from the wheel's multimodal training hparams
 def test_training_hparams_still_lack_model_parallel_field():
+    """Needed on the wheel; EasyEdit main defines the field (the fix then does nothing)."""
     training_hparams = importlib.import_module("easyeditor.trainer.training_hparams")
     for name in ("MENDMultimodalTrainingHparams", "SERACMultimodalTrainingHparams"):
-        assert "model_parallel" not in getattr(training_hparams, name).__dataclass_fields__
+        fields = getattr(training_hparams, name).__dataclass_fields__
+        assert ("model_parallel" not in fields) == (TARGET == "wheel")
 
 
 def test_training_hparams_default_model_parallel_to_false_inside_the_context_only():
@@ -100,22 +114,54 @@ def test_training_hparams_default_model_parallel_to_false_inside_the_context_onl
     with baselines.baseline_fixes():
         assert training_hparams.MENDMultimodalTrainingHparams.model_parallel is False
         assert training_hparams.SERACMultimodalTrainingHparams.model_parallel is False
-    assert not hasattr(training_hparams.MENDMultimodalTrainingHparams, "model_parallel")
+    assert hasattr(training_hparams.MENDMultimodalTrainingHparams, "model_parallel") == (TARGET == "main")
 
 
 # MEND's multimodal executor passes label strings
 def test_mend_executor_still_builds_label_strings():
-    import inspect
-
+    """Needed on the wheel; EasyEdit main's executor builds token ids, and the fix is not applied there."""
     mend_main = importlib.import_module("easyeditor.models.mend.mend_main")
     source = inspect.getsource(mend_main.MendMultimodalRewriteExecutor.apply_to_model)
-    assert "labels = trg" in source
+    assert ("labels = trg" in source) == (TARGET == "wheel")
+    mend = importlib.import_module("easyeditor.trainer.algs.MEND").MEND
+    undo = baselines._mend_label_strings_to_ids(mend, mend_main.MendMultimodalRewriteExecutor)
+    assert len(undo) == (1 if TARGET == "wheel" else 0)
+    for step in undo:
+        step()
+
+
+# MEND's and SERAC's executors on EasyEdit main read one request dict; main's editor passes a list of one
+def test_main_executors_still_read_a_single_request():
+    """Needed on EasyEdit main (its non-sequential edit and edit_dataset pass a list); the wheel's take the list."""
+    for name, cls, _ in baselines._ONE_REQUEST_EXECUTORS:
+        source = inspect.getsource(getattr(importlib.import_module(name), cls).apply_to_model)
+        assert (baselines._READS_ONE_REQUEST in source) == (TARGET == "main"), cls
+
+
+def test_one_request_of_a_list_is_handed_to_an_executor_that_reads_one():
+    class Executor:  # reads one request, as EasyEdit main's MEND and SERAC executors do
+        def apply_to_model(self, model, tok, request, hparams, copy=False, **kwargs):
+            src = [request["prompt"]]
+            return src[0], {}
+
+    executor = Executor()
+    table = {"MEND": executor.apply_to_model}
+    undo = baselines._one_request_from_a_list(Executor, ("MEND",), table)
+    assert len(undo) == 2 and table["MEND"].__self__ is executor
+    assert baselines._one_request_from_a_list(Executor, ("MEND",), table) == []  # already wrapped
+    assert table["MEND"](None, None, [{"prompt": "a"}], None) == ("a", {})
+    assert executor.apply_to_model(None, None, {"prompt": "b"}, None) == ("b", {})  # a dict passes through
+    with pytest.raises(ValueError, match="Executor edits one request at a time, got a list of 2"):
+        executor.apply_to_model(None, None, [{"prompt": "c"}, {"prompt": "d"}], None)
+    for step in reversed(undo):
+        step()
+    assert "apply_to_model" in vars(Executor) and not hasattr(Executor.apply_to_model, "_unwraps_one_request")
 
 
 def test_mend_edit_gets_right_aligned_token_id_labels_from_strings(small_world):
     mend = importlib.import_module("easyeditor.trainer.algs.MEND").MEND
-    with baselines.baseline_fixes():
-        assert mend.edit.__wrapped__ is not None  # EasyEdit's MEND.edit is wrapped inside the context
+    with baselines.baseline_fixes():  # EasyEdit's MEND.edit is wrapped inside the context, where it needs the fix
+        assert hasattr(mend.edit, "__wrapped__") == (TARGET == "wheel")
     assert not hasattr(mend.edit, "__wrapped__")
 
     class Recorder:  # stands in for MEND: the wrapper reads `.model` and hands the batch on
@@ -143,8 +189,6 @@ def test_mend_edit_gets_right_aligned_token_id_labels_from_strings(small_world):
 
 # SERAC's multimodal executor keeps only its first (empty-memory) SERAC
 def test_serac_executor_still_edits_its_unchanged_serac():
-    import inspect
-
     serac_main = importlib.import_module("easyeditor.models.serac.serac_main")
     source = inspect.getsource(serac_main.SeracMultimodalRewriteExecutor.apply_to_model)
     assert "self.alg.edit(" in source
@@ -161,9 +205,9 @@ def test_serac_executor_keeps_the_serac_it_returns():
     alg_dict = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT
     shipped = {key: alg_dict[key] for key in ("SERAC", "SERAC_MULTI")}
     with baselines.baseline_fixes():
-        for key in shipped:  # the entries bound at import time call the wrapper
+        for key in shipped:  # the entries bound at import time call the wrapper(s), around EasyEdit's own method
             assert alg_dict[key].__func__ is serac_main.SeracMultimodalRewriteExecutor.apply_to_model
-            assert alg_dict[key].__func__.__wrapped__ is shipped[key].__func__
+            assert inspect.unwrap(alg_dict[key].__func__) is shipped[key].__func__
     assert {key: alg_dict[key] for key in shipped} == shipped
 
     class Memory(tuple):  # stands in for SERAC_MULTI: its memory, a training flag as nn.Module has, a projection
@@ -201,8 +245,6 @@ def test_serac_executor_keeps_the_serac_it_returns():
 
 # SERAC runs its classifier over the whole memory on every forward
 def test_serac_still_encodes_its_whole_memory_on_every_forward():
-    import inspect
-
     serac = importlib.import_module("easyeditor.trainer.algs.SERAC").SERAC_MULTI
     source = inspect.getsource(serac.embedding_logsim_matrix)
     assert "self.classifier(**cls_ctx_input)" in source  # every remembered text, at every call
@@ -261,8 +303,6 @@ def test_serac_encodes_each_remembered_text_once(small_world):
 
 # IKE builds its sentence encoder on every edit
 def test_ike_still_builds_its_encoder_on_every_call():
-    import inspect
-
     ike_main = importlib.import_module("easyeditor.models.ike.ike_main")
     source = inspect.getsource(ike_main.apply_ike_to_multimodal_model)
     assert "SentenceTransformer(hparams.sentence_model_name)" in source

@@ -5,6 +5,7 @@ import importlib
 
 import pytest
 import torch
+from helpers import TARGET
 from transformers import BatchEncoding
 
 import easyedit_liveedit  # noqa: F401  (imports easyeditor)
@@ -43,8 +44,28 @@ def test_cuda_to_cpu_redirects_every_way_easyeditor_names_cuda():
         torch.zeros(1).to("cuda:0")
     assert "to" not in torch.Tensor.__dict__ and "cuda" not in torch.Tensor.__dict__
     assert torch.nn.Module.to.__name__ == "to" and not hasattr(torch.nn.Module.to, "__wrapped__")
-    # And EasyEdit's own helpers that hard-code f"cuda:{device}" get through it.
-    assert "cuda:{device}" in open(evaluate_utils.__file__).read()
+    # And EasyEdit's own helpers name CUDA devices that get through it: the wheel hard-codes f"cuda:{device}",
+    # EasyEdit main turns `device: 0` into cuda:0 (`normalize_device`).
+    if TARGET == "wheel":
+        assert "cuda:{device}" in open(evaluate_utils.__file__).read()
+    else:
+        normalize_device = importlib.import_module("easyeditor.util.device").normalize_device
+        assert normalize_device(0) == torch.device("cuda:0")
+        with compat.cuda_to_cpu():
+            assert torch.ones(2).to(normalize_device(0)).device.type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA redirect is a no-op where CUDA exists")
+def test_cuda_to_cpu_loads_checkpoints_mapped_to_cuda_on_the_cpu(tmp_path):
+    """EasyEdit main's MEND executor loads its archive with ``map_location=<its CUDA device>``."""
+    path = tmp_path / "archive.pt"
+    torch.save({"model": torch.ones(2)}, path)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(path, map_location="cuda:0")
+    with compat.cuda_to_cpu():
+        assert torch.load(path, map_location=torch.device("cuda:0"))["model"].device.type == "cpu"
+        assert torch.load(path, map_location="cpu")["model"].device.type == "cpu"
+    assert not hasattr(torch.load, "__wrapped__")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA redirect is a no-op where CUDA exists")

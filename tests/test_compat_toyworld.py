@@ -1,5 +1,6 @@
-"""The toy world's EasyEdit shims (``toyworld/easyedit_shims.py``): the EVA ViT-g builder, the image processor size
-and the Blip2OPT checkpoint, each still working and still needed, on the small toy world."""
+"""The toy world's EasyEdit shims (``toyworld/easyedit_shims.py``): the EVA ViT-g builder, the image processor size,
+the Blip2OPT checkpoint and EasyEdit main's own Q-Former checkpoint load, each still working and still needed (on
+the EasyEdit target where it is), on the small toy world."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import inspect
 
 import pytest
 import torch
+from helpers import TARGET
 from PIL import Image
 from safetensors.torch import load_file
 
 from easyedit_liveedit import toyworld
+from easyedit_liveedit.easyedit.compat import targets
 from easyedit_liveedit.toyworld import backbone
 from easyedit_liveedit.toyworld import easyedit_shims as shims
 
@@ -22,16 +25,17 @@ def test_easyedit_still_hard_codes_364_pixels():
         assert "image_size=364" in inspect.getsource(importlib.import_module(name))
 
 
-def test_image_processor_size_applies_inside_the_context_only():
+def test_image_processor_size_applies_inside_the_context_only(tmp_path):
     vqa = importlib.import_module("easyeditor.dataset.vqa")
     original = vqa.BlipImageEvalProcessor
-    image = Image.new("RGB", (50, 40), "white")
+    image = tmp_path / "white.png"
+    Image.new("RGB", (50, 40), "white").save(image)
     with shims.image_processor_size(24):
         for name in shims._MODULES_WITH_IMAGE_PROCESSOR:
             processor = importlib.import_module(name).BlipImageEvalProcessor(image_size=364, mean=None, std=None)
-            assert processor(image).shape == (3, 24, 24)
+            assert targets.process_image(processor, image).shape == (3, 24, 24)
     assert vqa.BlipImageEvalProcessor is original
-    assert original(image_size=364)(image).shape == (3, 364, 364)
+    assert targets.process_image(original(image_size=364), image).shape == (3, 364, 364)
 
 
 def test_image_processor_size_rejects_bad_sizes():
@@ -40,8 +44,9 @@ def test_image_processor_size_rejects_bad_sizes():
             pass
 
 
-def wheel_blip2opt(layout: toyworld.Layout) -> torch.nn.Module:
-    """The wheel's Blip2OPT on the toy world's files, given no ``num_query_token`` (EasyEdit's editor gives none)."""
+def easyedit_blip2opt(layout: toyworld.Layout) -> torch.nn.Module:
+    """EasyEdit's Blip2OPT on the toy world's files, given neither ``num_query_token`` (EasyEdit's editor gives none)
+    nor ``qformer_checkpoint`` (EasyEdit main's default: LAVIS's URL)."""
     blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt").Blip2OPT
     return blip2_opt(
         vit_model="eva_clip_g",
@@ -53,12 +58,26 @@ def wheel_blip2opt(layout: toyworld.Layout) -> torch.nn.Module:
     )
 
 
-def test_wheel_blip2opt_does_not_load_the_checkpoint(small_world):
-    """The reason for section 8: without it EasyEdit's constructor leaves 32 random query tokens."""
-    with shims.vision_tower_builder(backbone.build_vision_tower):
-        model = wheel_blip2opt(small_world.layout)
+def test_easyedit_blip2opt_does_not_load_the_full_checkpoint(small_world):
+    """The reason for ``blip2_checkpoint``: EasyEdit's constructor leaves 32 random query tokens and OPT in fp16."""
+    with shims.vision_tower_builder(backbone.build_vision_tower), shims.skip_qformer_checkpoint():
+        model = easyedit_blip2opt(small_world.layout)
     assert model.query_tokens.shape[1] == 32
     assert model.opt_model.dtype == torch.float16
+
+
+def test_main_blip2opt_still_loads_its_qformer_checkpoint_itself(small_world):
+    """The reason for ``skip_qformer_checkpoint`` on EasyEdit main: its constructor loads ``qformer_checkpoint`` (by
+    default from a URL, which fails offline); the wheel's takes no such argument, and the context changes nothing."""
+    blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt").Blip2OPT
+    takes_it = "qformer_checkpoint" in inspect.signature(blip2_opt.__init__).parameters
+    assert takes_it == (TARGET == "main")
+    if TARGET == "main":
+        with shims.vision_tower_builder(backbone.build_vision_tower), pytest.raises(OSError):  # URLError: offline
+            easyedit_blip2opt(small_world.layout)
+    with shims.skip_qformer_checkpoint():
+        assert ("load_from_pretrained" in vars(blip2_opt)) == takes_it
+    assert "load_from_pretrained" not in vars(blip2_opt)
 
 
 def test_blip2_checkpoint_loads_every_tensor_exactly(small_world):
@@ -66,7 +85,7 @@ def test_blip2_checkpoint_loads_every_tensor_exactly(small_world):
     blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt").Blip2OPT
     original_init = blip2_opt.__init__
     with shims.vision_tower_builder(backbone.build_vision_tower), shims.blip2_checkpoint(layout.checkpoint):
-        model = wheel_blip2opt(layout)
+        model = easyedit_blip2opt(layout)
     assert blip2_opt.__init__ is original_init
     saved = load_file(str(layout.checkpoint))
     assert model.query_tokens.shape[1] == small_world.config.num_query_tokens

@@ -1,7 +1,8 @@
 """Fixes to EasyEdit's own baseline editors, applied only where the harness asks: ``with baseline_fixes(): ...``.
 
 Each makes a baseline do what its method intends, or do it at a usable speed, where the wheel does not (the
-README lists them as changes to EasyEdit's baselines). ``import easyedit_liveedit`` applies none of them: outside
+README lists them as changes to EasyEdit's baselines), on the wheel or on EasyEdit main. ``import easyedit_liveedit``
+applies none of them: outside
 this context MEND, SERAC and IKE are exactly what easyeditor ships. Entering patches each object once (a nested
 context finds it patched and leaves it to the outer one); leaving restores easyeditor's own attributes. A fix
 whose target no longer shows the covered behaviour (a newer EasyEdit) is skipped.
@@ -57,7 +58,8 @@ def _default_model_parallel(training_hparams: ModuleType) -> list[Undo]:
 # edit through EasyEdit's editor fails with "'list' object has no attribute 'clone'". `MEND.edit` is wrapped so
 # that string labels become the target's token ids, right-aligned and padded with -100 (the format of
 # `VQADataset.collate_fn`, without a BOS: the loss compares the last label positions with the last logits).
-# Tensor labels (EasyEdit's trainer) pass through untouched; the edit itself is EasyEdit's code.
+# Tensor labels (EasyEdit's trainer) pass through untouched; the edit itself is EasyEdit's code. EasyEdit main's
+# executor builds token-id labels itself: there the fix is not applied.
 def _label_ids(model: torch.nn.Module, labels: list[str]) -> torch.Tensor:
     tok = getattr(model, "opt_tokenizer", None) or model.llama_tokenizer
     ids = [tok(label, add_special_tokens=False).input_ids for label in labels]
@@ -67,10 +69,16 @@ def _label_ids(model: torch.nn.Module, labels: list[str]) -> torch.Tensor:
     return out
 
 
-def _mend_label_strings_to_ids(mend_class: type) -> list[Undo]:
-    """Wrap ``MEND.edit`` so string labels become token ids (tensor labels pass through untouched)."""
+_PASSES_LABEL_STRINGS = "labels = trg"  # EasyEdit main's executor builds token ids (`tok(trg, ...)`) instead
+
+
+def _mend_label_strings_to_ids(mend_class: type, executor_class: type | None = None) -> list[Undo]:
+    """Wrap ``MEND.edit`` so string labels become token ids (tensor labels pass through untouched); nothing to do
+    where ``executor_class`` (MEND's multimodal executor) does not pass the target strings as labels."""
     original = mend_class.edit
     if getattr(original, "__wrapped__", None) is not None:
+        return []
+    if executor_class is not None and _PASSES_LABEL_STRINGS not in inspect.getsource(executor_class.apply_to_model):
         return []
 
     @functools.wraps(original)
@@ -152,7 +160,7 @@ def _replace_item(table: dict, key: str, value: Any) -> Undo:
 _ONE_REQUEST_EXECUTORS = (("easyeditor.models.mend.mend_main", "MendMultimodalRewriteExecutor", ("MEND",)),
                           ("easyeditor.models.serac.serac_main", "SeracMultimodalRewriteExecutor",
                            _SERAC_EXECUTOR_KEYS))  # fmt: skip
-_READS_ONE_REQUEST = 'request["prompt"]'
+_READS_ONE_REQUEST = '[request["prompt"]]'  # main: `src = [request["prompt"]]`; the wheel iterates `requests`
 
 
 def _one_request_from_a_list(executor_class: type, keys: tuple[str, ...], alg_dict: dict) -> list[Undo]:
@@ -280,7 +288,10 @@ def baseline_fixes() -> Iterator[None]:
     undo: list[Undo] = []
     try:
         undo += _default_model_parallel(module("easyeditor.trainer.training_hparams"))
-        undo += _mend_label_strings_to_ids(module("easyeditor.trainer.algs.MEND").MEND)
+        undo += _mend_label_strings_to_ids(
+            module("easyeditor.trainer.algs.MEND").MEND,
+            module("easyeditor.models.mend.mend_main").MendMultimodalRewriteExecutor,
+        )
         undo += _serac_keeps_its_memory(
             module("easyeditor.models.serac.serac_main").SeracMultimodalRewriteExecutor,
             module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT,

@@ -15,6 +15,7 @@ import inspect
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -101,10 +102,10 @@ def _restore_moved_transformers_helpers() -> list[str]:
 
 
 # --- easyeditor: subpackages shadowed by easyeditor's star imports ------------------------------------------------
-# `easyeditor/__init__` star-imports every method package; `easyeditor.models.ike` exports a module named
-# `util`, which overwrites the attribute `easyeditor.util`. Then `import easyeditor.util.alg_dict as d` (the
-# way users reach ALG_MULTIMODAL_DICT) fails with "cannot import name 'alg_dict' from
-# 'easyeditor.models.ike.util'". Point the attribute back at the real subpackage.
+# `easyeditor/__init__` star-imports every method package; the wheel's `easyeditor.models.ike` (EasyEdit main's
+# `easyeditor.models.melo`) exports a module named `util`, which overwrites the attribute `easyeditor.util`. Then
+# `import easyeditor.util.alg_dict as d` (the way users reach ALG_MULTIMODAL_DICT) fails with "cannot import name
+# 'alg_dict' from 'easyeditor.models.ike.util'". Point the attribute back at the real subpackage.
 def _unshadow_easyeditor_util() -> bool:
     """Re-bind ``easyeditor.util`` to the ``easyeditor.util`` package; returns True if it was shadowed."""
     easyeditor = sys.modules["easyeditor"]
@@ -173,6 +174,52 @@ def _qformer_on_transformers5(qformer: ModuleType) -> list[str]:
     return patched
 
 
+# --- transformers 5: EasyEdit's copied models overwrite the weights `from_pretrained` just loaded -----------------
+# transformers 5's `from_pretrained` loads the checkpoint, then runs the class's `_init_weights` over every module not
+# marked as loaded; it can only tell that a module is fully loaded when `_init_weights` goes through its guarded
+# init functions, or when the class is remote code, whose modules with all parameters loaded it skips. EasyEdit's
+# copied OPT, LLaMA and Q-Former (`trainer/blip2_models/`) are neither: their `_init_weights` write in place
+# (`module.weight.data.normal_(...)`), so every Linear and Embedding weight they load is re-drawn at random. EasyEdit
+# main's own BLIP-2 and MiniGPT-4 then answer with a random language model, silently. The fix wraps each class's
+# `_init_weights` to skip a module whose own parameters are all marked loaded, as transformers does for remote
+# code; only where this transformers marks loaded parameters and skips such modules for remote code alone.
+_COPIED_PRETRAINED_MODELS = (("Qformer", "BertPreTrainedModel"), ("modeling_opt", "OPTPreTrainedModel"),
+                             ("modeling_llama", "LlamaPreTrainedModel"))  # fmt: skip
+
+
+def _skips_loaded_modules(init_weights: Callable) -> Callable:
+    """``init_weights`` that leaves a module alone when each of its own parameters was loaded from the checkpoint."""
+
+    @functools.wraps(init_weights)
+    def init_unless_loaded(self: Any, module: torch.nn.Module) -> None:
+        own = list(module.parameters(recurse=False))
+        if own and all(getattr(p, "_is_hf_initialized", False) for p in own):
+            return
+        init_weights(self, module)
+
+    init_unless_loaded._skips_loaded_modules = True
+    return init_unless_loaded
+
+
+def _loaded_weights_kept(blip2_models: str) -> list[str]:
+    """Wrap the copied classes' ``_init_weights`` where this transformers needs it; returns the classes wrapped."""
+    from transformers.modeling_utils import PreTrainedModel
+
+    if "is_remote_code" not in inspect.signature(PreTrainedModel._initialize_weights).parameters:
+        return []  # transformers 4: loading marks whole modules initialised, whatever `_init_weights` does
+    wrapped = []
+    for module_name, class_name in _COPIED_PRETRAINED_MODELS:
+        cls = getattr(importlib.import_module(f"{blip2_models}.{module_name}"), class_name)
+        init_weights = vars(cls).get("_init_weights")
+        if init_weights is None or getattr(init_weights, "_skips_loaded_modules", False):
+            continue
+        if ".data." not in inspect.getsource(init_weights):  # written with guarded init functions: nothing to do
+            continue
+        cls._init_weights = _skips_loaded_modules(init_weights)
+        wrapped.append(class_name)
+    return wrapped
+
+
 # --- transformers 5: the rotary caches of EasyEdit's copied LLaMA (MiniGPT-4) -----------------------------------
 # EasyEdit's `modeling_llama.LlamaRotaryEmbedding.__init__` computes `cos_cached` / `sin_cached` as non-persistent
 # buffers. transformers 5's `from_pretrained` builds the model on the meta device and materialises only what the
@@ -239,6 +286,7 @@ def apply() -> dict[str, Any]:
     _applied["easyeditor_util_unshadowed"] = _unshadow_easyeditor_util()
     blip2_models = "easyeditor.trainer.blip2_models"
     _applied["qformer_transformers5"] = _qformer_on_transformers5(importlib.import_module(f"{blip2_models}.Qformer"))
+    _applied["loaded_weights_kept"] = _loaded_weights_kept(blip2_models)
     _applied["llama_rotary_caches_checked"] = _rotary_caches_checked(
         importlib.import_module(f"{blip2_models}.modeling_llama")
     )
