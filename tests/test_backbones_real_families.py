@@ -5,6 +5,9 @@ here with sentencepiece (the real ``LlamaTokenizer`` class MiniGPT-4 loads), Eas
 constructor (its EVA ViT swapped for the toy ViT by compat section 4, as for the toy BLIP-2) and a
 ``LlavaForConditionalGeneration`` from a small config. Samples are made by EasyEdit's own
 ``prepare_multimodal_edit``, so ``prompts_len`` is counted as EasyEdit counts it for each ``model_name``.
+
+On EasyEdit main (transformers 5) MiniGPT-4 is EasyEdit main's own class (no BOS, ``end_sym`` ""); LLaVA-1.5, which
+EasyEdit main cannot build, is tested on the wheel's stack only (transformers 4.57).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import TARGET
 from torch import Tensor, nn
 
 from easyedit_liveedit import LiveEdit, LiveEditMultimodalHparams
@@ -65,7 +69,8 @@ def _llama_tokenizer(folder: Path, extra_tokens: list[str] = ()) -> Any:
         minloglevel=2,
     )
     (folder / "tokenizer.model").write_bytes(model.getvalue())
-    tok = LlamaTokenizer(vocab_file=str(folder / "tokenizer.model"), legacy=True)
+    # transformers 5's LlamaTokenizer ignores vocab_file; from_pretrained converts the folder's tokenizer.model
+    tok = LlamaTokenizer.from_pretrained(str(folder), legacy=True)
     if extra_tokens:
         tok.add_special_tokens({"additional_special_tokens": list(extra_tokens)})
     tok.save_pretrained(str(folder))
@@ -107,10 +112,13 @@ def _build_minigpt4(root: Path) -> nn.Module:
     VisionConfig(IMAGE_SIZE, 8, 16, 1, 2).save(root / "vit")  # the toy ViT, 16-wide (the Q-Former's encoder_width)
     torch.save({"model": {}}, root / "qformer_checkpoint.pth")  # the BLIP-2 checkpoint MiniGPT4 loads non-strictly
     mini_gpt4 = importlib.import_module("easyeditor.trainer.blip2_models.mini_gpt4")
+    # EasyEdit main renamed the wheel's keyword q_former_model to qformer_checkpoint
+    parameters = inspect.signature(mini_gpt4.MiniGPT4.__init__).parameters
+    checkpoint_key = "qformer_checkpoint" if "qformer_checkpoint" in parameters else "q_former_model"
     with vision_tower_builder(build_vision_tower):
         model = mini_gpt4.MiniGPT4(
             vit_model="eva_clip_g",
-            q_former_model=str(root / "qformer_checkpoint.pth"),
+            **{checkpoint_key: str(root / "qformer_checkpoint.pth")},
             img_size=364,
             use_grad_checkpoint=True,
             vit_precision="fp32",
@@ -182,7 +190,11 @@ class Family:
         return prepare_multimodal_edit(hparams, self.tok, (TARGETS * n)[:n], (PROMPTS * n)[:n], pixels)
 
 
-@pytest.fixture(scope="module", params=["minigpt4", "llava"])
+# LLaVA-1.5 through LlavaForEditing is supported on the wheel's stack only (EasyEdit main has no LLaVA-1.5 path).
+FAMILIES = ["minigpt4", "llava"] if TARGET == "wheel" else ["minigpt4"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
 def family(request, tmp_path_factory) -> Family:
     root = tmp_path_factory.mktemp(request.param)
     torch.manual_seed(0)
@@ -258,20 +270,25 @@ def test_layout_matches_the_positions_the_forward_really_uses(family, editor, wi
 
 
 def _untagged_tokens(family: Family, with_image: bool) -> int:
-    """Real tokens that are neither image, prompt nor answer: BOS and template (image inputs), BOS (LLaVA text)."""
+    """Real tokens that are neither image, prompt nor answer: BOS (the wheel's MiniGPT-4, LLaVA) and template."""
     if family.name == "minigpt4":
         before, after = VQA_PROMPT.split("<ImageHere>")
         n = [len(family.tok(t, add_special_tokens=False).input_ids) for t in (before, after)]
-        return 1 + sum(n) if with_image else 0
+        return int(TARGET == "wheel") + sum(n) if with_image else 0
     before, after = family.model.image_prompt.split("<image>")
     n = [len(family.tok(t, add_special_tokens=False).input_ids) for t in (before, after)]
     return 1 + sum(n) if with_image else 1
 
 
 def test_minigpt4_forward_still_hard_codes_the_template_the_adapter_assumes():
+    """The wheel's forward puts a BOS before the template; EasyEdit main's ``text_encoding`` does not."""
     mini_gpt4 = importlib.import_module("easyeditor.trainer.blip2_models.mini_gpt4")
-    source = inspect.getsource(mini_gpt4.MiniGPT4.forward)
-    assert repr(VQA_PROMPT) in source and "bos_embeds, img_embeds, to_regress_embeds" in source
+    if TARGET == "wheel":
+        source = inspect.getsource(mini_gpt4.MiniGPT4.forward)
+        assert repr(VQA_PROMPT) in source and "bos_embeds, img_embeds, to_regress_embeds" in source
+    else:
+        source = inspect.getsource(mini_gpt4.MiniGPT4.text_encoding)
+        assert repr(VQA_PROMPT) in source and "torch.cat([img_embeds, to_regress_embeds], dim=1)" in source
 
 
 def test_prompt_embeddings_are_the_forwards_own_prefix(family, editor):
@@ -394,6 +411,7 @@ def test_generate_first_token_is_the_routed_forwards_argmax(family, editor, ever
 
 
 # ----------------------------------------------------------------------------------- LLaVA wrapper contract
+@pytest.mark.skipif(TARGET != "wheel", reason="LLaVA-1.5 runs on the wheel's stack only (EasyEdit main has none)")
 def test_bare_llava_asks_to_be_wrapped_and_the_template_must_hold_one_image(tmp_path):
     wrapped = _build_llava(tmp_path)
     with pytest.raises(NotImplementedError, match="LlavaForEditing"):
@@ -422,7 +440,8 @@ def test_easyedit_entry_point_and_metric_run_on_the_family(family, tmp_path):
     request = {"prompt": PROMPTS[0], "target": TARGETS[0], "image": image}
     try:
         edited, weights_copy = ALG_MULTIMODAL_DICT["LiveEdit"](family.model, family.tok, [request], hparams)
-        assert isinstance(edited, LiveEdit) and weights_copy == {} and len(edited.library) == 1
+        assert isinstance(edited, LiveEdit) and len(edited.library) == 1
+        assert callable(weights_copy) if TARGET == "main" else weights_copy == {}  # main's editor calls it to undo
         with torch.no_grad():
             acc, _ = compute_multimodal_edit_quality(
                 edited, prepare_multimodal_edit(hparams, family.tok, TARGETS[0], PROMPTS[0], image)
@@ -436,6 +455,7 @@ def test_easyedit_entry_point_and_metric_run_on_the_family(family, tmp_path):
 
 
 # ------------------------------------------------------------------------------ gradient checkpointing
+@pytest.mark.skipif(TARGET != "wheel", reason="LLaVA-1.5 runs on the wheel's stack only (EasyEdit main has none)")
 @pytest.mark.parametrize("family", ["llava"], indirect=True)
 def test_meta_training_under_gradient_checkpointing_gets_the_gradients_of_plain_training(family, monkeypatch):
     """Guards: with the language model checkpointed layer by layer (reentrant or not), a training pass adds the

@@ -1,15 +1,18 @@
-"""The six shipped YAMLs load and round-trip; every bad input names the key and the file."""
+"""The shipped YAMLs load and round-trip; every bad input names the key and the file."""
 
 import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from easyedit_liveedit import LiveEditMultimodalHparams, LiveEditMultimodalTrainingHparams
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_BACKBONES = {"blip2", "minigpt4", "llava"}  # the toy YAMLs scale the method down to the toy backbone
+# the toy YAMLs scale the method down to the toy backbone; llavaov-7b and qwen2vl-7b are EasyEdit main's backbones
+REAL_BACKBONES = {"blip2", "minigpt4", "llava", "llavaov-7b", "qwen2vl-7b"}
+EDIT_LAYER = {"llavaov-7b": 18, "qwen2vl-7b": 18}  # the paper's 21 of 32 layers, scaled to 28 (others: 21)
 EDIT_YAMLS = sorted((ROOT / "hparams" / "LiveEdit").glob("*.yaml"))
 TRAIN_YAMLS = sorted((ROOT / "hparams" / "TRAINING" / "LiveEdit").glob("*.yaml"))
 CASES = [(path, LiveEditMultimodalHparams) for path in EDIT_YAMLS] + [
@@ -28,8 +31,12 @@ def test_yaml_round_trip(path, cls, tmp_path):
     raw = yaml.safe_load(path.read_text())
     assert set(raw) <= {f.name for f in dataclasses.fields(cls)}
     for key, value in raw.items():  # every key in the file arrives with its value
-        assert getattr(hparams, key) == (float(value) if isinstance(getattr(hparams, key), float) else value), key
+        loaded = getattr(hparams, key)
+        if isinstance(loaded, torch.dtype):  # `dtype: torch.bfloat16` arrives as the torch dtype EasyEdit main needs
+            loaded = str(loaded)
+        assert loaded == (float(value) if isinstance(loaded, float) else value), key
     values = {k: v for k, v in dataclasses.asdict(hparams).items() if k != "source"}
+    values = {k: str(v) if isinstance(v, torch.dtype) else v for k, v in values.items()}
     copy = tmp_path / path.name
     copy.write_text(yaml.safe_dump(values))
     again = cls.from_hparams(copy)
@@ -41,7 +48,7 @@ def test_paper_defaults_in_shipped_yamls():
     for path, cls in (case for case in CASES if case[0].stem in REAL_BACKBONES):
         h = cls.from_hparams(path)
         assert (h.edit_layer, h.cross_attn_dim, h.num_heads, h.rank, h.lora_scale, h.num_key_slots) == (
-            21,
+            EDIT_LAYER.get(path.stem, 21),
             1024,
             8,
             4,
@@ -144,3 +151,17 @@ def test_check_paths_names_the_missing_key_and_file(tmp_path):
     assert "'archive'" in str(info.value) and str(path) in str(info.value)
     hparams.archive = None
     hparams.check_paths()  # everything that remains exists
+
+
+def test_chat_vlm_training_refuses_editor_questions(tmp_path):
+    """EasyEdit main's datasets render LLaVA-OneVision / Qwen2-VL questions with the chat template already; the
+    editor rendering (questions.py) would rewrite batches that have no text_input."""
+    bad = _write(tmp_path, ROOT / "hparams" / "TRAINING" / "LiveEdit" / "qwen2vl-7b.yaml", questions="editor")
+    with pytest.raises(ValueError, match=r"bad\.yaml: key 'questions' must be 'dataset'"):
+        LiveEditMultimodalTrainingHparams.from_hparams(bad)
+
+
+def test_model_name_of_an_unsupported_hugging_face_backbone_names_the_key(tmp_path):
+    bad = _write(tmp_path, EDIT, model_name="./hugging_cache/qwen3-vl-4b")
+    with pytest.raises(ValueError, match=r"bad\.yaml: key 'model_name' is './hugging_cache/qwen3-vl-4b'"):
+        LiveEditMultimodalHparams.from_hparams(bad)

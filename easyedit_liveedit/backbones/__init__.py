@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..liveedit.backbone import BackboneAdapter, TokenLayout, prefix_layout, span_layout
 from .blip2 import Blip2OPTAdapter
+from .chat_vlm import FAMILIES as CHAT_VLM_FAMILIES
+from .chat_vlm import ChatVLMAdapter, ChatVLMForEditing
 from .llava import LlavaAdapter, LlavaForEditing
 from .minigpt4 import MiniGPT4Adapter
 
@@ -13,9 +17,13 @@ _ADAPTERS: dict[str, type[BackboneAdapter]] = {
     "Blip2OPT": Blip2OPTAdapter,
     "MiniGPT4": MiniGPT4Adapter,
     "LlavaForEditing": LlavaAdapter,
+    "ChatVLMForEditing": ChatVLMAdapter,
 }
 # Families that need wrapping before LiveEdit can hold them (they do not take EasyEdit's sample dict).
-_WRAP_FIRST = {"LlavaForConditionalGeneration": "wrap it first: LlavaForEditing(model, tokenizer)"}
+_WRAP_FIRST = {
+    "LlavaForConditionalGeneration": "wrap it first: LlavaForEditing(model, tokenizer)",
+    **{name: "wrap it first: ChatVLMForEditing(model, processor)" for name in CHAT_VLM_FAMILIES},
+}
 
 
 def adapter_for(model: nn.Module) -> BackboneAdapter:
@@ -31,9 +39,19 @@ def adapter_for(model: nn.Module) -> BackboneAdapter:
     )
 
 
+def wrap_for_editing(model: nn.Module, processor: Any) -> nn.Module:
+    """``model`` as LiveEdit holds it: EasyEdit main's Hugging Face chat VLMs wrapped with their ``processor``
+    (``ChatVLMForEditing``); every other backbone as it is."""
+    if type(model).__name__ in CHAT_VLM_FAMILIES:
+        return ChatVLMForEditing(model, processor)
+    return model
+
+
 __all__ = [
     "BackboneAdapter",
     "Blip2OPTAdapter",
+    "ChatVLMAdapter",
+    "ChatVLMForEditing",
     "LlavaAdapter",
     "LlavaForEditing",
     "MiniGPT4Adapter",
@@ -41,4 +59,5 @@ __all__ = [
     "adapter_for",
     "prefix_layout",
     "span_layout",
+    "wrap_for_editing",
 ]

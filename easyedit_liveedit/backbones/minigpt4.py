@@ -14,6 +14,10 @@
 A text-only batch (``image=None``) is just ``[text_input + "\\n"] [padding]``: no BOS, no template.
 The BOS and the template are neither image, prompt nor answer tokens (see ``span_layout``).
 
+EasyEdit main's ``MiniGPT4`` builds the same sequence in ``text_encoding``, without the BOS (its line is commented
+out there) and with ``end_sym`` ``""``: ``[###Human: <Img>] [32 image tokens] [</Img> ] [text_input] [padding]``. The
+adapter reads which construction the model has (``has_bos``), so the layout and the generation prefix follow it.
+
 The layout follows the forward's own loss mask, quirks included: EasyEdit's ``VQADataset`` counts
 ``prompts_len`` on ``"Question: {} Short answer: "`` with its trailing space, which LLaMA's tokenizer encodes
 as one extra ``"▁"`` token that ``text_input`` does not have (there the space joins the answer's first word),
@@ -30,7 +34,7 @@ from torch import Tensor, nn
 
 from ..liveedit.backbone import BackboneAdapter, TokenLayout, span_layout
 
-# The template MiniGPT4.forward hard-codes around the image (tests check the wheel still says exactly this).
+# The template MiniGPT4 hard-codes around the image (tests check that both EasyEdit targets still say exactly this).
 VQA_PROMPT = "###Human: <Img><ImageHere></Img> "
 IMAGE_SLOT = "<ImageHere>"
 
@@ -55,6 +59,11 @@ class MiniGPT4Adapter(BackboneAdapter):
         tok = model.llama_tokenizer
         return [len(tok.encode(prompt, add_special_tokens=False)) for prompt in prompts]
 
+    def has_bos(self, model: nn.Module) -> bool:
+        """Whether the forward puts a BOS before the template: the wheel's ``forward`` does, EasyEdit main's
+        ``text_encoding`` (which builds main's inputs) does not."""
+        return not callable(getattr(model, "text_encoding", None))
+
     def template_lengths(self, model: nn.Module) -> tuple[int, int]:
         """Tokens of the template before and after the image slot, tokenised as ``prompt_wrap`` does."""
         before, after = VQA_PROMPT.split(IMAGE_SLOT)
@@ -69,7 +78,7 @@ class MiniGPT4Adapter(BackboneAdapter):
             return span_layout(attention_mask, 0, 0, 0, samples["prompts_len"])
         n_before, n_after = self.template_lengths(model)
         n_image = model.query_tokens.shape[1]  # one LLaMA token per Q-Former query
-        image_start = 1 + n_before  # after the BOS and the template's head
+        image_start = int(self.has_bos(model)) + n_before  # after the BOS (the wheel) and the template's head
         text_start = image_start + n_image + n_after
         return span_layout(attention_mask, image_start, n_image, text_start, samples["prompts_len"])
 
@@ -87,7 +96,10 @@ class MiniGPT4Adapter(BackboneAdapter):
         if image is not None:
             image_embeds, image_atts = model.encode_img(image)  # (B, n_query, d)
             wrapped, wrapped_atts = model.prompt_wrap(image_embeds, image_atts, VQA_PROMPT)
-            bos = torch.full((image.shape[0], 1), tok.bos_token_id, dtype=torch.long, device=device)
-            embeds = torch.cat([embed(bos), wrapped.to(embeds.dtype), embeds], dim=1)
-            mask = torch.cat([wrapped_atts[:, :1], wrapped_atts, mask], dim=1)
+            embeds = torch.cat([wrapped.to(embeds.dtype), embeds], dim=1)
+            mask = torch.cat([wrapped_atts, mask], dim=1)
+            if self.has_bos(model):
+                bos = torch.full((image.shape[0], 1), tok.bos_token_id, dtype=torch.long, device=device)
+                embeds = torch.cat([embed(bos), embeds], dim=1)
+                mask = torch.cat([wrapped_atts[:, :1], mask], dim=1)
         return embeds, mask

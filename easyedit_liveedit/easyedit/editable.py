@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..backbones import adapter_for
+from ..backbones import CHAT_VLM_FAMILIES, adapter_for, wrap_for_editing
 from ..liveedit import LiveEditConfig, LiveEditModel
 
 
@@ -31,11 +31,23 @@ def liveedit_config(config: Any) -> LiveEditConfig:
 class LiveEdit(LiveEditModel):
     """``LiveEditModel`` with EasyEdit's ``EditableModel`` names; the backbone's adapter is chosen by its class."""
 
-    def __init__(self, model: nn.Module, config: Any, model_constructor: Any = None) -> None:
+    def __init__(self, model: nn.Module, config: Any, model_constructor: Any = None, processor: Any = None) -> None:
         """Args: ``model`` the backbone; ``config`` LiveEdit hparams or a ``LiveEditConfig``; ``model_constructor``
-        accepted for EasyEdit's signature (LiveEdit never copies the backbone)."""
+        accepted for EasyEdit's signature (LiveEdit never copies the backbone); ``processor`` the processor of one of
+        EasyEdit main's Hugging Face chat VLMs (loaded from ``config.name`` if not given, as EasyEdit's trainer
+        passes none), which LiveEdit holds wrapped (``backbones.ChatVLMForEditing``)."""
+        if type(model).__name__ in CHAT_VLM_FAMILIES and processor is None:
+            from transformers import AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(config.name)
+        model = wrap_for_editing(model, processor)
         super().__init__(model, liveedit_config(config), adapter_for(model))
         self.hparams = config
+
+    def forward(self, samples: dict[str, Any] | None = None, **inputs: Any) -> Any:
+        """The routed forward on one batch: a dict (EasyEdit's BLIP-2 / MiniGPT-4 batches), or keyword tensors
+        (EasyEdit main calls its Hugging Face models as ``model(**multimodal_inputs)``)."""
+        return super().forward(inputs if samples is None else samples)
 
     def edit(
         self, batch: dict[str, Any], condition: Any = None, detach_history: bool = False

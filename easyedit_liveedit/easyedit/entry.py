@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbones import CHAT_VLM_FAMILIES, ChatVLMForEditing
 from .compat import targets
 from .editable import LiveEdit
 from .hparams import ALG_NAME, LiveEditMultimodalHparams
@@ -50,8 +51,9 @@ def attached_editor(model: nn.Module, hparams: Any) -> LiveEdit | None:
     return model.__dict__.get(_ATTACHED, {}).get(editor_key(hparams))
 
 
-def editor_for(model: nn.Module, hparams: LiveEditMultimodalHparams) -> LiveEdit:
-    """The LiveEdit editor of ``model`` for ``hparams``: built and loaded from ``hparams.archive`` on first use."""
+def editor_for(model: nn.Module, hparams: LiveEditMultimodalHparams, processor: Any = None) -> LiveEdit:
+    """The LiveEdit editor of ``model`` for ``hparams``: built and loaded from ``hparams.archive`` on first use
+    (``processor``: EasyEdit main's processor of a Hugging Face chat VLM, which the editor holds with the model)."""
     editor = attached_editor(model, hparams)
     if editor is None:
         if hparams.archive is None:
@@ -60,7 +62,7 @@ def editor_for(model: nn.Module, hparams: LiveEditMultimodalHparams) -> LiveEdit
                 "(train them with hparams/TRAINING/LiveEdit/<model>.yaml, then point 'archive' at the result)"
             )
         hparams.check_paths(("archive",))
-        editor = LiveEdit(model, hparams)
+        editor = LiveEdit(model, hparams, processor=processor)
         archive = torch.load(hparams.archive, map_location=next(editor.net.parameters()).device, weights_only=True)
         editor.load_state_dict(archive["model"])
         editor.eval()
@@ -98,18 +100,28 @@ def apply_liveedit_to_multimodal_model(
         an empty dict (the wheel, whose editor copies dict entries back: LiveEdit changes no weight).
     """
     requests = [requests] if isinstance(requests, dict) else list(requests)
-    editor = editor_for(model, hparams)
+    editor = editor_for(model, hparams, processor=tok if type(model).__name__ in CHAT_VLM_FAMILIES else None)
     if keep_original_weight:
         editor.reset()
-    prepare = importlib.import_module("easyeditor.evaluate").prepare_multimodal_edit
     added = []
     for request in requests:  # one at a time: each request may carry its own image size
-        samples = prepare(hparams, tok, request["target"], request["prompt"], request["image"])
-        added += editor.add_edits(samples)
+        added += editor.add_edits(edit_samples(editor, hparams, tok, request))
     restore_algs = targets.callable_restore_algs()
     if restore_algs is not None and ALG_NAME in restore_algs:
         return editor, _remover(editor, added)
     return editor, {}
+
+
+def edit_samples(editor: LiveEdit, hparams: Any, tok: Any, request: dict) -> dict[str, Any]:
+    """The batch of one edit request, made by EasyEdit's own ``prepare_multimodal_edit`` (BLIP-2, MiniGPT-4) or, for
+    EasyEdit main's Hugging Face chat VLMs, ``prepare_multimodal_hf_edit`` (its processor's inputs, with labels)."""
+    evaluate = importlib.import_module("easyeditor.evaluate")
+    if isinstance(editor.model, ChatVLMForEditing):
+        file_type = request.get("file_type", "image")
+        made = evaluate.prepare_multimodal_hf_edit(hparams, tok, request["target"], request["prompt"],
+                                                   request["image"], file_type)  # fmt: skip
+        return {**made["multimodal_inputs"], "labels": made["labels"]}
+    return evaluate.prepare_multimodal_edit(hparams, tok, request["target"], request["prompt"], request["image"])
 
 
 def _remover(editor: LiveEdit, expert_ids: list[int]) -> Callable[[], None]:

@@ -278,6 +278,12 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
                 f"{self.source or '<in code>'}: key 'questions' is {self.questions!r}; "
                 f"expected one of {', '.join(QUESTION_RENDERINGS)}"
             )
+        if self.questions == "editor" and chat_vlm_family(self.model_name) is not None:
+            raise ValueError(
+                f"{self.source or '<in code>'}: key 'questions' must be 'dataset' for {self.model_name!r}: EasyEdit "
+                "main's datasets already render its Hugging Face backbones' questions with the processor's chat "
+                "template, as its editor renders edits"
+            )
         if self.train_base:
             raise ValueError(
                 f"{self.source or '<in code>'}: key 'train_base' must be false: LiveEdit keeps the backbone frozen"

@@ -8,6 +8,8 @@ a sequence are image, prompt and answer tokens. The editor never reaches into a 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +74,20 @@ class BackboneAdapter(ABC):
         """
         tok = self.tokenizer(model)
         return [len(tok.encode(prompt)) for prompt in prompts]
+
+    def generate(
+        self,
+        model: nn.Module,
+        samples: dict[str, Any],
+        max_new_tokens: int,
+        routed: Callable[[dict[str, Any]], AbstractContextManager],
+    ) -> list[str] | None:
+        """The family's own greedy generation with the KV cache, run inside ``routed(samples)`` (one routed pass).
+
+        None, the default, leaves generation to ``LiveEditModel.generate``'s loop over ``prompt_embeddings``; a
+        family whose model positions its tokens in ways that loop cannot reproduce (Qwen2-VL) generates itself.
+        """
+        return None
 
     def check_edit_layer(self, model: nn.Module, edit_layer: int) -> None:
         """Raise ``ValueError`` naming ``edit_layer`` if the backbone has no such layer."""

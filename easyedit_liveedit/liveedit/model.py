@@ -119,9 +119,13 @@ class LiveEditModel(nn.Module):
         token. Prompts are batched by token length, so padding never sits between prompt and answer.
         ``max_new_tokens=0`` answers every prompt with the empty string.
         """
-        prompts = list(samples["text_input"])
         if max_new_tokens < 0:
             raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
+        if max_new_tokens > 0:  # a family that generates itself (adapter.generate), within one routed pass
+            own = self.adapter.generate(self.model, samples, max_new_tokens, self._routed)
+            if own is not None:
+                return own
+        prompts = list(samples["text_input"])
         if max_new_tokens == 0:
             return [""] * len(prompts)
         tok = self.adapter.tokenizer(self.model)
@@ -138,6 +142,10 @@ class LiveEditModel(nn.Module):
             for i, answer in zip(rows, self._generate_group(group, tok, max_new_tokens), strict=True):
                 answers[i] = answer
         return answers
+
+    def _routed(self, samples: dict[str, Any]) -> contextlib.AbstractContextManager:
+        """One inference pass over ``samples``: routed on the first call of layer ``l_e``, reused after."""
+        return self.edit_layer.run(samples, Route(self.library))
 
     def _generate_group(self, samples: dict[str, Any], tok: Any, max_new_tokens: int) -> list[str]:
         language_model = self.adapter.language_model(self.model)
