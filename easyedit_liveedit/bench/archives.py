@@ -44,7 +44,19 @@ HPARAMS_CLASSES: dict[str, tuple[str, str | None]] = {
     "MEND": ("MENDMultimodalHparams", "MENDMultimodalTrainingHparams"),
     "SERAC": ("SERACMultimodalHparams", "SERACMultimodalTrainingHparams"),
     "IKE": ("IKEMultimodalHyperParams", None),
+    # EasyEdit main only (the wheel has neither); their YAMLs go through the class's own from_hparams (act_margin)
+    "WISE": ("WISEMultimodalHyperParams", None),
+    "GRACE": ("GraceHyperParams", None),
 }
+_OWN_LOADER = ("WISE", "GRACE")
+
+
+def unavailable(method: str) -> str | None:
+    """Why the installed easyeditor cannot run ``method``'s multimodal editor; None if it can."""
+    class_name = HPARAMS_CLASSES[method][0]
+    if not hasattr(importlib.import_module("easyeditor"), class_name):
+        return f"the installed easyeditor has no {class_name} (EasyEdit main has; the PyPI wheel 0.0.1.dev0 has not)"
+    return None
 
 
 def _hparams_class(name: str) -> type:
@@ -57,7 +69,7 @@ def load_hparams(
     """An EasyEdit hparams object for ``method`` from a YAML file, with ``overrides`` applied on top.
 
     Args:
-        method: ``LiveEdit``, ``MEND``, ``SERAC`` or ``IKE``.
+        method: ``LiveEdit``, ``MEND``, ``SERAC``, ``IKE``, or EasyEdit main's ``WISE`` / ``GRACE``.
         path: the YAML file.
         overrides: keys to replace (e.g. ``max_iters``); each must be a key the class knows.
         training: load as a training YAML (``alg:``) rather than an editing one (``alg_name:``).
@@ -80,6 +92,11 @@ def load_hparams(
         raise ValueError(f"{path}: expected a mapping of keys to values")
     config.update(overrides or {})
     cls = _hparams_class(class_name)
+    if method in _OWN_LOADER:  # EasyEdit main's WISE / GRACE: the class's own loader, then the overrides
+        loaded = cls.from_hparams(str(path))
+        for key, value in (overrides or {}).items():
+            setattr(loaded, key, value)
+        return loaded
     if hasattr(cls, "from_dict"):  # this plugin's classes validate every key and type themselves
         return cls.from_dict(config, source=str(path))
     known = {f.name for f in dataclasses.fields(cls)}

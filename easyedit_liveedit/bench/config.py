@@ -25,14 +25,15 @@ from omegaconf import MISSING, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 COMMANDS = ("train", "edit", "compare", "diagnose", "probe")
-METHODS = ("LiveEdit", "MEND", "SERAC", "IKE")
+# WISE and GRACE are EasyEdit main's multimodal editors (the PyPI wheel has none: their rows say so there)
+METHODS = ("LiveEdit", "MEND", "SERAC", "IKE", "WISE", "GRACE")
 
 
 @dataclass
 class MethodConfig:
     """One editor, as EasyEdit knows it."""
 
-    name: str = MISSING  # LiveEdit | MEND | SERAC | IKE
+    name: str = MISSING  # LiveEdit | MEND | SERAC | IKE | WISE | GRACE
     hparams: str = MISSING  # editing YAML (relative paths are read from the project root)
     training_hparams: str | None = None  # training YAML; null for methods that need no training (IKE)
     archive: str | None = None  # an existing archive to use; null: <run.archive_dir>/models/<alg>/<model_name>

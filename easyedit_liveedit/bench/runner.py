@@ -132,6 +132,9 @@ class Runner:
             if method_cfg.requires:
                 reason += f"; {name} needs {method_cfg.requires}, not available offline here"
             return MethodRun(name, not_run=reason)
+        missing = archives.unavailable(name)
+        if missing is not None:
+            return MethodRun(name, not_run=missing)
         hparams = archives.load_hparams(name, editing_yaml, dict(method_cfg.overrides))
         if not hasattr(hparams, "model_parallel"):
             # MEND.__init__ reads it; the wheel's editing hparams lack it (compat section 5 covers training only).

@@ -37,7 +37,8 @@ ACCURACIES = ("rewrite_acc", "rephrase_acc", "image_rephrase_acc")
 LOCALITY_OUTPUTS = {"locality_output": "locality_acc", "multimodal_locality_output": "multimodal_locality_acc"}
 REQUEST_KEYS = ("prompt", "target", "image", "rephrase_prompt", "image_rephrase", "locality_prompt",
                 "locality_ground_truth", "multimodal_locality_image", "multimodal_locality_prompt",
-                "multimodal_locality_ground_truth")  # fmt: skip
+                "multimodal_locality_ground_truth", "file_type")  # fmt: skip
+# (`file_type`: EasyEdit main's items and requests say what the image is; its WISE and GRACE read it)
 
 
 def request_from_item(item: dict) -> dict:
