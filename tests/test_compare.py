@@ -85,7 +85,7 @@ def rows(small_world, tmp_path_factory, backbone, settings):
 
 def test_every_method_appears_at_every_edit_count(rows):
     assert [(r.method, r.edits) for r in rows] == [
-        (m, t) for m in ("LiveEdit", "MEND", "SERAC", "IKE", "Broken", "NoYAML") for t in EDITS
+        (m, t) for m in ("LiveEdit", "MEND", "SERAC", "IKE", "WISE", "GRACE", "Broken", "NoYAML") for t in EDITS
     ]
 
 

@@ -130,8 +130,8 @@ class MendInPlace:
         self._loss = math.nan
         loss_fn = self.mend.edit_loss_fn
 
-        def observed_loss(config: Any, pred: Any, targ: Any) -> dict[str, Any]:  # reads MEND's edit loss
-            out = loss_fn(config, pred, targ)
+        def observed_loss(config: Any, pred: Any, targ: Any, **kwargs: Any) -> dict[str, Any]:  # reads MEND's loss
+            out = loss_fn(config, pred, targ, **kwargs)  # EasyEdit main passes multimodal=True
             self._loss = float(out["nll"].detach())
             return out
 
