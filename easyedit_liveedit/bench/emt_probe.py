@@ -64,7 +64,7 @@ def _logits(output: Any) -> torch.Tensor:
 def _next_tokens(model: Callable, tok: Any, images: torch.Tensor, texts: list[str], prompts_len: list[int]) -> tuple:
     """Argmax next token after each text (right padding: each row's last real position), and finiteness."""
     lengths = [len(tok(t).input_ids) for t in texts]  # tokenised as the backbone's forward does
-    # labels: token ids, as EasyEdit's batches carry them (EasyEdit main's SERAC reads their shape); nothing scores them
+    # labels: token ids, as EasyEdit's batches carry them (EasyEdit main's SERAC reads their shape); nothing scores it
     labels = tok(texts, add_special_tokens=False, return_tensors="pt", padding=True).input_ids
     samples = {"image": images, "text_input": texts, "labels": labels.to(images.device), "prompts_len": prompts_len}
     logits = _logits(model(samples))  # (B, n_image + T_text, V)
