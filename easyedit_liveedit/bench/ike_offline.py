@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..easyedit import compat
+
 LOG = logging.getLogger(__name__)
 
 ENCODER_NAME = "all-MiniLM-L6-v2"  # what EasyEdit's IKE YAMLs load from the hub
@@ -138,6 +140,14 @@ def fit_demonstrations(examples: list[str], request: dict, tok: Any, window: int
     return kept
 
 
+# locality output -> the request's question, answer and image keys (None: a text-only question)
+_LOCALITY = {
+    "locality_output": ("locality_prompt", "locality_ground_truth", None),
+    "multimodal_locality_output": ("multimodal_locality_prompt", "multimodal_locality_ground_truth",
+                                   "multimodal_locality_image"),
+}  # fmt: skip
+
+
 def in_context_scores(model: Any, hparams: Any, tok: Any, request: dict, examples: list[str]) -> dict:
     """One record scored with its edit's demonstrations, by EasyEdit's IKE metric code.
 
@@ -157,14 +167,13 @@ def in_context_scores(model: Any, hparams: Any, tok: Any, request: dict, example
     if "rephrase_image_acc" in post:
         scores["image_rephrase_acc"] = post["rephrase_image_acc"]
     fact = f"New Fact: {request['prompt']} {request['target']}\nPrompt: "
-    if "locality_prompt" in request:
-        _, scores["locality_output"] = evaluate.icl_multimodal_lm_eval(
-            model, hparams.model_name, hparams, tok, examples, request["locality_ground_truth"],
-            fact + request["locality_prompt"], None,
+    for output, (question, answer, image) in _LOCALITY.items():
+        if question not in request:
+            continue
+        _, predicted = evaluate.icl_multimodal_lm_eval(
+            model, hparams.model_name, hparams, tok, examples, request[answer], fact + request[question],
+            request.get(image) if image else None,
         )  # fmt: skip
-    if "multimodal_locality_prompt" in request:
-        _, scores["multimodal_locality_output"] = evaluate.icl_multimodal_lm_eval(
-            model, hparams.model_name, hparams, tok, examples, request["multimodal_locality_ground_truth"],
-            fact + request["multimodal_locality_prompt"], request["multimodal_locality_image"],
-        )  # fmt: skip
+        labels = evaluate.prepare_multimodal_edit(hparams, tok, request[answer], request[question], None)["labels"]
+        scores[output] = compat.targets.answer_tokens(predicted, labels.shape[1])  # EasyEdit main: every position
     return scores

@@ -33,24 +33,29 @@ def process_image(processor: Callable[..., torch.Tensor], path: str | Path) -> t
         return processor(image.convert("RGB"))
 
 
-# --- Locality outputs: answer tokens (wheel) or the whole sequence's logits (main) --------------------------------
+# --- Locality outputs: answer tokens (wheel) or the whole sequence (main) -----------------------------------------
 # The wheel's `compute_multimodal_edit_results` returns, as `locality_output` / `multimodal_locality_output`, the
-# argmax token ids at the positions that predict the locality answer. Main's returns the logits of every position
-# of the sequence (image tokens and question included) and scores them with its own top-k match over all positions.
-# The plugin keeps one definition of locality on both targets (the share of answer tokens whose argmax is unchanged
-# from the unedited model): `answer_tokens` turns main's logits into the wheel's form.
+# argmax token ids at the positions that predict the locality answer, and its `compute_multimodal_edit_quality` (which
+# IKE's scoring returns) the same ids. Main's returns the logits of every position of the sequence (image tokens and
+# question included), scored with its own top-k match over all positions, and main's `compute_multimodal_edit_quality`
+# the argmax ids of every position (zero off the answer). The plugin keeps one definition of locality on both targets
+# (the share of answer tokens whose argmax is unchanged from the unedited model): `answer_tokens` turns main's outputs
+# into the wheel's form.
 def answer_tokens(output: Any, num_answer_tokens: int) -> Any:
     """The argmax ids ``(B, num_answer_tokens)`` at the positions that predict the answer's tokens.
 
     Args:
-        output: a locality output of EasyEdit's ``compute_multimodal_edit_results``: token ids (the wheel: returned
-            as they are) or logits ``(B, T, V)`` of the whole sequence (main), whose text ends with the answer.
+        output: a locality output of EasyEdit's metric code, for a sequence whose text ends with the answer: the
+            answer's argmax ids (the wheel: returned as they are), the argmax ids of every position (main's
+            ``compute_multimodal_edit_quality``) or the logits ``(B, T, V)`` of every position (main's
+            ``compute_multimodal_edit_results``).
         num_answer_tokens: how many tokens the answer has (``prepare_multimodal_edit``'s ``labels``).
     """
-    if not (isinstance(output, torch.Tensor) and output.dim() == 3 and output.is_floating_point()):
-        return output
-    predicted = output[:, :-1].argmax(-1)  # position t predicts token t + 1
-    return predicted[:, -num_answer_tokens:].numpy()
+    if isinstance(output, torch.Tensor) and output.dim() == 3 and output.is_floating_point():
+        return output[:, :-1].argmax(-1)[:, -num_answer_tokens:].numpy()  # position t predicts token t + 1
+    if getattr(output, "ndim", 0) == 2 and output.shape[1] > num_answer_tokens:
+        return output[:, -num_answer_tokens:]
+    return output
 
 
 # --- Restoring an edit: the editor iterates a dict (wheel) or may call a callable (main) ---------------------------
