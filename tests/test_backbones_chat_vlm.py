@@ -7,6 +7,7 @@ path as EasyEdit main loads the real ones; batches are made by EasyEdit main's o
 from __future__ import annotations
 
 import importlib
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -202,15 +203,45 @@ def test_bare_model_asks_to_be_wrapped(family):
     assert isinstance(LiveEdit(family.vlm, _hparams(family), processor=family.processor).model, ChatVLMForEditing)
 
 
-def test_main_editor_edits_and_undoes_through_liveedit(family, tmp_path, monkeypatch):
-    """EasyEdit main's own ``MultimodalEditor``, built by ``from_hparams`` from the model's folder, edits with LiveEdit
-    and, with ``sequential_edit=False``, undoes each edit (main calls what the entry returns)."""
+@pytest.fixture(scope="module")
+def archive(family, small_world, tmp_path_factory):
+    """LiveEdit meta-trained for 8 steps by ``LiveEditMultimodalTrainer`` (EasyEdit main's run() loop, its
+    ``get_model`` building the model from ``name``) on EasyEdit main's ``VQADataset`` batches of the small toy world's
+    records, rendered for this family by main's own collate (the processor's chat template)."""
+    from easyeditor import VQADataset
+
+    from easyedit_liveedit import LiveEditMultimodalTrainer, LiveEditMultimodalTrainingHparams
+
+    results = tmp_path_factory.mktemp(f"{family.name}-results")
+    images = str(small_world.layout.images)
+    config = LiveEditMultimodalTrainingHparams.from_dict(dict(
+        alg="LiveEdit", name=str(family.folder), model_name=family.name, model_class=family.name, tokenizer_class=".",
+        tokenizer_name=".", device="cpu", edit_layer=1, cross_attn_dim=32, num_heads=4, num_sentinel_tokens=16,
+        dtype="float32", questions="dataset", batch_size=4, val_batch_size=4, max_iters=8, log_interval=4,
+        val_interval=4, val_steps=2, results_dir=str(results), coco_image=images, rephrase_image=images,
+    ))  # fmt: skip
+    train = VQADataset(str(small_world.split("vqa_train")), size=16, config=config)
+    val = VQADataset(str(small_world.split("vqa_eval")), size=8, config=config)
+    LiveEditMultimodalTrainer(config, train, val).run()
+    return results
+
+
+def test_meta_training_writes_an_archive_of_the_networks_only(family, archive):
+    saved = torch.load(archive / "models" / "LiveEdit" / family.name, weights_only=True)
+    assert {"model", "opt", "val_stats", "step"} <= set(saved)
+    assert all(k.startswith(("generator.", "edit_extractor.", "input_extractor.", "sentinel", "expert_norm."))
+               for k in saved["model"])  # fmt: skip
+    results = json.loads((archive / "results.json").read_text())["results"]
+    assert results["loc/acc_val"] == 1.0  # text-only questions never route to an expert
+
+
+def test_main_editor_edits_and_undoes_through_liveedit(family, archive, tmp_path, monkeypatch):
+    """EasyEdit main's own ``MultimodalEditor``, built by ``from_hparams`` from the model's folder with the archive
+    the trainer wrote, edits with LiveEdit and, with ``sequential_edit=False``, undoes each edit (main calls what the
+    entry returns)."""
     from easyedit_liveedit.easyedit.entry import attached_editor
 
-    untrained = LiveEdit(family.vlm, _hparams(family), processor=family.processor)
-    torch.save({"model": untrained.state_dict(), "step": 0}, tmp_path / "liveedit.pt")
-    untrained.detach_hooks()
-    hparams = _hparams(family, archive=str(tmp_path / "liveedit.pt"))
+    hparams = _hparams(family, archive=str(archive / "models" / "LiveEdit" / family.name))
     for i in range(2):
         _image(i).save(tmp_path / f"{i}.png")
     monkeypatch.chdir(tmp_path)  # main's editor writes logs/ into the working directory
