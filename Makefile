@@ -23,8 +23,9 @@ MAIN_PYTHON := PYTHONPATH=$(MAIN) $(VENV_MAIN)/bin/python
 # editor, the trainer, the backbones on tiny models, the comparison, the NaN guard and the examples.
 MAIN_TESTS := tests/test_registration.py tests/test_hparams.py tests/test_compat_imports.py \
 	tests/test_compat_devices.py tests/test_compat_toyworld.py tests/test_compat_baselines.py \
-	tests/test_easyedit_path.py tests/test_main_editor.py tests/test_backbones_real_families.py \
-	tests/test_backbones_chat_vlm.py tests/test_compare_targets.py tests/test_nan_guard_toyworld.py tests/test_examples.py
+	tests/test_trainer.py tests/test_easyedit_path.py tests/test_scoring_and_undo.py tests/test_main_editor.py \
+	tests/test_backbones_real_families.py tests/test_backbones_chat_vlm.py tests/test_compare_targets.py \
+	tests/test_nan_guard_toyworld.py tests/test_ike.py tests/test_examples.py
 
 .PHONY: setup setup-main demo compare test test-wheel test-main lint clean clean-main
 

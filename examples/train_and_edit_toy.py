@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,23 +32,29 @@ from easyedit_liveedit import (
 from easyedit_liveedit.bench.archives import split_train_val
 
 
-def train(world: toyworld.ToyWorld) -> None:
-    """Meta-train LiveEdit's expert generator, key extractors and sentinel (the backbone stays frozen)."""
+def train(world: toyworld.ToyWorld, val_size: int = 100, **overrides: Any) -> None:
+    """Meta-train LiveEdit's expert generator, key extractors and sentinel (the backbone stays frozen).
+
+    ``overrides`` replace keys of the training YAML (the smoke test trains a few steps on the small world)."""
     hparams = world.apply_paths(LiveEditMultimodalTrainingHparams.from_hparams("hparams/TRAINING/LiveEdit/toy-blip2"))
+    for key, value in overrides.items():
+        setattr(hparams, key, value)
     # validate on held-out train records: the eval split is only for scoring the edits
-    train_json, val_json = split_train_val(world.split("vqa_train"), 100, Path(hparams.results_dir) / "split")
+    train_json, val_json = split_train_val(world.split("vqa_train"), val_size, Path(hparams.results_dir) / "split")
     with world.easyedit_patches():
         train_ds = VQADataset(str(train_json), config=hparams)
         val_ds = VQADataset(str(val_json), config=hparams)
         LiveEditMultimodalTrainer(config=hparams, train_set=train_ds, val_set=val_ds).run()
 
 
-def edit_100(world: toyworld.ToyWorld) -> None:
+def edit_100(world: toyworld.ToyWorld, size: int = 100, **overrides: Any) -> None:
     """Edit the first 100 eval facts one after another, then print EasyEdit's five metrics."""
     hparams = world.apply_paths(LiveEditMultimodalHparams.from_hparams("hparams/LiveEdit/toy-blip2"))
+    for key, value in overrides.items():
+        setattr(hparams, key, value)
     with world.easyedit_patches():
         editor = MultimodalEditor.from_hparams(hparams)
-        eval_ds = VQADataset(str(world.split("vqa_eval")), size=100, config=hparams)
+        eval_ds = VQADataset(str(world.split("vqa_eval")), size=size, config=hparams)
         metrics, edited_model, _ = editor.edit_dataset(eval_ds, sequential_edit=True, verbose=False)
     print(f"{len(metrics)} sequential edits; experts in the library: {len(edited_model.library)}")
     for name in ("rewrite_acc", "rephrase_acc", "image_rephrase_acc"):
