@@ -8,7 +8,6 @@ the real ones. The vocabulary is a word-level one over a small corpus (the real 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -149,7 +148,3 @@ def build_qwen2_vl(root: Path) -> Path:
 
 BUILDERS = {"llava-onevision": build_llava_onevision, "qwen2-vl": build_qwen2_vl}
 
-
-def describe(folder: Path) -> str:
-    """The config's model type, for error messages."""
-    return json.loads((folder / "config.json").read_text())["model_type"]
