@@ -147,4 +147,3 @@ def build_qwen2_vl(root: Path) -> Path:
 
 
 BUILDERS = {"llava-onevision": build_llava_onevision, "qwen2-vl": build_qwen2_vl}
-
