@@ -182,6 +182,7 @@ def test_generation_with_the_kv_cache_equals_the_routed_forward(family, editor, 
     prompt = _batch(family, 1, seed=3, targets=[""])  # the question with the generation prompt, no answer
     prompt.pop("labels")
     answer = editor.generate(prompt, max_new_tokens=4)
+    assert editor.generate(prompt, max_new_tokens=0) == [""]
     new_ids = family.processor.tokenizer(answer[0], add_special_tokens=False).input_ids
     generated = torch.tensor([new_ids])
     full = {**prompt, "input_ids": torch.cat([prompt["input_ids"], generated], 1),

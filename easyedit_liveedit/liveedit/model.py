@@ -121,13 +121,12 @@ class LiveEditModel(nn.Module):
         """
         if max_new_tokens < 0:
             raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
-        if max_new_tokens > 0:  # a family that generates itself (adapter.generate), within one routed pass
-            own = self.adapter.generate(self.model, samples, max_new_tokens, self._routed)
-            if own is not None:
-                return own
+        if max_new_tokens == 0:  # rows: prompts, or a processor's token ids (the families that generate themselves)
+            return [""] * len(samples["text_input"] if "text_input" in samples else samples["input_ids"])
+        own = self.adapter.generate(self.model, samples, max_new_tokens, self._routed)
+        if own is not None:  # a family that generates itself (adapter.generate), within one routed pass
+            return own
         prompts = list(samples["text_input"])
-        if max_new_tokens == 0:
-            return [""] * len(prompts)
         tok = self.adapter.tokenizer(self.model)
         lengths = self.adapter.prompts_len(self.model, prompts)  # counted as the edit samples were
         answers: list[str] = [""] * len(prompts)
