@@ -23,7 +23,9 @@ SMALL = ["model.toy_world=small", "run.edits=[1,2]", "run.probe_limit=4", "run.t
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    # the project first; an EasyEdit main checkout on the caller's PYTHONPATH stays on it
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": path}
     return subprocess.Popen([sys.executable, "-m", "easyedit_liveedit", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
