@@ -12,9 +12,8 @@ import os
 
 import pytest
 import torch
-from helpers import TARGET, small_liveedit_hparams
+from helpers import TARGET, small_archives, toy_hparams
 
-from easyedit_liveedit import LiveEditMultimodalTrainer
 from easyedit_liveedit.easyedit.entry import attached_editor
 
 pytestmark = pytest.mark.skipif(
@@ -25,19 +24,8 @@ METRICS = {"rewrite_acc", "rephrase_acc", "image_rephrase_acc", "locality_acc", 
 
 @pytest.fixture(scope="module")
 def archive(small_world, tmp_path_factory):
-    """A LiveEdit archive meta-trained by EasyEdit main's run() loop (the plugin's trainer subclass) for 16 steps."""
-    from easyeditor import VQADataset
-
-    results = tmp_path_factory.mktemp("main-results")
-    hparams = small_liveedit_hparams(
-        small_world, training=True, batch_size=4, val_batch_size=4, max_iters=16, log_interval=8,
-        val_interval=8, val_steps=2, results_dir=str(results),
-    )  # fmt: skip
-    with small_world.easyedit_patches():
-        train = VQADataset(str(small_world.split("vqa_train")), size=32, config=hparams)
-        val = VQADataset(str(small_world.split("vqa_eval")), size=8, config=hparams)
-        LiveEditMultimodalTrainer(hparams, train, val).run()
-    return results / "models" / "LiveEdit" / "blip2"
+    """The session's LiveEdit archive (two steps of EasyEdit main's run() loop, the plugin's trainer subclass)."""
+    return small_archives(tmp_path_factory, small_world) / "models" / "LiveEdit" / "blip2"
 
 
 @pytest.fixture
@@ -45,7 +33,7 @@ def main_editor(small_world, archive, monkeypatch, tmp_path):
     """EasyEdit main's own editor, built by ``from_hparams`` from LiveEdit hparams with the archive above."""
     editors = importlib.import_module("easyeditor.editors.multimodal_editor")
     monkeypatch.chdir(tmp_path)  # main's editor writes logs/ into the working directory
-    hparams = small_liveedit_hparams(small_world, archive=str(archive))
+    hparams = toy_hparams(small_world, "LiveEdit", archive=str(archive))
     with small_world.easyedit_patches():
         editor = editors.MultimodalEditor.from_hparams(hparams)
     assert type(editor) is editors.MultimodalEditor
