@@ -92,17 +92,10 @@ class _LiveEditHparamsBase(HyperParams):
             raise ValueError(
                 f"{where}: key 'model_name' is {self.model_name!r}; supported: {', '.join(SUPPORTED_MODELS)}"
             )
-        for key in ("edit_layer", "cross_attn_dim", "num_heads", "rank", "num_key_slots", "num_sentinel_tokens"):
-            minimum = 0 if key == "edit_layer" else 1
-            if getattr(self, key) < minimum:
-                raise ValueError(f"{where}: key {key!r} must be >= {minimum}, got {getattr(self, key)}")
-        if self.cross_attn_dim % self.num_heads:
-            raise ValueError(
-                f"{where}: key 'cross_attn_dim' ({self.cross_attn_dim}) must be divisible by "
-                f"'num_heads' ({self.num_heads})"
-            )
-        if self.lora_scale <= 0:
-            raise ValueError(f"{where}: key 'lora_scale' must be > 0, got {self.lora_scale}")
+        try:  # the method's own config checks the method's keys
+            self.liveedit_config()
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
 
     @classmethod
     def from_hparams(cls: type[H], hparams_name_or_path: str | os.PathLike) -> H:
@@ -211,6 +204,7 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     soft_route_lambda: float = 1.0
     hard_route_lambda: float = 1.0
     filter_lambda: float = 0.0  # ours: hard-filter calibration on every (input, edit) pair (losses.py); 0 = paper
+    routing_pairs: str = "authors"  # how the routing losses pair inputs with edits (liveedit/train_step.py)
     # ours: "editor" renders training questions as MultimodalEditor renders edits (questions.py); "dataset" keeps
     # the dataset's own rendering (VQADataset's template), as EasyEdit's trainers do
     questions: str = "editor"

@@ -27,7 +27,7 @@ from .backbone import BackboneAdapter, TokenLayout
 from .config import LiveEditConfig
 from .layer import Capture, EditLayer, Mix, Route, truncated
 from .library import ExpertLibrary
-from .networks import Experts, InputKeys, LiveEditNetwork
+from .networks import Experts, LiveEditNetwork
 
 LOG = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class LiveEditModel(nn.Module):
             self.model(samples)
         return route.routing.report()
 
-    def forward_with_experts(self, samples: dict[str, Any], experts: Experts, switch: Tensor) -> tuple[Any, InputKeys]:
+    def forward_with_experts(self, samples: dict[str, Any], experts: Experts, switch: Tensor) -> tuple[Any, Mix]:
         """Meta-training forward: input ``b`` mixes the experts ``switch[b]`` allows, with learned soft weights.
 
         Args:
@@ -189,12 +189,13 @@ class LiveEditModel(nn.Module):
             switch: ``(B, M)`` bool.
 
         Returns:
-            The backbone's output and the inputs' keys (for the routing losses).
+            The backbone's output, and the pass's ``Mix`` holding the inputs' input-side keys (``keys``) and their
+            edit-side keys (``edit_keys``), for the routing losses.
         """
         mix = Mix(experts, switch)
         with self.edit_layer.run(samples, mix):
             output = self.model(samples)
-        return output, mix.keys
+        return output, mix
 
     # ----------------------------------------------------------------------------------- identity and state
     def identity(self) -> dict[str, Any]:
