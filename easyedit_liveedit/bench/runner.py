@@ -36,6 +36,7 @@ from .config import method_config
 from .emt_probe import load_records
 from .engine import Backbone, CompareSettings, MethodRun, Row, compare, compare_in_processes, seed_all
 from .plots import plot
+from .quiet import quiet
 from .table import markdown, write_csv
 
 LOG = logging.getLogger(__name__)
@@ -370,6 +371,7 @@ def method_rows(config: dict, name: str, out: str, toy_cache: str | None = None)
     logfile = logging.FileHandler(folder / "easyedit-liveedit.log")
     logfile.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[logfile, terminal], force=True)
+    quiet(config["run"]["verbose"])
 
     if toy_cache is not None:
         os.environ[CACHE_ENV] = toy_cache
