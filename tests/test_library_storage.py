@@ -345,4 +345,3 @@ def _rss_bytes() -> int:
     """Current resident set size (Linux /proc), not the peak that ``resource`` reports."""
     with open(f"/proc/{os.getpid()}/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
-
