@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from .. import toyworld
 from ..easyedit import MultimodalEditor, compat
+from ..easyedit.validate import validate_file
 from ..toyworld.evaluate import ImageLoader
 from ..toyworld.layout import CACHE_ENV, PROJECT_ROOT
 from . import archives, ike_offline, nan_guard
@@ -60,6 +61,7 @@ class Runner:
             raise ValueError(f"data.kind={cfg.data.kind!r}: expected one of {sorted(_DATASETS)}")
         self.world = self._world()
         self.rows: list[Row] = []  # the last table, for callers that want the rows rather than the text
+        self._validated: set[Path] = set()  # user data files already checked in this run
         torch.set_num_threads(cfg.run.threads)
 
     # ------------------------------------------------------------------------------------------ setup
@@ -83,7 +85,17 @@ class Runner:
         evaluation = self._data_path("eval_json", f"{kind}_eval")
         if train is None or evaluation is None:
             raise ValueError(f"data={self.cfg.data.name}: set data.train_json and data.eval_json for a real backbone")
+        self._validate_user_files(("train_json", train), ("eval_json", evaluation))
         return train, evaluation, self._data_path("classification_json", "classification")
+
+    def _validate_user_files(self, *files: tuple[str, Path]) -> None:
+        """Check the MMEdit files a user gave (the toy world's own are checked when it is built) before anything
+        trains or edits: an error names the file, the record and the field. Each file is checked once per run."""
+        image_root = self.cfg.data.get("image_root") or (self.world.layout.images if self.world is not None else ".")
+        for key, path in files:
+            if self.cfg.data.get(key) is not None and path not in self._validated:
+                validate_file(path, image_root)
+                self._validated.add(path)
 
     def backbone(self) -> Backbone:
         """How to build a fresh backbone: the toy world's, or EasyEdit's ``MultimodalEditor`` constructor."""

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from . import compat, scoring
+from . import compat, scoring, validate
 from .entry import attached_editor
 from .registration import MULTIMODAL_KEY
 
@@ -112,12 +112,11 @@ class MultimodalEditor(_WheelEditor):
             raise NotImplementedError(f"file_type {file_type!r}: the wheel's datasets read images only")
         if self.alg_name == "IKE":
             raise NotImplementedError("IKE edits through in-context examples: use easyedit_liveedit.compare for IKE")
+        roots = getattr(self, "vis_root", "."), getattr(self, "rephrase_root", None)
+        validate.validate_edit_arguments(prompts, targets, image, rephrase_prompts, rephrase_image, locality_inputs,
+                                         *roots)  # fmt: skip
         if isinstance(prompts, str):
             prompts, targets, image = [prompts], [targets], [image]
-        if not len(prompts) == len(targets) == len(image):
-            raise ValueError(
-                f"prompts, targets and image differ in length: {len(prompts)}, {len(targets)}, {len(image)}"
-            )
         with compat.cuda_to_cpu():
             requests = self._prepare_requests(
                 prompts, targets, image, rephrase_prompts, rephrase_image, locality_inputs or {}, **kwargs
@@ -135,6 +134,8 @@ class MultimodalEditor(_WheelEditor):
     def _edit_requests(
         self, requests: list[dict], keep_original_weight: bool, verbose: bool, sequential_edit: bool
     ) -> tuple[list[dict], Any, dict]:
+        validate.validate_requests(requests, f"{self.alg_name} edit")  # before anything is edited
+        validate.check_context(requests, self.tok, validate.text_token_limit(self.model), f"{self.alg_name} edit")
         pres = scoring.pre_edit_outputs(self.model, self.hparams, self.tok, requests, verbose, "pre-edit scores")
         all_metrics, edited_model, weights_copy = [], self.model, {}
         for i, (request, pre) in enumerate(zip(tqdm(requests, desc=f"{self.alg_name} edits", disable=not verbose),

@@ -10,6 +10,7 @@ calls).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
@@ -20,6 +21,7 @@ from torch import nn
 
 from .editable import LiveEdit
 from .hparams import LiveEditMultimodalHparams
+from .validate import check_context, text_token_limit, validate_requests
 
 LOG = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ def editor_key(hparams: Any) -> tuple:
     if archive is not None and os.path.exists(archive):
         stat = os.stat(archive)
         stamp = (os.path.abspath(archive), stat.st_size, stat.st_mtime_ns)
-    return stamp, hparams.liveedit_config()
+    return stamp, hparams.liveedit_config(), getattr(hparams, "library_path", None)
 
 
 def attached_editor(model: nn.Module, hparams: Any) -> LiveEdit | None:
@@ -58,6 +60,8 @@ def editor_for(model: nn.Module, hparams: LiveEditMultimodalHparams) -> LiveEdit
         editor.load_state_dict(archive["model"])
         editor.eval()
         LOG.info("LiveEdit networks loaded from %s (step %s)", hparams.archive, archive.get("step"))
+        if getattr(hparams, "library_path", None):
+            editor.open_library(hparams.library_path)  # same identity check as load_library
         # bypasses nn.Module registration: the editors are not part of the backbone's weights
         model.__dict__.setdefault(_ATTACHED, {})[editor_key(hparams)] = editor
     return editor
@@ -90,11 +94,35 @@ def apply_liveedit_to_multimodal_model(
         no weight needs restoring.
     """
     requests = [requests] if isinstance(requests, dict) else list(requests)
+    validate_requests(requests, "LiveEdit")  # all of them before the first edit: bad input changes nothing
     editor = editor_for(model, hparams)
+    check_context(requests, tok, text_token_limit(editor.model), "LiveEdit")
+    durable = editor.library.path is not None
     if keep_original_weight:
+        if durable:
+            raise ValueError(
+                f"keep_original_weight=True empties the expert library before every edit, which would erase the edits "
+                f"committed to library_path {editor.library.path}; edit with keep_original_weight=False"
+            )
         editor.reset()
     prepare = importlib.import_module("easyeditor.evaluate.evaluate").prepare_multimodal_edit
     for request in requests:  # one at a time: each request may carry its own image size
+        key = request_key(request) if durable else None
+        if key is not None and editor.library.has_key(key):
+            LOG.info("LiveEdit: %r -> %r is already in %s; not applied again", request["prompt"], request["target"],
+                     editor.library.path)  # fmt: skip
+            continue
         samples = prepare(hparams, tok, request["target"], request["prompt"], request["image"])
-        editor.add_edits(samples)
+        editor.add_edits(samples, keys=None if key is None else [key])
     return editor, {}
+
+
+def request_key(request: dict) -> str:
+    """A fingerprint of what an edit is made from (prompt, target, image pixels): the edit key in a library folder."""
+    digest = hashlib.sha256()
+    for part in (request["prompt"], request["target"]):
+        digest.update(part.encode() + b"\0")
+    image = request["image"]
+    digest.update(str(list(image.shape)).encode())
+    digest.update(image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -185,6 +185,9 @@ class LiveEditMultimodalHparams(_LiveEditHparamsBase):
     alg_name: str
     batch_size: int = 1  # MultimodalEditor.edit sets it to 1 (one edit per call)
     max_length: int = 30
+    # ours: a library folder (created if missing) holding the experts across runs; each edit is committed to it
+    # durably before the call returns, and a request already in it is not applied again (docs/library.md)
+    library_path: str | None = None
 
 
 @dataclass(kw_only=True)
