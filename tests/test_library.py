@@ -120,7 +120,7 @@ def test_bytes_per_expert():
     lib = ExpertLibrary()
     assert lib.bytes_per_expert() == 0
     lib.add(random_experts(2))
-    assert lib.bytes_per_expert() == 4 * (2 * K * DM + 2 * R * D) + 8 + 1 + 16  # id, live flag, key digest
+    assert lib.bytes_per_expert() == 4 * (2 * K * DM + 2 * R * D) + 8 + 1 + 16 + 4  # id, flag, digest, norm
 
 
 # ---------------------------------------------------------------- persistence

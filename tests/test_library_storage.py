@@ -81,7 +81,7 @@ def test_save_then_load_keeps_the_shards_memory_mapped(tmp_path):
 
 def test_our_shards_are_standard_safetensors_both_ways(tmp_path):
     """Guards the claim that the shards are safetensors files: the reference package reads ours, we read its."""
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    import safetensors.torch as safetensors_torch
     from safetensors import safe_open
 
     lib = ExpertLibrary(dtype=torch.bfloat16)
@@ -204,7 +204,7 @@ def test_experts_are_stored_in_the_library_dtype_and_routed_in_fp32(tmp_path, dt
     narrow.add(made)
     rounded = ExpertLibrary(dtype=torch.float32)
     rounded.add(Experts(*(getattr(made, f).to(dtype).float() for f in ("psi", "phi", "U", "V"))))
-    assert narrow.bytes_per_expert() - 25 == (rounded.bytes_per_expert() - 25) // 2
+    assert narrow.bytes_per_expert() - 29 == (rounded.bytes_per_expert() - 29) // 2  # 29: id, flag, digest, norm
     keys = input_keys(4)
     got, want = narrow.route(keys), rounded.route(keys)
     assert got.weights.dtype == torch.float32
@@ -212,6 +212,31 @@ def test_experts_are_stored_in_the_library_dtype_and_routed_in_fp32(tmp_path, dt
     narrow.save(tmp_path / "n", IDENTITY)
     rounded.save(tmp_path / "r", IDENTITY)
     assert shards(tmp_path / "n")[0].stat().st_size < 0.6 * shards(tmp_path / "r")[0].stat().st_size
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_narrow_screen_never_drops_an_expert_the_fp32_filter_keeps(dtype):
+    """Guards the screen of narrow keys (``_kept_by_scan``): with the bar placed among the experts' similarities,
+    where dozens sit within the narrow dtype's rounding of it, the narrow library keeps exactly the experts the
+    fp32 filter keeps over the same (rounded) keys."""
+    g = torch.Generator().manual_seed(3)
+    n, k, dm = 4000, 4, 64
+    keys = (torch.randn(n, k, dm, generator=g) + 0.5).to(dtype)  # a common direction: similarities far from 0
+    query = torch.randn(1, k, dm, generator=g) + 0.5
+    exact = (query.flatten(1) @ keys.float().flatten(1).T)[0] / (k * dm**0.5)
+    band = torch.finfo(dtype).eps * keys.float().flatten(1).norm(dim=1).mean() * query.norm() / (k * dm**0.5)
+    for rank in (500, 2000):
+        bar = exact.sort(descending=True).values[rank]
+        sentinel = query * (bar * k * dm**0.5 / query.flatten().dot(query.flatten()))
+        inputs = InputKeys(query, query, sentinel, torch.ones(1, dtype=torch.bool))
+        narrow, wide = ExpertLibrary(dtype=dtype), ExpertLibrary(dtype=torch.float32)
+        made = Experts(keys, keys, torch.zeros(n, 1, 1), torch.zeros(n, 1, 1))
+        narrow.add(made)
+        wide.add(Experts(*(t.float() for t in (made.psi, made.phi, made.U, made.V))))
+        got, want = narrow.route(inputs).expert_ids, wide.route(inputs).expert_ids
+        near = int(((exact - bar).abs() < band).sum())  # experts within the dtype's rounding of the bar
+        assert near >= 20 and abs(len(want) - rank) < 5
+        assert got.tolist() == want.tolist(), rank
 
 
 # ---------------------------------------------------------------- bad experts never enter

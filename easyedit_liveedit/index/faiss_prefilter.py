@@ -46,7 +46,10 @@ class FaissPrefilter:
             nlist: IVF lists (k-means centroids); about ``4 sqrt(N)`` for N experts.
             nprobe: lists scanned per query: the speed / recall trade-off.
             codes: how vectors are stored in the lists, a faiss factory suffix: ``Flat`` (fp32, exact inner
-                products), ``SQ8`` (1 byte per dimension), ``SQfp16``, ``PQ<m>`` (``m`` bytes per vector).
+                products), ``SQ8`` (1 byte per dimension, inner products within about 1%), ``SQfp16``. Product
+                quantisation (``PQ<m>np``) is far smaller but its inner products of keys unlike the training sample
+                came out 5x too low here (the threshold test needs magnitudes, not just the order), so it needs a
+                large ``margin``.
             train_size: keys to train the k-means on (faiss wants 30-256 per list).
             margin: lowers each query's threshold by ``margin * |t|``, so compressed codes that underestimate an
                 inner product still propose the expert (the exact re-check removes the extras).

@@ -177,6 +177,8 @@ class ExpertLibrary:
         self._frozen, self._frozen_rows = [], 0
         cast = {name: dtype for name in FACTORS}  # key digests stay bytes
         self._tail = {name: t.to(device=device, dtype=cast.get(name)) for name, t in merged.items()}
+        if self._tail:
+            self._tail["norm"] = _norms_of(self._tail["phi"])
         self._tail_size = next(iter(merged.values())).shape[0] if merged else 0
         self.dtype = dtype or self.dtype
         self._ids, self._alive = self._ids.to(device=device), self._alive.to(device=device)
@@ -184,13 +186,13 @@ class ExpertLibrary:
         return self
 
     def bytes_per_expert(self) -> int:
-        """Memory one expert costs: keys and factors in the storage dtype, its id, live flag and key digest (0 until
-        the first add fixes the shapes)."""
+        """Memory one expert costs: keys and factors in the storage dtype, its id, live flag, key digest and the
+        norm of its visual key (0 until the first add fixes the shapes)."""
         block = self._frozen[0] if self._frozen else self._tail
         if not block:
             return 0
         factors = sum(t[0].numel() * t.element_size() for t in (block[name] for name in FACTORS))
-        return factors + self._ids.element_size() + self._alive.element_size() + KEY_BYTES
+        return factors + self._ids.element_size() + self._alive.element_size() + KEY_BYTES + 4  # + fp32 key norm
 
     # ------------------------------------------------------------------ edits
     def add(self, experts: Experts, keys: Sequence[str] | None = None) -> list[int]:
@@ -231,7 +233,7 @@ class ExpertLibrary:
         if self._store is not None:  # the commit: durable before anything changes in memory
             self._store.append(ids, digests, {name: t.cpu() for name, t in new.items()})
         self.dtype = dtype
-        self._append_rows({**new, "key": digests.to(new["U"].device)}, ids)
+        self._append_rows({**new, "key": digests.to(new["U"].device), "norm": _norms_of(new["phi"])}, ids)
         return ids.tolist()
 
     def _digest_rows(self, keys: Sequence[str] | None, n: int) -> Tensor:
@@ -378,19 +380,51 @@ class ExpertLibrary:
     def _kept_by_scan(self, phi: Tensor, bar: Tensor) -> tuple[Tensor, Tensor]:
         """Exact hard filter over every row: ``(input index, row)`` of each expert an input keeps.
 
-        One pass over the visual keys, ``chunk_bytes`` of fp32 at a time, so the widened copy stays in cache.
+        Keys stored in fp32 are scored directly, ``chunk_bytes`` at a time (the copy stays in cache). Keys stored
+        narrower (bf16/fp16) are first screened in their own dtype: one matrix-vector product per block, at the speed
+        of reading the keys (torch has no narrow x narrow -> fp32 product on a CPU, and widening every key first
+        costs about twice that read). The screen only rules out experts provably below the bar:
+        ``|<k, q> - screen| <= eps |screen| + (eps + D 2^-23) |k| |q|`` (the query rounded to the storage dtype,
+        fp32 accumulation over ``D`` terms, the result rounded; ``eps`` is the dtype's machine epsilon, twice its unit
+        roundoff). Every other expert is scored in fp32, so the result is the fp32 hard filter's.
         """
         width = phi[0].numel()
-        chunk = max(1, self.chunk_bytes // (4 * width))
+        query = phi.flatten(1)  # (B, k d_m) fp32
+        narrow = self.dtype in (torch.bfloat16, torch.float16)
+        chunk = 65536 if narrow else max(1, self.chunk_bytes // (4 * width))
+        if narrow:
+            eps = torch.finfo(self.dtype).eps
+            rounded = query.to(self.dtype)
+            bar_raw = bar * (phi.shape[1] * math.sqrt(phi.shape[2]))  # similarity = <flattened keys> / (k sqrt(d_m))
+            margin = (eps + width * 2.0**-23) * query.norm(dim=1)  # (B,) times |k| below
         inputs, rows = [], []
         for start, block, n in self._blocks():
             keys = block["phi"]
+            norms = self._key_norms(block, n) if narrow else None
             for s in range(0, n, chunk):
-                part = keys[s : min(s + chunk, n)].to(phi.device, torch.float32)  # (c, k, d_m)
-                b, r = (similarity(phi, part) > bar[:, None]).nonzero(as_tuple=True)  # hard routing, (B, c)
+                e = min(s + chunk, n)
+                part, where = keys[s:e], None
+                if narrow:
+                    screen = (part.flatten(1) @ rounded.T.to(part.device)).to(query.device, torch.float32)  # (c, B)
+                    slack = eps * screen.abs() + norms[s:e, None].to(query.device) * margin[None]
+                    where = ((screen + slack) > bar_raw[None]).any(dim=1).nonzero().flatten()  # rows that may pass
+                    if len(where) == 0:
+                        continue
+                    part = part[where.to(part.device)]
+                b, r = (similarity(phi, part.to(phi.device, torch.float32)) > bar[:, None]).nonzero(as_tuple=True)
                 inputs.append(b)
-                rows.append(r + start + s)
+                rows.append((r if where is None else where[r]) + start + s)
+        if not rows:
+            return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
         return self._live(torch.cat(inputs), torch.cat(rows))
+
+    def _key_norms(self, block: dict[str, Tensor], n: int) -> Tensor:
+        """``|phi_m|`` (fp32) of a block's first ``n`` rows: kept up to date in the tail, computed once per segment."""
+        norms = block.get("norm")
+        if norms is None:
+            norms = _norms_of(block["phi"][:n])
+            block["norm"] = norms  # a loaded segment never changes; the tail's column is filled on every add
+        return norms
 
     def _kept_from_candidates(self, phi: Tensor, bar: Tensor) -> tuple[Tensor, Tensor]:
         """The prefilter's candidates, re-checked with the exact hard filter (same function as the scan)."""
@@ -494,7 +528,7 @@ class ExpertLibrary:
                 self._frozen.append({name: segment[name] for name in (*FACTORS, "key")})
                 self._frozen_rows += n
             else:
-                factors = {name: segment[name] for name in (*FACTORS, "key")}
+                factors = {**{name: segment[name] for name in (*FACTORS, "key")}, "norm": _norms_of(segment["phi"])}
                 self._tail = {name: t.new_empty((0, *t.shape[1:])) for name, t in factors.items()}
                 self._reserve(n)
                 for name, t in factors.items():
@@ -578,6 +612,13 @@ class ExpertLibrary:
         self._replace(segments, contents.removed, contents.next_id, frozen=True)
         if contents.layout is not None:
             self.dtype = contents.layout.dtype
+
+
+def _norms_of(phi: Tensor) -> Tensor:
+    """``|phi_m|`` in fp32 for ``phi (n, k, d_m)``, widened 65,536 rows at a time."""
+    if len(phi) == 0:
+        return torch.empty(0, dtype=torch.float32, device=phi.device)
+    return torch.cat([phi[s : s + 65536].flatten(1).float().norm(dim=1) for s in range(0, len(phi), 65536)])
 
 
 def _grown(old: Tensor, capacity: int, used: int) -> Tensor:

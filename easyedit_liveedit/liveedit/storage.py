@@ -68,8 +68,8 @@ _DTYPE_NAMES = {
     "float64": torch.float64,
 }
 
-# journal record: magic, kind, payload length, CRC-32 of the payload; then the payload
-_RECORD = struct.Struct("<4sBII")
+# journal record: magic, kind, payload length, CRC-32 of the payload, CRC-32 of those four; then the payload
+_RECORD = struct.Struct("<4sBIII")
 _MAGIC = b"LEJ1"
 _ADD, _REMOVE = 1, 2
 
@@ -233,10 +233,28 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     checksum = manifest.pop("checksum", None)
     if checksum != _manifest_checksum(manifest):
         raise LibraryFileError(f"{path}: checksum mismatch (the manifest was altered)")
-    for key, kind in (("identity", dict), ("shards", list), ("removed", list), ("next_id", int), ("next_file", int)):
-        if not isinstance(manifest.get(key), kind):
-            raise LibraryFileError(f"{path}: field {key!r} missing or not a {kind.__name__}")
+    _check_fields(manifest, {"identity": dict, "shards": list, "removed": list, "next_id": int, "next_file": int,
+                             "journal": str}, path)  # fmt: skip
+    for entry in manifest["shards"]:
+        if not isinstance(entry, dict):
+            raise LibraryFileError(f"{path}: a shard entry is not an object")
+        _check_fields(entry, {"file": str, "experts": int, "first_id": int, "last_id": int, "bytes": int,
+                              "sha256": str}, path, "shard entry ")  # fmt: skip
+    if not all(_is_count(i) for i in manifest["removed"]):
+        raise LibraryFileError(f"{path}: field 'removed' must list expert ids (integers >= 0)")
     return manifest
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_fields(body: dict[str, Any], kinds: dict[str, type], path: Path, what: str = "") -> None:
+    for key, kind in kinds.items():
+        value = body.get(key)
+        if not isinstance(value, kind) or (kind is int and not _is_count(value)):
+            raise LibraryFileError(f"{path}: {what}field {key!r} missing or not a {kind.__name__}"
+                                   + (" >= 0" if kind is int else ""))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- what a folder holds
@@ -290,10 +308,8 @@ def _read_shards(folder: Path, manifest: dict[str, Any], layout: Shapes | None, 
     segments = []
     previous = -1
     for entry in manifest["shards"]:
-        if not isinstance(entry, dict) or not {"file", "experts", "bytes", "sha256", "first_id"} <= set(entry):
-            raise LibraryFileError(f"{folder / MANIFEST}: a shard entry lacks file/experts/bytes/sha256/first_id")
-        path = folder / str(entry["file"])
-        if Path(entry["file"]).name != entry["file"]:
+        path = folder / entry["file"]
+        if Path(entry["file"]).name != entry["file"] or not entry["file"].startswith("shard-"):
             raise LibraryFileError(f"{folder / MANIFEST}: shard name {entry['file']!r} is not a plain file name")
         if not path.is_file():
             raise LibraryFileError(f"{path}: shard listed in the manifest is missing")
@@ -331,12 +347,15 @@ def _check_segment(tensors: dict[str, Tensor], layout: Shapes | None, count: int
 def _layout_from(manifest: dict[str, Any], where: Path) -> Shapes | None:
     if manifest.get("layout") is None:
         return None
-    try:
-        layout = manifest["layout"]
-        shapes = {name: tuple(int(s) for s in layout["shapes"][name]) for name in FACTORS}
-        return Shapes(parse_dtype(layout["dtype"], str(where)), shapes)
-    except (KeyError, TypeError, ValueError) as error:
-        raise LibraryFileError(f"{where}: field 'layout' is malformed ({error})") from None
+    layout = manifest["layout"]
+    shapes = layout.get("shapes") if isinstance(layout, dict) else None
+    if not (isinstance(shapes, dict) and isinstance(layout.get("dtype"), str) and layout["dtype"] in _DTYPE_NAMES):
+        raise LibraryFileError(f"{where}: field 'layout' is malformed (dtype and shapes expected)")
+    for name in FACTORS:
+        shape = shapes.get(name)
+        if not (isinstance(shape, list) and 0 < len(shape) <= 4 and all(_is_count(s) and s > 0 for s in shape)):
+            raise LibraryFileError(f"{where}: field 'layout' gives {name} no valid shape")
+    return Shapes(parse_dtype(layout["dtype"]), {name: tuple(shapes[name]) for name in FACTORS})
 
 
 # ----------------------------------------------------------------------------------------- the journal
@@ -347,32 +366,35 @@ def _add_payload(ids: Tensor, keys: Tensor, columns: dict[str, Tensor], row: int
 
 
 def _record(kind: int, payload: bytes) -> bytes:
-    return _RECORD.pack(_MAGIC, kind, len(payload), zlib.crc32(payload)) + payload
+    header = struct.pack("<4sBII", _MAGIC, kind, len(payload), zlib.crc32(payload))
+    return header + struct.pack("<I", zlib.crc32(header)) + payload
 
 
 def _replay(path: Path, layout: Shapes | None) -> tuple[list[tuple[int, bytes]], int]:
     """Parse the journal: its ``(kind, payload)`` records and the byte length of the valid part.
 
     A record cut short at the end of the file (or a zero-filled tail) is an append that never returned, so it was
-    never committed: it is left out and its length reported. A record that is whole but fails its checksum, or any
-    damage followed by more records, is refused: it may be a committed edit.
+    never committed: it is left out and the valid length reported. Any other damage is refused, naming the byte: a
+    header that fails its own CRC-32 (so a changed length cannot pass for a cut), a payload that fails its CRC-32.
     """
-    data = path.read_bytes() if path.exists() else b""
+    if not path.is_file():
+        raise LibraryFileError(f"{path}: the journal the manifest lists is missing")
+    data = memoryview(path.read_bytes())
     records, pos = [], 0
     while pos < len(data):
         rest = data[pos:]
         if not any(rest):
             break  # a zero-filled tail (the file grew, its bytes never reached the disk): never committed
         if len(rest) < _RECORD.size:
-            if rest[:4] != _MAGIC[: len(rest[:4])]:
+            if bytes(rest[:4]) != _MAGIC[: len(rest[:4])]:
                 raise LibraryFileError(f"{path}: damaged record at byte {pos}")
             break  # a torn header at the end: never committed
-        magic, kind, length, crc = _RECORD.unpack_from(rest)
-        if magic != _MAGIC or kind not in (_ADD, _REMOVE):
-            raise LibraryFileError(f"{path}: damaged record at byte {pos} (bad magic or kind)")
+        magic, kind, length, crc, header_crc = _RECORD.unpack_from(rest)
+        if magic != _MAGIC or zlib.crc32(rest[: _RECORD.size - 4]) != header_crc or kind not in (_ADD, _REMOVE):
+            raise LibraryFileError(f"{path}: damaged record header at byte {pos}")
         if len(rest) < _RECORD.size + length:
             break  # a torn payload at the end: never committed
-        payload = rest[_RECORD.size : _RECORD.size + length]
+        payload = bytes(rest[_RECORD.size : _RECORD.size + length])
         if zlib.crc32(payload) != crc:
             raise LibraryFileError(f"{path}: record at byte {pos} fails its CRC-32 (the journal was altered)")
         expected = 8 if kind == _REMOVE else 8 + KEY_BYTES + (layout.row_bytes() if layout else -1)
@@ -488,12 +510,13 @@ class LibraryStore:
             raise BlockingIOError(f"{folder}: the library is open for writing in another process") from None
         try:
             if not (folder / MANIFEST).exists():
+                _create_empty(folder / "journal-000000.bin")  # before the manifest that lists it
                 body = {"format": FORMAT, "version": VERSION, "identity": dict(identity), "layout": None, "shards": [],
                         "removed": [], "next_id": 0, "next_file": 1, "journal": "journal-000000.bin"}  # fmt: skip
                 _write_manifest(folder, body)
             contents, valid = read_library(folder, identity, verify)
             body = _read_manifest(folder)
-            _remove_unlisted(folder, body)
+            _remove_unlisted(folder, body, leftovers=True)
             journal = folder / body["journal"]
             if journal.exists() and journal.stat().st_size != valid:
                 logger.warning("%s: dropping an incomplete record at byte %d (an append that never returned)",
@@ -578,6 +601,8 @@ class LibraryStore:
     def _commit(self, body: dict[str, Any]) -> None:
         """Replace the manifest (the commit point), then delete what it no longer lists and reopen its journal."""
         self._writable()
+        if body["journal"] != self._body["journal"]:
+            _create_empty(self.folder / body["journal"])  # a journal exists before a manifest lists it
         _write_manifest(self.folder, body)
         old_journal, self._body = self._body["journal"], body
         self._journal.close()
@@ -597,11 +622,19 @@ class LibraryStore:
         return self._journal
 
 
-def _remove_unlisted(folder: Path, body: dict[str, Any]) -> None:
-    """Delete shards, journals and temporary files the manifest does not list (left by a crash mid-commit)."""
+def _create_empty(path: Path) -> None:
+    with open(path, "wb") as f:
+        os.fsync(f.fileno())
+    _fsync_dir(path.parent)
+
+
+def _remove_unlisted(folder: Path, body: dict[str, Any], leftovers: bool = False) -> None:
+    """Delete shards, journals and temporary files the manifest does not list: replaced by a commit, or (``leftovers``,
+    when a folder is opened) left by a crash mid-commit, which is logged."""
     listed = {entry["file"] for entry in body["shards"]} | {body["journal"]}
     for path in folder.iterdir():
         ours = path.name.startswith(("shard-", "journal-")) or path.name.endswith(".tmp")
         if ours and path.name not in listed:
-            logger.info("%s: removing %s, which the manifest does not list", folder, path.name)
+            log = logger.warning if leftovers else logger.debug
+            log("%s: removing %s, which the manifest does not list", folder, path.name)
             path.unlink()
