@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from typing import Any
 
 import torch
@@ -109,6 +110,9 @@ class FaissPrefilter:
         found = []
         vectors = _numpy32(queries)
         for b, threshold in enumerate(thresholds.tolist()):
+            if not math.isfinite(threshold):  # an input that may keep nothing (no image), or a broken key
+                found.append(torch.empty(0, dtype=torch.long))
+                continue
             radius = threshold - self.margin * abs(threshold)
             _, _, labels = self._index.range_search(vectors[b : b + 1], radius)  # (lims, distances, ids)
             found.append(torch.from_numpy(labels.astype("int64")))

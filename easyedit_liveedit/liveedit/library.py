@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .networks import Experts, InputKeys, apply_experts, fp32
-from .routing import paired_similarity, similarity, soft_weights
+from .routing import hard_filter, paired_similarity, similarity, soft_weights
 from .storage import FACTORS, KEY_BYTES, Contents, LibraryStore, key_digest, read_library
 
 logger = logging.getLogger(__name__)
@@ -363,12 +363,12 @@ class ExpertLibrary:
         device = self._ids.device
         with fp32(device):  # keys are stored narrower; routing math is always fp32
             phi, psi, sentinel = (t.to(device, torch.float32) for t in (keys.phi, keys.psi, keys.sentinel))
+            has_image = keys.has_image.to(device)
             bar = paired_similarity(phi, sentinel)  # (B,) the sentinel's similarity: the bar to clear
-            bar = bar.masked_fill(~keys.has_image.to(device), math.inf)  # text-only inputs keep nothing
             if self._prefilter is not None and self._size >= self.prefilter_min and self._prefilter.ready():
-                inputs, rows = self._kept_from_candidates(phi, bar)
+                inputs, rows = self._kept_from_candidates(phi, bar, has_image)
             else:
-                inputs, rows = self._kept_by_scan(phi, bar)
+                inputs, rows = self._kept_by_scan(phi, bar, has_image)
             slots, column = torch.unique(rows, sorted=True, return_inverse=True)  # (M,) rows any input kept
             keep = torch.zeros(B, len(slots), dtype=torch.bool, device=device)
             keep[inputs, column] = True  # (B, M)
@@ -377,7 +377,7 @@ class ExpertLibrary:
             weights = soft_weights(similarity(psi, lib_psi), keep)  # (B, M)
         return Routing(slots, self._ids[slots], keep, weights, self._version)
 
-    def _kept_by_scan(self, phi: Tensor, bar: Tensor) -> tuple[Tensor, Tensor]:
+    def _kept_by_scan(self, phi: Tensor, bar: Tensor, has_image: Tensor) -> tuple[Tensor, Tensor]:
         """Exact hard filter over every row: ``(input index, row)`` of each expert an input keeps.
 
         Keys stored in fp32 are scored directly, ``chunk_bytes`` at a time (the copy stays in cache). Keys stored
@@ -395,7 +395,7 @@ class ExpertLibrary:
         if narrow:
             eps = torch.finfo(self.dtype).eps
             rounded = query.to(self.dtype)
-            bar_raw = bar * (phi.shape[1] * math.sqrt(phi.shape[2]))  # similarity = <flattened keys> / (k sqrt(d_m))
+            bar_raw = bar.masked_fill(~has_image, math.inf) * (phi.shape[1] * math.sqrt(phi.shape[2]))  # raw units
             margin = (eps + width * 2.0**-23) * query.norm(dim=1)  # (B,) times |k| below
         inputs, rows = [], []
         for start, block, n in self._blocks():
@@ -411,7 +411,8 @@ class ExpertLibrary:
                     if len(where) == 0:
                         continue
                     part = part[where.to(part.device)]
-                b, r = (similarity(phi, part.to(phi.device, torch.float32)) > bar[:, None]).nonzero(as_tuple=True)
+                keep = hard_filter(similarity(phi, part.to(phi.device, torch.float32)), bar, has_image)  # (B, c)
+                b, r = keep.nonzero(as_tuple=True)
                 inputs.append(b)
                 rows.append((r if where is None else where[r]) + start + s)
         if not rows:
@@ -426,10 +427,11 @@ class ExpertLibrary:
             block["norm"] = norms  # a loaded segment never changes; the tail's column is filled on every add
         return norms
 
-    def _kept_from_candidates(self, phi: Tensor, bar: Tensor) -> tuple[Tensor, Tensor]:
+    def _kept_from_candidates(self, phi: Tensor, bar: Tensor, has_image: Tensor) -> tuple[Tensor, Tensor]:
         """The prefilter's candidates, re-checked with the exact hard filter (same function as the scan)."""
         scale = phi.shape[1] * math.sqrt(phi.shape[2])  # similarity = <flattened keys> / scale
-        proposed = self._prefilter.candidates(phi.flatten(1).cpu(), (bar * scale).cpu())
+        thresholds = bar.masked_fill(~has_image, math.inf) * scale  # text-only inputs keep nothing
+        proposed = self._prefilter.candidates(phi.flatten(1).cpu(), thresholds.cpu())
         inputs, rows = [], []
         all_ids = self._ids[: self.rows]
         for b, ids in enumerate(proposed):
@@ -439,7 +441,7 @@ class ExpertLibrary:
             if len(row) == 0:
                 continue
             part = self._gather("phi", row).to(phi.device, torch.float32)
-            kept = (similarity(phi[b : b + 1], part) > bar[b : b + 1, None])[0]
+            kept = hard_filter(similarity(phi[b : b + 1], part), bar[b : b + 1], has_image[b : b + 1])[0]
             rows.append(row[kept.to(row.device)])
             inputs.append(torch.full((int(kept.sum()),), b, dtype=torch.long))
         if not rows:
@@ -582,7 +584,8 @@ class ExpertLibrary:
 
         Replaces the current contents with the folder's. One process at a time may hold a folder.
         """
-        self.close()
+        if self._store is not None and os.path.realpath(self._store.folder) == os.path.realpath(path):
+            self.close()  # reopening its own folder: release the lock first
         store, contents = LibraryStore.open(path, identity, shard_size=shard_size, verify=verify)
         try:
             if contents.layout is not None and self.dtype is not None and contents.layout.dtype != self.dtype:
@@ -591,6 +594,7 @@ class ExpertLibrary:
         except BaseException:
             store.close()
             raise
+        self.close()  # only now: a folder that cannot be opened leaves the library as it was
         self._store = store
         logger.info("opened %s: %d experts", path, self._size)
 
