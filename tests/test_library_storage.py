@@ -370,3 +370,27 @@ def _rss_bytes() -> int:
     """Current resident set size (Linux /proc), not the peak that ``resource`` reports."""
     with open(f"/proc/{os.getpid()}/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def test_a_loaded_library_moves_into_memory_and_casts_like_a_built_one(tmp_path):
+    """Guards ``to``: loaded (memory-mapped) segments and the tail merge into memory, cast to the new dtype, and route
+    exactly as a library built in that dtype; an open library refuses to change its stored dtype."""
+    made = experts(30)
+    lib = ExpertLibrary()
+    lib.add(made)
+    lib.save(tmp_path / "lib", IDENTITY, shard_size=8)
+    loaded = ExpertLibrary()
+    loaded.load(tmp_path / "lib", identity=IDENTITY)
+    loaded.add(experts(5, seed=4))
+    loaded.to(dtype=torch.bfloat16)
+    built = ExpertLibrary(dtype=torch.bfloat16)
+    built.add(made)
+    built.add(experts(5, seed=4))
+    assert loaded._frozen == [] and same_state(loaded, built)
+    assert loaded.route(input_keys(3)).report() == built.route(input_keys(3)).report()
+    held = ExpertLibrary()
+    held.open(tmp_path / "held", IDENTITY)
+    held.add(made)
+    with pytest.raises(ValueError, match="open on"):
+        held.to(dtype=torch.float16)
+    held.close()

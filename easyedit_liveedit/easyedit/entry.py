@@ -83,7 +83,8 @@ def apply_liveedit_to_multimodal_model(
         model: EasyEdit's backbone (or a ``LiveEdit`` returned by an earlier call).
         tok: the backbone's tokenizer.
         requests: one EasyEdit multimodal request (``prompt``, ``target``, ``image`` tensor) or a list.
-        hparams: ``LiveEditMultimodalHparams``.
+        hparams: ``LiveEditMultimodalHparams``. With ``library_path`` the library is that folder: each request is
+            committed to it under a fingerprint of its prompt, target and image, and one already there is skipped.
         copy, return_orig_weights: accepted for EasyEdit's signature; LiveEdit never changes a weight of
             ``model``, so there is nothing to copy or restore.
         keep_original_weight: True makes every call edit the unedited model (the library is emptied
