@@ -185,6 +185,20 @@ def test_a_torn_journal_tail_is_dropped_but_a_damaged_record_is_refused(tmp_path
         ExpertLibrary().open(tmp_path / "lib", IDENTITY)
 
 
+def test_a_creation_killed_before_its_manifest_can_be_opened_again(tmp_path):
+    """Guards creation: a folder left with only the lock and the first empty journal (killed before the manifest was
+    written) is still a library to ``open``, while a folder of someone else's files is refused."""
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    (folder / "lock").touch()
+    (folder / "journal-000000.bin").touch()
+    lib = ExpertLibrary()
+    lib.open(folder, IDENTITY)
+    lib.add(experts(1))
+    lib.close()
+    assert (folder / MANIFEST).exists()
+
+
 def test_one_writer_at_a_time(tmp_path):
     first = ExpertLibrary()
     first.open(tmp_path / "lib", IDENTITY)

@@ -545,6 +545,8 @@ class ExpertLibrary:
         """Write the live experts as a library folder (``storage.py``), with the identity of the editor that made
         them (``LiveEditModel.identity``), which ``load`` checks. An existing library folder at ``path`` must have
         the same identity; it is replaced."""
+        if self._store is not None and os.path.realpath(self._store.folder) == os.path.realpath(path):
+            raise ValueError(f"{path}: the library is open on this folder, so every change is already committed there")
         store, _ = LibraryStore.open(path, dict(identity or {}), shard_size=shard_size, verify=False)
         try:
             state = self.state_dict()

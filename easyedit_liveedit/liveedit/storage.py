@@ -499,8 +499,10 @@ class LibraryStore:
         if shard_size < 1:
             raise ValueError(f"LibraryStore: shard_size must be >= 1, got {shard_size}")
         folder = Path(path)
-        if folder.is_dir() and not (folder / MANIFEST).exists() and any(folder.iterdir()):
-            raise LibraryFileError(f"{folder}: exists, is not empty and is not an expert library")
+        if folder.is_dir() and not (folder / MANIFEST).exists():
+            ours = (LOCK, "journal-000000.bin", MANIFEST + ".tmp")  # a creation that stopped before its manifest
+            if any(p.name not in ours for p in folder.iterdir()):
+                raise LibraryFileError(f"{folder}: exists, is not empty and is not an expert library")
         folder.mkdir(parents=True, exist_ok=True)
         lock = open(folder / LOCK, "ab")  # noqa: SIM115 (held for the store's lifetime)
         try:
