@@ -22,6 +22,7 @@ import yaml
 from easyeditor.util.hparams import HyperParams
 
 from ..liveedit import LiveEditConfig
+from .placement import check_precision
 
 ALG_NAME = "LiveEdit"
 SUPPORTED_MODELS = ("blip2", "minigpt4", "llava")
@@ -214,6 +215,8 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     # ours: "editor" renders training questions as MultimodalEditor renders edits (questions.py); "dataset" keeps
     # the dataset's own rendering (VQADataset's template), as EasyEdit's trainers do
     questions: str = "editor"
+    # autocast of meta-training steps: fp32 (none), bf16 or fp16; LiveEdit's weights stay fp32 (easyedit/placement.py)
+    precision: str = "fp32"
 
     # EasyEdit's training loop (BaseTrainer / MultimodalTrainer) reads these.
     batch_size: int = 8
@@ -249,6 +252,7 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
                 f"{self.source or '<in code>'}: key 'questions' is {self.questions!r}; "
                 f"expected one of {', '.join(QUESTION_RENDERINGS)}"
             )
+        check_precision(self.precision, self.source or "<in code>")
         if self.train_base:
             raise ValueError(
                 f"{self.source or '<in code>'}: key 'train_base' must be false: LiveEdit keeps the backbone frozen"
