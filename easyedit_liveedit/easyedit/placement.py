@@ -104,6 +104,10 @@ def needs_loss_scaling(precision: str, decoder: nn.Module) -> bool:
     return check_precision(precision) == "fp16" or computes_in_fp16(decoder)
 
 
-def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
-    """``torch.amp.GradScaler`` for ``device``'s type (CUDA and CPU both support it); a no-op when not ``enabled``."""
-    return torch.amp.GradScaler(device.type, enabled=enabled)
+def grad_scaler(device: torch.device, enabled: bool, init_scale: float = 2.0**16) -> torch.amp.GradScaler:
+    """``torch.amp.GradScaler`` for ``device``'s type (CUDA and CPU both support it); a no-op when not ``enabled``.
+
+    It starts at ``init_scale`` (torch's default) and halves after every step whose scaled gradients overflow, which
+    the trainer skips and counts, so the first steps of an fp16 run are usually skipped while the scale settles.
+    """
+    return torch.amp.GradScaler(device.type, init_scale=init_scale, enabled=enabled)
