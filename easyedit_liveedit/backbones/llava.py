@@ -213,7 +213,7 @@ def load_llava(
     import transformers
 
     llava = transformers.LlavaForConditionalGeneration.from_pretrained(
-        str(folder), torch_dtype=torch_dtype, device_map=device_map
+        str(folder), dtype=torch_dtype, device_map=device_map
     )
     tok = getattr(transformers, tokenizer_class).from_pretrained(str(tokenizer_name or folder))
     if tok.pad_token is None:  # as EasyEdit's datasets and editor do

@@ -55,6 +55,8 @@ class _LiveEditHparamsBase(HyperParams):
     tokenizer_class: str
     tokenizer_name: str
     device: int | str = 0
+    # LLaVA: shard the backbone over the visible devices (device_map="auto"); LiveEdit's networks follow layer l_e
+    model_parallel: bool = False
 
     # LiveEdit: the paper's defaults for 7B-class backbones (LiveEditConfig says why).
     edit_layer: int = 21  # decoder layer l_e whose output receives the experts (0-based)
@@ -236,7 +238,6 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     inner_params: list[str] = field(default_factory=list)
     dropout: float | None = None
     no_grad_layers: int | None = None
-    model_parallel: bool = False
     eval_only: bool = False
     final_eval: bool = True
     half: bool = False
