@@ -24,14 +24,13 @@ from typing import Any
 import torch
 import yaml
 
-from .. import toyworld
 from ..diagnostics.liveedit_run import run_liveedit
 from ..diagnostics.mend_run import run_mend
 from ..diagnostics.report import RunReport, format_table, plot_norm_history, write_json
 from ..easyedit import LiveEditMultimodalHparams, compat
 from ..easyedit.checkpoints import load_glue
 from ..easyedit.placement import hparams_device, input_device, to_device
-from .archives import archive_path, train_archive
+from .archives import archive_path, toy_world_of, train_archive
 
 LOG = logging.getLogger(__name__)
 
@@ -109,17 +108,6 @@ def cpu_safe_device(hparams: Any) -> Any:
     if isinstance(hparams.device, int) and not torch.cuda.is_available():
         hparams.device = f"cuda:{hparams.device}"
     return hparams
-
-
-def toy_world_of(hparams: Any) -> Any | None:
-    """The toy world a YAML's ``name`` points at (``<cache>/toyworld/<config>/opt``), with the hparams'
-    paths re-pointed at it (so ``EASYEDIT_LIVEEDIT_CACHE`` is honoured); None for any other backbone."""
-    folder = Path(str(hparams.name)).parent
-    if folder.name not in toyworld.CONFIGS or folder.parent.name != "toyworld":
-        return None
-    world = toyworld.load(folder.name, progress=False)
-    world.apply_paths(hparams)
-    return world
 
 
 @contextlib.contextmanager

@@ -139,6 +139,22 @@ def broadcast(value: Any, job: Distributed) -> Any:
     return box[0]
 
 
+def check_in_sync(module: nn.Module, job: Distributed) -> None:
+    """Raise ``RuntimeError`` if ``module``'s parameters differ between ranks (data parallelism gone wrong).
+
+    DDP keeps replicas bit-identical (the same averaged gradients, the same optimizer), so a float64 checksum per
+    parameter tensor is compared exactly.
+    """
+    if not job.enabled:
+        return
+    local = [float(p.detach().double().sum()) for p in module.parameters()]
+    every = [None] * job.world_size
+    dist.all_gather_object(every, local)
+    differing = [rank for rank, sums in enumerate(every) if sums != every[0]]
+    if differing:
+        raise RuntimeError(f"LiveEdit's networks differ between rank 0 and rank(s) {differing} after training")
+
+
 def barrier(job: Distributed) -> None:
     """Wait for every rank (no-op for a single process)."""
     if job.enabled:

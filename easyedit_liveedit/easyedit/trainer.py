@@ -186,7 +186,7 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
             super().run()  # the training loop, every rank in step
         finally:
             self.config.final_eval = final_eval
-        distributed.barrier(self.job)
+        distributed.check_in_sync(self.model.net, self.job)
         if final_eval and self.job.is_main:
             # EasyEdit's run() with no step left is its final evaluation alone (best checkpoint, validate, results)
             max_iters, self.config.max_iters, self._synchronised = self.config.max_iters, 0, False
