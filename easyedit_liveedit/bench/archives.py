@@ -187,15 +187,19 @@ def provenance_changes(stored: dict[str, Any], fresh: dict[str, Any]) -> str | N
 
 
 def toy_world_of(hparams: Any, config: str | None = None) -> Any | None:
-    """The toy world a YAML's ``name`` points at (``<cache>/toyworld/<config>/opt``), or the one named ``config``,
-    with the hparams' paths re-pointed at it (so ``EASYEDIT_LIVEEDIT_CACHE`` is honoured); None for any other
-    backbone."""
+    """The toy world a YAML's ``name`` points at (``<cache>/toyworld/<config>/opt``, or the ``opt`` folder of any
+    built world), or the one named ``config``, with the hparams' paths re-pointed at it (so
+    ``EASYEDIT_LIVEEDIT_CACHE`` is honoured); None for any other backbone."""
+    folder = Path(str(hparams.name)).parent
+    cache = None  # the toy world cache (EASYEDIT_LIVEEDIT_CACHE or the project's .cache/toyworld)
     if config is None:
-        folder = Path(str(hparams.name)).parent
-        if folder.name not in toyworld.CONFIGS or folder.parent.name != "toyworld":
+        if folder.name in toyworld.CONFIGS and folder.parent.name == "toyworld":
+            config = folder.name
+        elif folder.name in toyworld.CONFIGS and toyworld.Layout(folder).manifest.is_file():
+            config, cache = folder.name, folder.parent  # a world built in a cache of another name
+        else:
             return None
-        config = folder.name
-    world = toyworld.load(config, progress=False)
+    world = toyworld.load(config, cache=cache, progress=False)
     world.apply_paths(hparams)
     return world
 

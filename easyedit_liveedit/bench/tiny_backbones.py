@@ -166,3 +166,23 @@ def build_minigpt4(root: str | Path, layout: Layout, qformer_checkpoint: str | P
             state_dict_file=str(layout.vision_weights), qformer_name_or_path=str(layout.qformer),
         )  # fmt: skip
     return model.float().eval()  # MiniGPT4 loads LLaMA in fp16; the CPU runs fp32
+
+
+# ------------------------------------------------------------------------------------------------- batches
+def mmedit_batch(hparams: Any, tok: Any, batch_size: int, image_size: int, seed: int = 0) -> dict[str, Any]:
+    """An MMEdit training batch (``edit_inner``, ``edit_outer``, ``edit_outer_image``, ``loc``, ``loc_image``) of
+    random images and fixed questions, each sub-batch made by EasyEdit's ``prepare_multimodal_edit`` for
+    ``hparams.model_name``: what a meta-training step reads, without a data set."""
+    prepare = importlib.import_module("easyeditor.evaluate").prepare_multimodal_edit
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch_size, 3, image_size, image_size, generator=g)
+    others = torch.rand(batch_size, 3, image_size, image_size, generator=g)
+    questions = [f"what digit is shown here? {i}" for i in range(batch_size)]
+    answers = ["seven"] * batch_size  # EasyEdit tokenises a batch's answers into one tensor: equal lengths
+    return {
+        "edit_inner": prepare(hparams, tok, answers, questions, images),
+        "edit_outer": prepare(hparams, tok, answers, [f"which digit is this? {i}" for i in range(batch_size)], images),
+        "edit_outer_image": prepare(hparams, tok, answers, questions, images + 0.05 * others),
+        "loc": prepare(hparams, tok, ["seven"] * batch_size, ["what is two plus five?"] * batch_size, None),
+        "loc_image": prepare(hparams, tok, ["yes"] * batch_size, ["is the digit even?"] * batch_size, others),
+    }
