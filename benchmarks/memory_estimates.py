@@ -58,18 +58,25 @@ class Backbone:
     ffn: int  # MLP width
     vocab: int
     gated_mlp: bool  # LLaMA's SwiGLU (3 matrices) vs OPT's (2)
+    tied_embeddings: bool  # OPT's LM head is its token embedding; LLaMA's is not
     vision_params: float  # vision tower + connector (Q-Former / projector), parameters
     image_tokens: int  # tokens the image adds to the language model's input
     extra_tokens: int  # template tokens around the image (MiniGPT-4's "###Human: <Img>...", LLaVA's "USER: ")
     sentinel_tokens: int  # num_sentinel_tokens in hparams/LiveEdit/<model>.yaml
     heads: int  # attention heads of the language model
     eager_attention: bool  # EasyEdit's own OPT/LLaMA copies (attention probabilities saved); transformers' LLaVA: SDPA
+    vision_fp32: bool  # EasyEdit builds the EVA ViT with vit_precision="fp32" (and the Q-Former in fp32)
+
+    @property
+    def weight_bytes(self) -> float:
+        """The backbone's weights as loaded: language model fp16 (EasyEdit; the plugin's LLaVA on CUDA), vision."""
+        return 2 * self.lm_params + (4 if self.vision_fp32 else 2) * self.vision_params
 
     @property
     def lm_params(self) -> float:
         d = self.hidden
         per_layer = 4 * d * d + (3 if self.gated_mlp else 2) * d * self.ffn
-        return self.layers * per_layer + 2 * self.vocab * d  # embeddings + untied LM head
+        return self.layers * per_layer + (1 if self.tied_embeddings else 2) * self.vocab * d  # embeddings, LM head
 
     @property
     def tokens(self) -> int:
@@ -78,25 +85,17 @@ class Backbone:
 
 EVA_VIT_G = 1.0e9  # EVA-CLIP ViT-g/14 as BLIP-2 uses it (39 of 40 blocks): about 1.0B parameters
 QFORMER = 0.107e9  # BERT-base Q-Former with cross-attention every other layer, 32 queries: about 107M
+VICUNA_7B = dict(hidden=4096, layers=32, ffn=11008, vocab=32000, gated_mlp=True, tied_embeddings=False, heads=32)
 BACKBONES = (
-    Backbone("BLIP-2-OPT-2.7B", 2560, 32, 10240, 50272, False, EVA_VIT_G + QFORMER + 768 * 2560, 32, 0, 32, 32, True),
-    Backbone(
-        "MiniGPT-4-7B (Vicuna-7B)",
-        4096,
-        32,
-        11008,
-        32000,
-        True,
-        EVA_VIT_G + QFORMER + 768 * 4096,
-        32,
-        12,
-        32,
-        32,
-        True,
-    ),  # fmt: skip
-    # CLIP ViT-L/14 at 336 px (0.30B) + the 2-layer MLP projector (1024x4096 + 4096x4096)
-    Backbone("LLaVA-1.5-7B (Vicuna-7B v1.5)", 4096, 32, 11008, 32000, True, 0.304e9 + 21e6, 576, 6, 576, 32, False),
-)
+    Backbone(name="BLIP-2-OPT-2.7B", hidden=2560, layers=32, ffn=10240, vocab=50272, gated_mlp=False,
+             tied_embeddings=True, heads=32, vision_params=EVA_VIT_G + QFORMER + 768 * 2560, image_tokens=32,
+             extra_tokens=0, sentinel_tokens=32, eager_attention=True, vision_fp32=True),
+    Backbone(name="MiniGPT-4-7B (Vicuna-7B)", **VICUNA_7B, vision_params=EVA_VIT_G + QFORMER + 768 * 4096,
+             image_tokens=32, extra_tokens=12, sentinel_tokens=32, eager_attention=True, vision_fp32=True),
+    # CLIP ViT-L/14 at 336 px (0.30B) + the 2-layer MLP projector (1024x4096 + 4096x4096); transformers' LLaMA (SDPA)
+    Backbone(name="LLaVA-1.5-7B (Vicuna-7B v1.5)", **VICUNA_7B, vision_params=0.304e9 + 21e6, image_tokens=576,
+             extra_tokens=6, sentinel_tokens=576, eager_attention=False, vision_fp32=False),
+)  # fmt: skip
 
 
 def liveedit_parameters(backbone: Backbone) -> int:
@@ -235,7 +234,7 @@ def estimates(layer_bytes_fp32: float, liveedit_bytes: tuple[float, float]) -> l
         per_expert = bytes_per_expert(b)
         rows.append(dict(
             backbone=b.name, backbone_params=b.lm_params + b.vision_params,
-            backbone_fp16=2 * (b.lm_params + b.vision_params),
+            backbone_bytes=b.weight_bytes,
             tokens=b.tokens, liveedit_params=params, liveedit_training=16 * params, activations=activations + logits,
             liveedit_activations=networks,
             step_flops=step, step_seconds=step / ASSUMED_FLOPS, edit_flops=edit, edit_seconds=edit / ASSUMED_FLOPS,
@@ -254,8 +253,8 @@ def human(n: float, unit: str = "B") -> str:
 def markdown(rows: list[dict]) -> str:
     lines = ["| | " + " | ".join(r["backbone"] for r in rows) + " |", "|---" * (len(rows) + 1) + "|"]
     fields = (
-        ("backbone parameters (fp16 weights)",
-         lambda r: f"{r['backbone_params'] / 1e9:.2f}B ({human(r['backbone_fp16'])})"),
+        ("backbone parameters (weights as loaded: LM fp16, EasyEdit's ViT fp32)",
+         lambda r: f"{r['backbone_params'] / 1e9:.2f}B ({human(r['backbone_bytes'])})"),
         ("tokens per record (image + template + text)", lambda r: str(r["tokens"])),
         ("LiveEdit trainable parameters", lambda r: f"{r['liveedit_params'] / 1e6:.1f}M"),
         ("their weights + grads + Adam (fp32)", lambda r: human(r["liveedit_training"])),

@@ -23,10 +23,11 @@ from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
 
 WORLD_SIZE, STEPS, BATCH, LR = 2, 3, 4, 0.5
 # Tolerance (absolute, per parameter element): DDP's all-reduce sums the same float32 gradients in another order
-# than one backward through the summed loss; measured, they differ by at most 3e-8 at step one. Plain SGD carries
-# that into the parameters as lr * 3e-8 per step. (Adam would not do for this comparison: it divides each element
-# by sqrt(v) + 1e-8, so float noise in gradient entries near zero becomes an update difference of up to ~lr.)
-TOLERANCE = 1e-6
+# than one backward through the summed loss. Measured here (2026-12-01): the first step's gradients differ by at most
+# 3.0e-8 and the parameters after three SGD steps (lr 0.5) by 4.8e-7, while the networks move by 1.8 and a rank
+# stepping on its own shard alone ends 1.1 away. (Adam would not do for this comparison: it divides each element by
+# sqrt(v) + 1e-8, so float noise in gradient entries near zero becomes an update difference of up to ~lr.)
+TOLERANCE = 1e-5
 HPARAMS = dict(batch_size=BATCH, filter_lambda=1.0)
 
 
@@ -82,7 +83,7 @@ def test_two_gloo_ranks_reach_the_single_process_parameters(small_world, inputs)
     reference, gradients = single_process_reference(small_world, batches, initial)
     assert max_difference(torch.load(folder / "grad0.pt", weights_only=True), gradients) < TOLERANCE
     assert max_difference(ranks[0], reference) < TOLERANCE
-    assert max_difference(initial, reference) > 1e4 * TOLERANCE  # the steps moved the networks
+    assert max_difference(initial, reference) > 1e3 * TOLERANCE  # the steps moved the networks
     assert all((folder / f"caught{r}").read_text() == "True" for r in range(WORLD_SIZE))  # drift is detected
 
 
@@ -91,7 +92,7 @@ def test_a_rank_alone_does_not_reach_them(small_world, inputs):
     _, batches, initial = inputs
     alone, _ = single_process_reference(small_world, [[shards[0]] for shards in batches], initial)
     reference, _ = single_process_reference(small_world, batches, initial)
-    assert max_difference(alone, reference) > 1e4 * TOLERANCE
+    assert max_difference(alone, reference) > 1e3 * TOLERANCE
 
 
 def test_torchrun_meta_trains_the_toy_world_with_one_writer(small_world, tmp_path):
