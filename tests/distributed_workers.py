@@ -54,4 +54,5 @@ def ddp_worker(rank: int, folder: str, world_size: int, cache: str, lr: float) -
     except RuntimeError:
         caught = True
     (folder / f"caught{rank}").write_text(str(caught))
+    del step  # before the process group goes (distributed.release says why)
     dist.destroy_process_group()

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = Path(args.work_dir or Path(training.results_dir) / "split")
     patches = world.easyedit_patches if world is not None else None
     path = train_archive("LiveEdit", training, train_json, "VQADataset", work_dir, patches, args.val_size)
+    distributed.shutdown(job)  # the trainer has released its DDP wrapper (distributed.release)
     if job.is_main:
         print(f"LiveEdit archive: {path} ({job.world_size} process(es))")
     if path != archive_path(training):

@@ -155,6 +155,22 @@ def check_in_sync(module: nn.Module, job: Distributed) -> None:
         raise RuntimeError(f"LiveEdit's networks differ between rank 0 and rank(s) {differing} after training")
 
 
+def release(step: nn.Module, job: Distributed) -> nn.Module:
+    """``step`` without its DDP wrapper, dropped while the process group is still alive; returns the bare step.
+
+    DDP's reducer holds the process group; if the reducer is the last owner when Python frees it, gloo's destructor
+    runs holding the GIL and waits for its worker thread, which may be waiting for the GIL: the process hangs at exit
+    (pytorch/pytorch#56297). Dropping DDP first, then ``shutdown``, frees the group without the GIL.
+    """
+    return getattr(step, "module", step) if job.enabled else step
+
+
+def shutdown(job: Distributed) -> None:
+    """Destroy the default process group (after ``release``); no-op for a single process."""
+    if job.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier(job: Distributed) -> None:
     """Wait for every rank (no-op for a single process)."""
     if job.enabled:

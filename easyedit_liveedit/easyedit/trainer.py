@@ -195,6 +195,7 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
             finally:
                 self.config.max_iters, self._synchronised = max_iters, True
         distributed.barrier(self.job)
+        self.meta_step = distributed.release(self.meta_step, self.job)  # training is over: no collective is left
 
 
 def _check_training_config(config: Any, train_size: int) -> None:
