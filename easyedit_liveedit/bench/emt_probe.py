@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from ..easyedit.placement import input_device
+
 LOG = logging.getLogger(__name__)
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -64,7 +66,12 @@ def _logits(output: Any) -> torch.Tensor:
 def _next_tokens(model: Callable, tok: Any, images: torch.Tensor, texts: list[str], prompts_len: list[int]) -> tuple:
     """Argmax next token after each text (right padding: each row's last real position), and finiteness."""
     lengths = [len(tok(t).input_ids) for t in texts]  # tokenised as the backbone's forward does
-    samples = {"image": images, "text_input": texts, "labels": texts, "prompts_len": prompts_len}
+    samples = {
+        "image": images.to(input_device(model)),
+        "text_input": texts,
+        "labels": texts,
+        "prompts_len": prompts_len,
+    }
     logits = _logits(model(samples))  # (B, n_image + T_text, V)
     offset = logits.shape[1] - max(lengths)  # image tokens sit before the text
     rows = torch.arange(len(texts))

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from .. import toyworld
 from ..easyedit import MultimodalEditor, compat
+from ..easyedit.placement import hparams_device
 from ..easyedit.validate import validate_file
 from ..toyworld.evaluate import ImageLoader
 from ..toyworld.layout import CACHE_ENV, PROJECT_ROOT
@@ -102,8 +103,8 @@ class Runner:
         if self.world is not None:
             world = self.world
             loader = ImageLoader(world.layout.images, world.config.image_size)
-            return Backbone(load=lambda h: (world.load_model(), world.tokenizer()), patches=world.easyedit_patches,
-                            load_image=loader)  # fmt: skip
+            return Backbone(load=lambda h: (world.load_model().to(hparams_device(h)), world.tokenizer()),
+                            patches=world.easyedit_patches, load_image=loader)  # fmt: skip
 
         def load(hparams: Any) -> tuple[Any, Any]:
             editor = MultimodalEditor(hparams)

@@ -27,8 +27,10 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from . import compat, scoring, validate
+from . import compat, models, scoring, validate
+from .checkpoints import load_glue
 from .entry import attached_editor
+from .placement import input_device, to_device
 from .registration import MULTIMODAL_KEY
 
 LOG = logging.getLogger(__name__)
@@ -84,8 +86,23 @@ class MultimodalEditor(_WheelEditor):
             hparams, "check_paths"
         ):  # LiveEdit's hparams: name the key of a missing file before EasyEdit builds
             hparams.check_paths()
+        if hparams.model_name in models.PLUGIN_BUILT:  # the wheel cannot build it (LLaVA-1.5): models.py does
+            self._init_plugin_backbone(hparams)
+            return
         with compat.cuda_to_cpu():
             super().__init__(hparams)
+        load_glue(self.model, hparams)  # the checkpoints the wheel skips, or an error naming the key
+
+    def _init_plugin_backbone(self, hparams: Any) -> None:
+        """What the wheel's ``__init__`` sets up, for a backbone the plugin builds (``models.build_llava``)."""
+        self.model_name, self.alg_name, self.hparams = hparams.model_name, hparams.alg_name, hparams
+        self.apply_algo = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT[hparams.alg_name]
+        self.model = models.build_llava(hparams)
+        self.tok = self.model.tokenizer
+        processors = importlib.import_module("easyeditor.dataset.processor.blip_processors")
+        size = self.model.llava.config.vision_config.image_size  # BLIP's processor normalises as CLIP does
+        self.vis_tok = processors.BlipImageEvalProcessor(image_size=size, mean=None, std=None)
+        self.vis_root, self.rephrase_root = hparams.coco_image, hparams.rephrase_image
 
     def edit(
         self,
@@ -143,7 +160,7 @@ class MultimodalEditor(_WheelEditor):
             checkpoint = None if sequential_edit else _Checkpoint(self)
             start = perf_counter()
             edited_model, weights_copy = self.apply_algo(
-                self.model, self.tok, [scoring.on_device(request, scoring.model_device(self.model))], self.hparams,
+                self.model, self.tok, [to_device(request, input_device(self.model))], self.hparams,
                 copy=False, return_orig_weights=True, keep_original_weight=keep_original_weight,
             )  # fmt: skip
             elapsed = perf_counter() - start

@@ -22,6 +22,7 @@ import yaml
 from easyeditor.util.hparams import HyperParams
 
 from ..liveedit import LiveEditConfig
+from .placement import check_precision
 
 ALG_NAME = "LiveEdit"
 SUPPORTED_MODELS = ("blip2", "minigpt4", "llava")
@@ -54,6 +55,8 @@ class _LiveEditHparamsBase(HyperParams):
     tokenizer_class: str
     tokenizer_name: str
     device: int | str = 0
+    # LLaVA: shard the backbone over the visible devices (device_map="auto"); LiveEdit's networks follow layer l_e
+    model_parallel: bool = False
 
     # LiveEdit: the paper's defaults for 7B-class backbones (LiveEditConfig says why).
     edit_layer: int = 21  # decoder layer l_e whose output receives the experts (0-based)
@@ -211,6 +214,8 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     # ours: "editor" renders training questions as MultimodalEditor renders edits (questions.py); "dataset" keeps
     # the dataset's own rendering (VQADataset's template), as EasyEdit's trainers do
     questions: str = "editor"
+    # autocast of meta-training steps: fp32 (none), bf16 or fp16; LiveEdit's weights stay fp32 (easyedit/placement.py)
+    precision: str = "fp32"
 
     # EasyEdit's training loop (BaseTrainer / MultimodalTrainer) reads these.
     batch_size: int = 8
@@ -230,7 +235,6 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     inner_params: list[str] = field(default_factory=list)
     dropout: float | None = None
     no_grad_layers: int | None = None
-    model_parallel: bool = False
     eval_only: bool = False
     final_eval: bool = True
     half: bool = False
@@ -246,6 +250,7 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
                 f"{self.source or '<in code>'}: key 'questions' is {self.questions!r}; "
                 f"expected one of {', '.join(QUESTION_RENDERINGS)}"
             )
+        check_precision(self.precision, self.source or "<in code>")
         if self.train_base:
             raise ValueError(
                 f"{self.source or '<in code>'}: key 'train_base' must be false: LiveEdit keeps the backbone frozen"
