@@ -82,9 +82,7 @@ class MultimodalEditor(_WheelEditor):
     """``easyeditor.MultimodalEditor`` with EasyEdit main's ``edit``/``edit_dataset`` (see module docstring)."""
 
     def __init__(self, hparams: Any) -> None:
-        if hasattr(
-            hparams, "check_paths"
-        ):  # LiveEdit's hparams: name the key of a missing file before EasyEdit builds
+        if hasattr(hparams, "check_paths"):  # LiveEdit's: name a missing file's key before EasyEdit builds anything
             hparams.check_paths()
         if hparams.model_name in models.PLUGIN_BUILT:  # the wheel cannot build it (LLaVA-1.5): models.py does
             self._init_plugin_backbone(hparams)
