@@ -62,7 +62,7 @@ class Runner:
             raise ValueError(f"data.kind={cfg.data.kind!r}: expected one of {sorted(_DATASETS)}")
         self.world = self._world()
         self.rows: list[Row] = []  # the last table, for callers that want the rows rather than the text
-        self._validated: set[Path] = set()  # user data files already checked in this run
+        self._validated: set[tuple[Path, tuple]] = set()  # (user data file, image folders) checked in this run
         torch.set_num_threads(cfg.run.threads)
 
     # ------------------------------------------------------------------------------------------ setup
@@ -86,17 +86,20 @@ class Runner:
         evaluation = self._data_path("eval_json", f"{kind}_eval")
         if train is None or evaluation is None:
             raise ValueError(f"data={self.cfg.data.name}: set data.train_json and data.eval_json for a real backbone")
-        self._validate_user_files(("train_json", train), ("eval_json", evaluation))
         return train, evaluation, self._data_path("classification_json", "classification")
 
-    def _validate_user_files(self, *files: tuple[str, Path]) -> None:
+    def _validate_user_files(self, hparams: Any) -> None:
         """Check the MMEdit files a user gave (the toy world's own are checked when it is built) before anything
-        trains or edits: an error names the file, the record and the field. Each file is checked once per run."""
-        image_root = self.cfg.data.get("image_root") or (self.world.layout.images if self.world is not None else ".")
-        for key, path in files:
-            if self.cfg.data.get(key) is not None and path not in self._validated:
-                validate_file(path, image_root)
-                self._validated.add(path)
+        trains or edits, against the image folders ``hparams`` read them from: an error names the file, the record
+        and the field. Each file is checked once per run and image folder."""
+        roots = (getattr(hparams, "coco_image", "."), getattr(hparams, "rephrase_image", None))
+        for key in ("train_json", "eval_json"):
+            if self.cfg.data.get(key) is None:
+                continue
+            path = project_path(self.cfg.data[key])
+            if (path, roots) not in self._validated:
+                validate_file(path, *roots)
+                self._validated.add((path, roots))
 
     def backbone(self) -> Backbone:
         """How to build a fresh backbone: the toy world's, or EasyEdit's ``MultimodalEditor`` constructor."""
@@ -155,6 +158,7 @@ class Runner:
             hparams.model_parallel = False
         if self.world is not None:
             self.world.apply_paths(hparams)
+        self._validate_user_files(hparams)
         retrain = self.cfg.run.retrain if force_train is None else force_train
         if hparams.alg_name == "IKE":
             return self._ike_run(name, hparams, retrain)

@@ -92,6 +92,9 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
         else:
             self.OptimizerClass = getattr(torch.optim, config.opt)
             self.opt = self.OptimizerClass(self.model.outer_parameters(), lr=config.lr)
+            # the authors' schedule: the learning rate times lr_decay_rate once lr_decay_steps steps were taken
+            milestones = [] if config.lr_decay_steps is None else [config.lr_decay_steps]
+            self.lr_schedule = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones, config.lr_decay_rate)
         self.archive = None
         if config.archive is not None:  # resume, as EasyEdit
             archive, config.archive = _utils.load_archive(str(config.archive))
@@ -149,7 +152,9 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
             grad = torch.nn.utils.clip_grad_norm_(self.model.outer_parameters(), self.config.grad_clip)
             if torch.isfinite(grad):
                 self.scaler.step(self.opt)  # opt.step() when loss scaling is off
+                self.lr_schedule.step()
                 info["grad"] = grad.item()
+                info["lr"] = self.lr_schedule.get_last_lr()[0]
             else:
                 self.skipped_steps += 1
                 LOG.warning("step %d: gradients are not finite; step skipped (%d so far)", self.global_iter,
