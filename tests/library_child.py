@@ -5,8 +5,9 @@ Usage: python tests/library_child.py FOLDER EDITS SHARD_SIZE [CRASH_POINT CALL]
 
 Edit ``i`` is a deterministic expert (seeded by ``i``) committed under the key ``edit-i``; a restarted run skips every
 key the folder already holds, so it never applies an edit twice. After each commit it prints ``committed i``.
-With ``CRASH_POINT`` the process kills itself (SIGKILL) at the ``CALL``-th time it reaches that point of the
-storage code:
+With ``PACE`` in the environment it waits that many seconds after each report, so a kill timed from the reports
+lands inside the run on however fast a machine. With ``CRASH_POINT`` the process kills itself (SIGKILL) at the
+``CALL``-th time it reaches that point of the storage code:
 
 - ``torn-append``: half-way through writing a journal record;
 - ``before-fsync``: a journal record written, not yet fsynced (``add`` has not returned);
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from easyedit_liveedit.liveedit.library import ExpertLibrary  # noqa: E402
 from easyedit_liveedit.liveedit.networks import Experts  # noqa: E402
 
 IDENTITY = {"backbone": "Child", "hidden_size": 12, "rank": 2, "networks": "0123"}
+PACE = float(os.environ.get("PACE", "0"))
 SHAPES = ((3, 8), (3, 8), (2, 12), (2, 12))  # psi, phi (k, d_m); U, V (r, d)
 
 
@@ -129,6 +132,7 @@ def main() -> None:
             continue
         library.add(expert(i), keys=[key])
         print(f"committed {i}", flush=True)
+        time.sleep(PACE)
     library.close()
     print("done", flush=True)
 

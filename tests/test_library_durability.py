@@ -7,6 +7,7 @@ keys the folder holds). Kills land at random moments, and at named points inside
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -24,12 +25,13 @@ EDITS, SHARD = 60, 7  # a seal every 7 experts: kills land inside seals too
 IDENTITY = {"backbone": "Child", "hidden_size": 12, "rank": 2, "networks": "0123"}
 
 
-def start(folder: Path, *crash: str) -> subprocess.Popen:
+def start(folder: Path, *crash: str, pace: float = 0.0) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(CHILD), str(folder), str(EDITS), str(SHARD), *crash],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PACE": str(pace)},
     )
 
 
@@ -70,17 +72,18 @@ def test_random_sigkills_lose_nothing_and_apply_nothing_twice(tmp_path, uninterr
     reported committed, never commits one twice (each edit is reported committed exactly once over all runs), and
     ends with a library equal, tensor for tensor and id for id, to an uninterrupted run's.
 
-    A kill comes after a random number of the edits still to do has been reported, plus a random few milliseconds,
-    so it lands inside the run however fast or loaded the machine is."""
+    A kill comes after a random number of the edits still to do has been reported (leaving at least ten), plus a
+    random delay of up to 5 ms; the child waits 1 ms after each report, so ten edits outlast the delay and the kill
+    lands inside the run however fast the machine is."""
     folder = tmp_path / "lib"
     rng = random.Random(19)
     reported: list[int] = []
     killed_mid_run = 0
     for _ in range(5):
         to_do = EDITS - (len(load(folder).ids()) if (folder / "manifest.json").exists() else 0)
-        proc = start(folder)
+        proc = start(folder, pace=0.001)
         assert proc.stdout.readline().startswith("ready")  # imports done: the run itself starts now
-        seen = [proc.stdout.readline() for _ in range(rng.randrange(max(to_do - 1, 1)))]
+        seen = [proc.stdout.readline() for _ in range(rng.randrange(max(to_do - 10, 1)))]
         time.sleep(rng.uniform(0.0, 0.005))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate(timeout=60)

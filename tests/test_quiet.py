@@ -8,9 +8,12 @@ from transformers.utils import logging as transformers_logging
 from easyedit_liveedit.bench import quiet as quiet_module
 
 
-@pytest.fixture
-def handlers():
-    """A root handler and transformers' own handler, each recording what it would print; removed afterwards."""
+@pytest.fixture(params=[False, True], ids=["transformers-alone", "transformers-propagating"])
+def handlers(request):
+    """A root handler and transformers' own handler, each recording what it would print; removed afterwards.
+
+    transformers' library logger does not propagate unless something (a test, a user) enables it: both are checked.
+    """
 
     class Recording(logging.Handler):
         def __init__(self):
@@ -24,7 +27,9 @@ def handlers():
     logging.getLogger().addHandler(root)
     transformers_logger = transformers_logging.get_logger()
     transformers_logger.addHandler(library)
-    yield root, library
+    propagate, transformers_logger.propagate = transformers_logger.propagate, request.param
+    yield root, library, request.param
+    transformers_logger.propagate = propagate
     logging.getLogger().removeHandler(root)
     transformers_logger.removeHandler(library)
 
@@ -40,15 +45,15 @@ def _emit() -> None:
 
 
 def test_known_noise_is_dropped_and_every_other_message_kept(handlers):
-    root, library = handlers
+    root, library, propagating = handlers
     quiet_module.quiet(verbose=False)
     _emit()
     assert library.messages == ["Some weights were not initialized"]
-    assert root.messages == ["a warning of ours"]
+    assert root.messages == ["Some weights were not initialized"] * propagating + ["a warning of ours"]
 
 
 def test_verbose_shows_everything(handlers):
-    root, library = handlers
+    root, library, propagating = handlers
     quiet_module.quiet(verbose=True)
     _emit()
-    assert len(library.messages) == 2 and len(root.messages) == 3
+    assert len(library.messages) == 2 and len(root.messages) == 3 + 2 * propagating
