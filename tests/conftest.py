@@ -22,6 +22,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             pytest.exit(f"EASYEDIT_TARGET={wanted}, but this session imports the EasyEdit {TARGET}", returncode=4)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped, visibly and with the reason, on a machine without CUDA."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="no CUDA device"))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -18,11 +18,12 @@ PACKAGE = Path(easyedit_liveedit.__file__).parent
 # subpackage -> the subpackages it may import (the top-level __init__ and __main__ are the package's front door)
 ALLOWED = {
     "liveedit": set(),
+    "index": {"liveedit"},  # optional vector indexes (faiss) for the library's pre-filter
     "backbones": {"liveedit"},
-    "easyedit": {"backbones", "liveedit"},
+    "easyedit": {"backbones", "liveedit", "index"},
     "toyworld": {"easyedit", "backbones", "liveedit"},
     "diagnostics": {"easyedit", "backbones", "liveedit"},
-    "bench": {"easyedit", "diagnostics", "toyworld", "backbones", "liveedit"},
+    "bench": {"easyedit", "diagnostics", "toyworld", "backbones", "liveedit", "index"},
 }
 
 

@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from ..easyedit import LiveEditMultimodalTrainer, compat
+from .. import toyworld
+from ..easyedit import LiveEditMultimodalTrainer, compat, distributed
 from ..easyedit.hparams import PATH_KEYS
 
 LOG = logging.getLogger(__name__)
@@ -204,6 +205,24 @@ def provenance_changes(stored: dict[str, Any], fresh: dict[str, Any]) -> str | N
     return ", ".join(changed) or None
 
 
+def toy_world_of(hparams: Any, config: str | None = None) -> Any | None:
+    """The toy world a YAML's ``name`` points at (``<cache>/toyworld/<config>/opt``, or the ``opt`` folder of any
+    built world), or the one named ``config``, with the hparams' paths re-pointed at it (so
+    ``EASYEDIT_LIVEEDIT_CACHE`` is honoured); None for any other backbone."""
+    folder = Path(str(hparams.name)).parent
+    cache = None  # the toy world cache (EASYEDIT_LIVEEDIT_CACHE or the project's .cache/toyworld)
+    if config is None:
+        if folder.name in toyworld.CONFIGS and folder.parent.name == "toyworld":
+            config = folder.name
+        elif folder.name in toyworld.CONFIGS and toyworld.Layout(folder).manifest.is_file():
+            config, cache = folder.name, folder.parent  # a world built in a cache of another name
+        else:
+            return None
+    world = toyworld.load(config, cache=cache, progress=False)
+    world.apply_paths(hparams)
+    return world
+
+
 def split_train_val(train_json: Path, val_size: int, folder: Path) -> tuple[Path, Path]:
     """Train records minus the last ``val_size`` (train file) and those last records (validation file).
 
@@ -220,9 +239,9 @@ def split_train_val(train_json: Path, val_size: int, folder: Path) -> tuple[Path
     return train_path, val_path
 
 
-def _with_progress(trainer: Any, total: int, desc: str) -> tqdm:
+def _with_progress(trainer: Any, total: int, desc: str, disable: bool = False) -> tqdm:
     """A progress bar that advances with every EasyEdit ``train_step`` (EasyEdit's loop has none)."""
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False, disable=disable)
     step = trainer.train_step
 
     def train_step(batch: Any) -> Any:
@@ -259,6 +278,7 @@ def train_archive(
         The archive path (``<results_dir>/models/<alg>/<model>``); it exists when this returns, and so does its
         provenance record (``provenance_path``), which describes the inputs as they were when training started.
     """
+    job = distributed.from_environment()  # under torchrun: one process of a DDP job (rank 0 writes the files)
     record = provenance(training_hparams, train_json, val_size)
     easyeditor = importlib.import_module("easyeditor")
     config = copy.deepcopy(training_hparams)
@@ -267,7 +287,10 @@ def train_archive(
     config.save = True
     # EasyEdit saves only at a validation, and its loop ends at step max_iters - 1: validate there at the latest
     config.val_interval = min(config.val_interval, max(config.max_iters - 1, 1))
-    train_path, val_path = split_train_val(Path(train_json), val_size, Path(work_dir))
+    if job.is_main:
+        split_train_val(Path(train_json), val_size, Path(work_dir))
+    distributed.barrier(job)
+    train_path, val_path = Path(work_dir) / "train.json", Path(work_dir) / "val.json"  # split_train_val's files
     # EasyEdit runs round(max_iters / (len(train_set) / batch_size)) epochs: never let that round to zero.
     size = min(len(json.loads(train_path.read_text())), config.max_iters * config.batch_size + 1)
     if method == "LiveEdit":
@@ -284,7 +307,7 @@ def train_archive(
         train_set = dataset(str(train_path), config=config, size=size)
         val_set = dataset(str(val_path), config=config, size=min(val_size, max(config.val_steps, 1)))
         trainer = trainer_class(config, train_set, val_set)
-        bar = _with_progress(trainer, config.max_iters, f"train {method}")
+        bar = _with_progress(trainer, config.max_iters, f"train {method}", disable=not job.is_main)
         try:
             trainer.run()
         finally:
@@ -292,7 +315,8 @@ def train_archive(
     path = Path(trainer.save_path)
     if not path.is_file():
         raise FileNotFoundError(f"{method}: EasyEdit's trainer wrote no archive at {path}")
-    provenance_path(path).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    if job.is_main:
+        provenance_path(path).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     LOG.info(
         "%s archive trained (%d steps, %.0f s): %s", method, config.max_iters, time.perf_counter() - started, path
     )

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import COMMANDS, register_configs
+from .quiet import quiet
 
 LOG = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ def run_command(cfg: Any) -> None:
     if cfg.command not in COMMANDS:
         raise ValueError(f"command={cfg.command!r}: expected one of {', '.join(COMMANDS)}")
     out = Path(HydraConfig.get().runtime.output_dir)
+    quiet(cfg.run.verbose)
     from .runner import run  # heavy (torch, easyeditor): imported only once the configuration is valid
 
     _, result = run(cfg, out)

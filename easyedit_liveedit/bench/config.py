@@ -81,6 +81,7 @@ class RunConfig:
     threads: int = 2  # torch CPU threads (per process)
     workers: int = 1  # compare: methods run side by side, each in its own process (workers x threads <= cores)
     progress: bool = True  # tqdm bars
+    verbose: bool = False  # true: show the third-party messages the command line hides (bench/quiet.py)
 
 
 @dataclass

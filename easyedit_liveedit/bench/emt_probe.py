@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from ..easyedit.placement import input_device
+
 LOG = logging.getLogger(__name__)
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -65,8 +67,14 @@ def _next_tokens(model: Callable, tok: Any, images: torch.Tensor, texts: list[st
     """Argmax next token after each text (right padding: each row's last real position), and finiteness."""
     lengths = [len(tok(t).input_ids) for t in texts]  # tokenised as the backbone's forward does
     # labels: token ids, as EasyEdit's batches carry them (EasyEdit main's SERAC reads their shape); nothing scores it
+    device = input_device(model)
     labels = tok(texts, add_special_tokens=False, return_tensors="pt", padding=True).input_ids
-    samples = {"image": images, "text_input": texts, "labels": labels.to(images.device), "prompts_len": prompts_len}
+    samples = {
+        "image": images.to(device),
+        "text_input": texts,
+        "labels": labels.to(device),
+        "prompts_len": prompts_len,
+    }
     logits = _logits(model(samples))  # (B, n_image + T_text, V)
     offset = logits.shape[1] - max(lengths)  # image tokens sit before the text
     rows = torch.arange(len(texts))

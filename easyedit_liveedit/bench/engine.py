@@ -52,6 +52,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..easyedit import compat, scoring
+from ..easyedit.placement import input_device, to_device
 from . import ike_offline
 from .emt_probe import ProbeResult, classification_accuracy
 from .rss import PeakRss
@@ -153,6 +154,10 @@ class _FiniteWatch:
         self.model = model
         self.finite = True
 
+    def parameters(self) -> Any:
+        """The watched model's parameters (``placement.input_device`` finds where its inputs go through them)."""
+        return self.model.parameters() if hasattr(self.model, "parameters") else iter(())
+
     def __call__(self, samples: dict) -> Any:
         output = self.model(samples)
         logits = output if isinstance(output, torch.Tensor) else output.logits
@@ -215,6 +220,7 @@ def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings,
                 raise ValueError(f"{settings.eval_json}: {len(data)} usable records, fewer than {t_max} edits")
             requests = [scoring.request_from_item(data[i]) for i in range(t_max)]
             model, tok = backbone.load(hparams)
+            requests = [to_device(r, input_device(model)) for r in requests]  # EasyEdit's datasets yield CPU tensors
 
             # Pre-edit outputs and the EMT baseline, on the unedited backbone.
             pres = scoring.pre_edit_outputs(model, hparams, tok, requests if settings.score else [], progress,

@@ -24,12 +24,13 @@ from typing import Any
 import torch
 import yaml
 
-from .. import toyworld
 from ..diagnostics.liveedit_run import run_liveedit
 from ..diagnostics.mend_run import run_mend
 from ..diagnostics.report import RunReport, format_table, plot_norm_history, write_json
 from ..easyedit import LiveEditMultimodalHparams, compat
-from .archives import archive_path, train_archive
+from ..easyedit.checkpoints import load_glue
+from ..easyedit.placement import hparams_device, input_device, to_device
+from .archives import archive_path, toy_world_of, train_archive
 
 LOG = logging.getLogger(__name__)
 
@@ -109,17 +110,6 @@ def cpu_safe_device(hparams: Any) -> Any:
     return hparams
 
 
-def toy_world_of(hparams: Any) -> Any | None:
-    """The toy world a YAML's ``name`` points at (``<cache>/toyworld/<config>/opt``), with the hparams'
-    paths re-pointed at it (so ``EASYEDIT_LIVEEDIT_CACHE`` is honoured); None for any other backbone."""
-    folder = Path(str(hparams.name)).parent
-    if folder.name not in toyworld.CONFIGS or folder.parent.name != "toyworld":
-        return None
-    world = toyworld.load(folder.name, progress=False)
-    world.apply_paths(hparams)
-    return world
-
-
 @contextlib.contextmanager
 def easyedit_context(world: Any | None) -> Iterator[None]:
     """The context in which EasyEdit's constructors build the YAML's backbone and read its data on this machine."""
@@ -132,11 +122,19 @@ def easyedit_context(world: Any | None) -> Iterator[None]:
 
 
 def load_backbone(hparams: Any, world: Any | None) -> torch.nn.Module:
-    """A fresh backbone built by EasyEdit's own constructor for ``hparams`` (call inside ``easyedit_context``)."""
+    """A fresh backbone built by EasyEdit's own constructor for ``hparams`` (call inside ``easyedit_context``), on
+    the hparams' device, with the checkpoints of its vision-language glue loaded (``easyedit.checkpoints``)."""
     if world is not None:
-        return world.load_model()
-    models = importlib.import_module("easyeditor.trainer.models")
-    return models.get_model(hparams).eval()
+        model = world.load_model()
+    else:
+        model = importlib.import_module("easyeditor.trainer.models").get_model(hparams).eval()
+        load_glue(model, hparams)
+    return model.to(hparams_device(hparams))
+
+
+def on_model_device(model: torch.nn.Module, *batches: dict[str, Any]) -> list[dict[str, Any]]:
+    """``batches`` with their tensors where ``model`` takes its inputs (EasyEdit's datasets yield CPU tensors)."""
+    return [to_device(batch, input_device(model)) for batch in batches]
 
 
 def load_dataset(hparams: Any, data: str, size: int) -> Any:
@@ -203,8 +201,8 @@ def run(args: argparse.Namespace) -> list[RunReport]:
                 model,
                 hparams,
                 archive,
-                edits,
-                probe,
+                on_model_device(model, *edits),
+                *on_model_device(model, probe),
                 mode=args.mode,
                 edit_lr_scale=args.edit_lr_scale,
                 precision=args.precision,
@@ -214,11 +212,12 @@ def run(args: argparse.Namespace) -> list[RunReport]:
         if args.liveedit_hparams:
             live_hparams = LiveEditMultimodalHparams.from_hparams(args.liveedit_hparams)
             live_edits, _ = batches(dataset, count, args.probe)
+            fresh = load_backbone(hparams, world)  # a fresh, unedited backbone
             live, _ = run_liveedit(
-                load_backbone(hparams, world),  # a fresh, unedited backbone
+                fresh,
                 live_hparams,
-                live_edits,
-                probe,
+                on_model_device(fresh, *live_edits),
+                *on_model_device(fresh, probe),
                 tracked_weights=hparams.inner_params,
                 precision=args.precision,
                 settings={**settings, "hparams": args.liveedit_hparams, "edits": count},

@@ -29,6 +29,8 @@ from omegaconf import OmegaConf
 
 from .. import toyworld
 from ..easyedit import MultimodalEditor, compat
+from ..easyedit.placement import hparams_device
+from ..easyedit.validate import validate_file
 from ..toyworld.evaluate import ImageLoader
 from ..toyworld.layout import CACHE_ENV, PROJECT_ROOT
 from . import archives, ike_offline, nan_guard
@@ -36,6 +38,7 @@ from .config import method_config
 from .emt_probe import load_records
 from .engine import Backbone, CompareSettings, MethodRun, Row, compare, compare_in_processes, seed_all
 from .plots import plot
+from .quiet import quiet
 from .table import markdown, write_csv
 
 LOG = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ class Runner:
             raise ValueError(f"data.kind={cfg.data.kind!r}: expected one of {sorted(_DATASETS)}")
         self.world = self._world()
         self.rows: list[Row] = []  # the last table, for callers that want the rows rather than the text
+        self._validated: set[tuple[Path, tuple]] = set()  # (user data file, image folders) checked in this run
         torch.set_num_threads(cfg.run.threads)
 
     # ------------------------------------------------------------------------------------------ setup
@@ -84,13 +88,26 @@ class Runner:
             raise ValueError(f"data={self.cfg.data.name}: set data.train_json and data.eval_json for a real backbone")
         return train, evaluation, self._data_path("classification_json", "classification")
 
+    def _validate_user_files(self, hparams: Any) -> None:
+        """Check the MMEdit files a user gave (the toy world's own are checked when it is built) before anything
+        trains or edits, against the image folders ``hparams`` read them from: an error names the file, the record
+        and the field. Each file is checked once per run and image folder."""
+        roots = (getattr(hparams, "coco_image", "."), getattr(hparams, "rephrase_image", None))
+        for key in ("train_json", "eval_json"):
+            if self.cfg.data.get(key) is None:
+                continue
+            path = project_path(self.cfg.data[key])
+            if (path, roots) not in self._validated:
+                validate_file(path, *roots)
+                self._validated.add((path, roots))
+
     def backbone(self) -> Backbone:
         """How to build a fresh backbone: the toy world's, or EasyEdit's ``MultimodalEditor`` constructor."""
         if self.world is not None:
             world = self.world
             loader = ImageLoader(world.layout.images, world.config.image_size)
-            return Backbone(load=lambda h: (world.load_model(), world.tokenizer()), patches=world.easyedit_patches,
-                            load_image=loader)  # fmt: skip
+            return Backbone(load=lambda h: (world.load_model().to(hparams_device(h)), world.tokenizer()),
+                            patches=world.easyedit_patches, load_image=loader)  # fmt: skip
 
         def load(hparams: Any) -> tuple[Any, Any]:
             editor = MultimodalEditor(hparams)
@@ -141,6 +158,7 @@ class Runner:
             hparams.model_parallel = False
         if self.world is not None:
             self.world.apply_paths(hparams)
+        self._validate_user_files(hparams)
         retrain = self.cfg.run.retrain if force_train is None else force_train
         if hparams.alg_name == "IKE":
             return self._ike_run(name, hparams, retrain)
@@ -370,6 +388,7 @@ def method_rows(config: dict, name: str, out: str, toy_cache: str | None = None)
     logfile = logging.FileHandler(folder / "easyedit-liveedit.log")
     logfile.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[logfile, terminal], force=True)
+    quiet(config["run"]["verbose"])
 
     if toy_cache is not None:
         os.environ[CACHE_ENV] = toy_cache

@@ -32,8 +32,10 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from . import compat, scoring
+from . import compat, models, scoring, validate
+from .checkpoints import load_glue
 from .entry import attached_editor
+from .placement import input_device, to_device
 from .registration import MULTIMODAL_KEY
 
 LOG = logging.getLogger(__name__)
@@ -91,12 +93,25 @@ class MultimodalEditor(_TargetEditor):
     """``easyeditor.MultimodalEditor`` with EasyEdit main's ``edit``/``edit_dataset`` (see module docstring)."""
 
     def __init__(self, hparams: Any) -> None:
-        if hasattr(
-            hparams, "check_paths"
-        ):  # LiveEdit's hparams: name the key of a missing file before EasyEdit builds
+        if hasattr(hparams, "check_paths"):  # LiveEdit's: name a missing file's key before EasyEdit builds anything
             hparams.check_paths()
+        if hparams.model_name in models.PLUGIN_BUILT:  # the wheel cannot build it (LLaVA-1.5): models.py does
+            self._init_plugin_backbone(hparams)
+            return
         with compat.cuda_to_cpu():
             super().__init__(hparams)
+        load_glue(self.model, hparams)  # the checkpoints the wheel skips, or an error naming the key
+
+    def _init_plugin_backbone(self, hparams: Any) -> None:
+        """What the wheel's ``__init__`` sets up, for a backbone the plugin builds (``models.build_llava``)."""
+        self.model_name, self.alg_name, self.hparams = hparams.model_name, hparams.alg_name, hparams
+        self.apply_algo = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT[hparams.alg_name]
+        self.model = models.build_llava(hparams)
+        self.tok = self.model.tokenizer
+        processors = importlib.import_module("easyeditor.dataset.processor.blip_processors")
+        size = self.model.llava.config.vision_config.image_size  # BLIP's processor normalises as CLIP does
+        self.vis_tok = processors.BlipImageEvalProcessor(image_size=size, mean=None, std=None)
+        self.vis_root, self.rephrase_root = hparams.coco_image, hparams.rephrase_image
 
     def edit(
         self,
@@ -123,12 +138,11 @@ class MultimodalEditor(_TargetEditor):
             raise NotImplementedError(f"file_type {file_type!r}: BLIP-2 and MiniGPT-4 read images only")
         if self.alg_name == "IKE":
             raise NotImplementedError("IKE edits through in-context examples: use easyedit_liveedit.compare for IKE")
+        roots = getattr(self, "vis_root", "."), getattr(self, "rephrase_root", None)
+        validate.validate_edit_arguments(prompts, targets, image, rephrase_prompts, rephrase_image, locality_inputs,
+                                         *roots)  # fmt: skip
         if isinstance(prompts, str):
             prompts, targets, image = [prompts], [targets], [image]
-        if not len(prompts) == len(targets) == len(image):
-            raise ValueError(
-                f"prompts, targets and image differ in length: {len(prompts)}, {len(targets)}, {len(image)}"
-            )
         locality_inputs = locality_inputs or {}
         if _opens_paths_as_given(self):
             image, rephrase_image, locality_inputs = self._rooted(image, rephrase_image, locality_inputs)
@@ -164,6 +178,8 @@ class MultimodalEditor(_TargetEditor):
     def _edit_requests(
         self, requests: list[dict], keep_original_weight: bool, verbose: bool, sequential_edit: bool
     ) -> tuple[list[dict], Any, dict]:
+        validate.validate_requests(requests, f"{self.alg_name} edit")  # before anything is edited
+        validate.check_context(requests, self.tok, validate.text_token_limit(self.model), f"{self.alg_name} edit")
         pres = scoring.pre_edit_outputs(self.model, self.hparams, self.tok, requests, verbose, "pre-edit scores")
         all_metrics, edited_model, weights_copy = [], self.model, {}
         for i, (request, pre) in enumerate(zip(tqdm(requests, desc=f"{self.alg_name} edits", disable=not verbose),
@@ -171,7 +187,7 @@ class MultimodalEditor(_TargetEditor):
             checkpoint = None if sequential_edit else _Checkpoint(self)
             start = perf_counter()
             edited_model, weights_copy = self.apply_algo(
-                self.model, self.tok, [scoring.on_device(request, scoring.model_device(self.model))], self.hparams,
+                self.model, self.tok, [to_device(request, input_device(self.model))], self.hparams,
                 copy=False, return_orig_weights=True, keep_original_weight=keep_original_weight,
             )  # fmt: skip
             elapsed = perf_counter() - start

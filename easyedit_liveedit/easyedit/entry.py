@@ -15,12 +15,14 @@ The wheel's editor copies dict entries back, so there it returns an empty dict.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,6 +30,7 @@ from ..backbones import CHAT_VLM_FAMILIES, ChatVLMForEditing
 from .compat import targets
 from .editable import LiveEdit
 from .hparams import ALG_NAME, LiveEditMultimodalHparams
+from .validate import check_context, text_token_limit, validate_requests
 
 LOG = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ def editor_key(hparams: Any) -> tuple:
     if archive is not None and os.path.exists(archive):
         stat = os.stat(archive)
         stamp = (os.path.abspath(archive), stat.st_size, stat.st_mtime_ns)
-    return stamp, hparams.liveedit_config()
+    return stamp, hparams.liveedit_config(), getattr(hparams, "library_path", None)
 
 
 def attached_editor(model: nn.Module, hparams: Any) -> LiveEdit | None:
@@ -67,6 +70,8 @@ def editor_for(model: nn.Module, hparams: LiveEditMultimodalHparams, processor: 
         editor.load_state_dict(archive["model"])
         editor.eval()
         LOG.info("LiveEdit networks loaded from %s (step %s)", hparams.archive, archive.get("step"))
+        if getattr(hparams, "library_path", None):
+            editor.open_library(hparams.library_path)  # same identity check as load_library
         # bypasses nn.Module registration: the editors are not part of the backbone's weights
         model.__dict__.setdefault(_ATTACHED, {})[editor_key(hparams)] = editor
     return editor
@@ -88,7 +93,8 @@ def apply_liveedit_to_multimodal_model(
         model: EasyEdit's backbone (or a ``LiveEdit`` returned by an earlier call).
         tok: the backbone's tokenizer.
         requests: one EasyEdit multimodal request (``prompt``, ``target``, ``image`` tensor) or a list.
-        hparams: ``LiveEditMultimodalHparams``.
+        hparams: ``LiveEditMultimodalHparams``. With ``library_path`` the library is that folder: each request is
+            committed to it under a fingerprint of its prompt, target and image, and one already there is skipped.
         copy, return_orig_weights: accepted for EasyEdit's signature; LiveEdit never changes a weight of
             ``model``, so there is nothing to copy or restore.
         keep_original_weight: True makes every call edit the unedited model (the library is emptied
@@ -100,12 +106,27 @@ def apply_liveedit_to_multimodal_model(
         an empty dict (the wheel, whose editor copies dict entries back: LiveEdit changes no weight).
     """
     requests = [requests] if isinstance(requests, dict) else list(requests)
-    editor = editor_for(model, hparams, processor=tok if type(model).__name__ in CHAT_VLM_FAMILIES else None)
+    chat_vlm = type(model).__name__ in CHAT_VLM_FAMILIES
+    # all of them before the first edit: bad input changes nothing (a chat VLM's images are its processor's input)
+    validate_requests(requests, "LiveEdit", image_tensors=not chat_vlm)
+    editor = editor_for(model, hparams, processor=tok if chat_vlm else None)
+    check_context(requests, tok, text_token_limit(editor.model), "LiveEdit")
+    durable = editor.library.path is not None
     if keep_original_weight:
+        if durable:
+            raise ValueError(
+                f"keep_original_weight=True empties the expert library before every edit, which would erase the edits "
+                f"committed to library_path {editor.library.path}; edit with keep_original_weight=False"
+            )
         editor.reset()
     added = []
     for request in requests:  # one at a time: each request may carry its own image size
-        added += editor.add_edits(edit_samples(editor, hparams, tok, request))
+        key = request_key(request) if durable else None
+        if key is not None and editor.library.has_key(key):
+            LOG.info("LiveEdit: %r -> %r is already in %s; not applied again", request["prompt"], request["target"],
+                     editor.library.path)  # fmt: skip
+            continue
+        added += editor.add_edits(edit_samples(editor, hparams, tok, request), keys=None if key is None else [key])
     restore_algs = targets.callable_restore_algs()
     if restore_algs is not None and ALG_NAME in restore_algs:
         return editor, _remover(editor, added)
@@ -134,3 +155,20 @@ def _remover(editor: LiveEdit, expert_ids: list[int]) -> Callable[[], None]:
                 editor.remove(expert_id)
 
     return remove_experts
+
+
+def request_key(request: dict) -> str:
+    """A fingerprint of what an edit is made from (prompt, target, image pixels): the edit key in a library folder."""
+    digest = hashlib.sha256()
+    for part in (request["prompt"], request["target"]):
+        digest.update(part.encode() + b"\0")
+    digest.update(_image_bytes(request["image"]))
+    return digest.hexdigest()
+
+
+def _image_bytes(image: Any) -> bytes:
+    """Shape and pixels of an image tensor, a PIL image (EasyEdit main's chat VLMs) or a list of them."""
+    if isinstance(image, (list, tuple)):
+        return b"".join(_image_bytes(part) for part in image)
+    pixels = image.detach().to("cpu", torch.float32).numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    return str(list(pixels.shape)).encode() + np.ascontiguousarray(pixels).tobytes()

@@ -23,6 +23,7 @@ import yaml
 from easyeditor.util.hparams import HyperParams
 
 from ..liveedit import LiveEditConfig
+from .placement import check_precision
 
 ALG_NAME = "LiveEdit"
 SUPPORTED_MODELS = ("blip2", "minigpt4", "llava")
@@ -63,6 +64,8 @@ class _LiveEditHparamsBase(HyperParams):
     tokenizer_class: str
     tokenizer_name: str
     device: int | str = 0
+    # LLaVA: shard the backbone over the visible devices (device_map="auto"); LiveEdit's networks follow layer l_e
+    model_parallel: bool = False
 
     # LiveEdit: the paper's defaults for 7B-class backbones (LiveEditConfig says why).
     edit_layer: int = 21  # decoder layer l_e whose output receives the experts (0-based)
@@ -111,17 +114,10 @@ class _LiveEditHparamsBase(HyperParams):
             if name not in DTYPES:
                 raise ValueError(f"{where}: key 'dtype' is {self.dtype!r}; expected one of {', '.join(DTYPES)}")
             self.dtype = getattr(torch, name)  # EasyEdit main passes it to from_pretrained and to tensor.to()
-        for key in ("edit_layer", "cross_attn_dim", "num_heads", "rank", "num_key_slots", "num_sentinel_tokens"):
-            minimum = 0 if key == "edit_layer" else 1
-            if getattr(self, key) < minimum:
-                raise ValueError(f"{where}: key {key!r} must be >= {minimum}, got {getattr(self, key)}")
-        if self.cross_attn_dim % self.num_heads:
-            raise ValueError(
-                f"{where}: key 'cross_attn_dim' ({self.cross_attn_dim}) must be divisible by "
-                f"'num_heads' ({self.num_heads})"
-            )
-        if self.lora_scale <= 0:
-            raise ValueError(f"{where}: key 'lora_scale' must be > 0, got {self.lora_scale}")
+        try:  # the method's own config checks the method's keys
+            self.liveedit_config()
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
 
     @classmethod
     def from_hparams(cls: type[H], hparams_name_or_path: str | os.PathLike) -> H:
@@ -217,6 +213,9 @@ class LiveEditMultimodalHparams(_LiveEditHparamsBase):
     alg_name: str
     batch_size: int = 1  # MultimodalEditor.edit sets it to 1 (one edit per call)
     max_length: int = 30
+    # ours: a library folder (created if missing) holding the experts across runs; each edit is committed to it
+    # durably before the call returns, and a request already in it is not applied again (docs/library.md)
+    library_path: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -226,9 +225,11 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     alg: str
     ALG_KEY: ClassVar[str] = "alg"
 
-    # Optimisation (the paper: Adam, lr 1e-4, every loss weighted 1).
+    # Optimisation (the authors: Adam, lr 1e-4, x0.1 after 10,000 steps, every loss weighted 1).
     lr: float = 1e-4
     opt: str = "Adam"
+    lr_decay_steps: int | None = 10000  # the learning rate is multiplied by lr_decay_rate after this many steps
+    lr_decay_rate: float = 0.1
     grad_clip: float = 100.0
     rel_lambda: float = 1.0
     gen_lambda: float = 1.0
@@ -236,9 +237,12 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     soft_route_lambda: float = 1.0
     hard_route_lambda: float = 1.0
     filter_lambda: float = 0.0  # ours: hard-filter calibration on every (input, edit) pair (losses.py); 0 = paper
+    routing_pairs: str = "authors"  # how the routing losses pair inputs with edits (liveedit/train_step.py)
     # ours: "editor" renders training questions as MultimodalEditor renders edits (questions.py); "dataset" keeps
     # the dataset's own rendering (VQADataset's template), as EasyEdit's trainers do
     questions: str = "editor"
+    # autocast of meta-training steps: fp32 (none), bf16 or fp16; LiveEdit's weights stay fp32 (easyedit/placement.py)
+    precision: str = "fp32"
 
     # EasyEdit's training loop (BaseTrainer / MultimodalTrainer) reads these.
     batch_size: int = 8
@@ -258,7 +262,6 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     inner_params: list[str] = field(default_factory=list)
     dropout: float | None = None
     no_grad_layers: int | None = None
-    model_parallel: bool = False
     # Read by EasyEdit main: `get_model` passes `freeze_qformer` to Blip2OPT / MiniGPT4 (LiveEdit keeps the whole
     # backbone frozen), and its `EditableModel` reads `exact_match`.
     freeze_qformer: bool = True
@@ -284,6 +287,11 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
                 "main's datasets already render its Hugging Face backbones' questions with the processor's chat "
                 "template, as its editor renders edits"
             )
+        check_precision(self.precision, self.source or "<in code>")
+        if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
+            raise ValueError(f"{self.source or '<in code>'}: key 'lr_decay_steps' must be >= 1 or null")
+        if not 0 < self.lr_decay_rate <= 1:
+            raise ValueError(f"{self.source or '<in code>'}: key 'lr_decay_rate' must be in (0, 1]")
         if self.train_base:
             raise ValueError(
                 f"{self.source or '<in code>'}: key 'train_base' must be false: LiveEdit keeps the backbone frozen"

@@ -4,9 +4,9 @@ One definition of what a score is:
 
 - a *request* is EasyEdit's multimodal request dict (``prompt``, ``target``, ``image``, ``rephrase_prompt``, ...),
   built from a dataset item by ``request_from_item``;
-- ``score`` runs EasyEdit's ``compute_multimodal_edit_results`` on a model, with the request's images on the model's
-  device: reliability and generality as teacher-forced token accuracies, and the argmax tokens of the two locality
-  questions;
+- ``score`` runs EasyEdit's ``compute_multimodal_edit_results`` on a model, with the request's images where the model
+  takes its inputs (``placement.py``): reliability and generality as teacher-forced token accuracies, and the argmax
+  tokens of the two locality questions;
 - ``pre_edit_outputs`` scores every request on the *unedited* model before any edit is made (EasyEdit main computes
   ``pre`` after an in-place edit, which makes locality trivially 1.0);
 - ``edit_scores`` turns a post-edit score and its pre-edit score into EasyEdit's five metrics: locality is the share
@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .compat import targets
+from .placement import input_device, to_device
 
 METRICS = {  # EasyEdit's key -> the column name used in the literature
     "rewrite_acc": "Reliability",
@@ -46,17 +47,6 @@ def request_from_item(item: dict) -> dict:
     return {key: item[key] for key in REQUEST_KEYS if key in item}
 
 
-def model_device(model: Any) -> torch.device:
-    """Where ``model`` takes its inputs: the device of its first parameter (the CPU for a parameterless stand-in)."""
-    parameter = next(model.parameters(), None) if hasattr(model, "parameters") else None
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def on_device(request: dict, device: torch.device) -> dict:
-    """``request`` with its image tensors on ``device`` (EasyEdit's datasets yield them on the CPU)."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in request.items()}
-
-
 # locality output -> (question key, answer key) of the request it was computed from
 _LOCALITY_QUESTIONS = {
     "locality_output": ("locality_prompt", "locality_ground_truth"),
@@ -71,7 +61,7 @@ def score(model: Any, hparams: Any, tok: Any, request: dict) -> dict:
     logits of the whole sequence instead; ``compat.targets.answer_tokens``).
     """
     evaluate = importlib.import_module("easyeditor.evaluate")
-    request = on_device(request, model_device(model))
+    request = to_device(request, input_device(model))
     with torch.no_grad():
         result = evaluate.compute_multimodal_edit_results(model, hparams.model_name, hparams, tok, request, "cpu")
     for output, (question, answer) in _LOCALITY_QUESTIONS.items():

@@ -6,18 +6,21 @@ them; a ``BackboneAdapter`` (``easyedit_liveedit.backbones``) tells it where a b
 
 from .backbone import BackboneAdapter, TokenLayout
 from .config import LiveEditConfig
-from .library import ExpertLibrary, Routing
+from .library import ExpertLibrary, Prefilter, Routing
 from .model import LiveEditModel
 from .networks import Experts, InputKeys, LiveEditNetwork
+from .storage import LibraryFileError
 
 __all__ = [
     "BackboneAdapter",
     "Experts",
     "ExpertLibrary",
     "InputKeys",
+    "LibraryFileError",
     "LiveEditConfig",
     "LiveEditModel",
     "LiveEditNetwork",
+    "Prefilter",
     "Routing",
     "TokenLayout",
 ]

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 # Fields that fix the shape of a stored expert and the networks that made it: an expert library made with one
 # value of any of them is meaningless under another (``ExpertLibrary.identity``).
 SHAPE_FIELDS = ("edit_layer", "cross_attn_dim", "num_heads", "rank", "num_key_slots", "num_sentinel_tokens")
+# How the routing losses pair inputs with edits in meta-training (``train_step.py``).
+ROUTING_PAIRS = ("authors", "edit")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class LiveEditConfig:
         rel_lambda, gen_lambda, loc_lambda, soft_route_lambda, hard_route_lambda: loss weights (all 1 in the
             paper).
         filter_lambda: ours, weight of the hard-filter calibration loss (0 reproduces the paper).
+        routing_pairs: how the routing losses pair inputs with edits: ``authors`` as the authors' training step
+            (edit side also read from same-scope samples, locality-locality positives, the out-of-scope term both
+            ways); ``edit`` pairs every in-scope input with its real edit and locality inputs with the edits only.
     """
 
     edit_layer: int = 21
@@ -46,23 +51,29 @@ class LiveEditConfig:
     soft_route_lambda: float = 1.0
     hard_route_lambda: float = 1.0
     filter_lambda: float = 0.0
+    routing_pairs: str = "authors"
 
     def __post_init__(self) -> None:
+        if self.routing_pairs not in ROUTING_PAIRS:
+            raise ValueError(
+                f"LiveEditConfig: key 'routing_pairs' is {self.routing_pairs!r}; expected one of "
+                f"{', '.join(ROUTING_PAIRS)}"
+            )
         if self.edit_layer < 0:
-            raise ValueError(f"LiveEditConfig.edit_layer must be >= 0, got {self.edit_layer}")
+            raise ValueError(f"LiveEditConfig: key 'edit_layer' must be >= 0, got {self.edit_layer}")
         for name in ("cross_attn_dim", "num_heads", "rank", "num_key_slots", "num_sentinel_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"LiveEditConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"LiveEditConfig: key {name!r} must be >= 1, got {getattr(self, name)}")
         if self.cross_attn_dim % self.num_heads:
             raise ValueError(
-                f"LiveEditConfig.cross_attn_dim ({self.cross_attn_dim}) must be divisible by num_heads "
+                f"LiveEditConfig: key 'cross_attn_dim' ({self.cross_attn_dim}) must be divisible by 'num_heads' "
                 f"({self.num_heads})"
             )
         if self.lora_scale <= 0:
-            raise ValueError(f"LiveEditConfig.lora_scale must be > 0, got {self.lora_scale}")
+            raise ValueError(f"LiveEditConfig: key 'lora_scale' must be > 0, got {self.lora_scale}")
         for f in fields(self):
             if f.name.endswith("_lambda") and getattr(self, f.name) < 0:
-                raise ValueError(f"LiveEditConfig.{f.name} must be >= 0, got {getattr(self, f.name)}")
+                raise ValueError(f"LiveEditConfig: key {f.name!r} must be >= 0, got {getattr(self, f.name)}")
 
     def loss_weights(self) -> dict[str, float]:
         """The ``*_lambda`` fields, keyed as ``liveedit_loss`` takes them."""

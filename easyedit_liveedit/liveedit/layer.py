@@ -66,11 +66,16 @@ class Route:
 
 @dataclass
 class Mix:
-    """Meta-training: input ``b`` mixes the experts ``switch[b]`` allows, with learned soft weights."""
+    """Meta-training: input ``b`` mixes the experts ``switch[b]`` allows, with learned soft weights.
+
+    Besides the inputs' own (input-side) keys it keeps their edit-side keys, read by the edit extractor from the
+    same hidden states: the authors' routing losses pair an input with other samples of its scope seen as edits.
+    """
 
     experts: Experts  # M fresh experts, with gradients
     switch: Tensor  # (B, M) bool
     keys: InputKeys | None = None  # the inputs' keys, for the routing losses
+    edit_keys: tuple[Tensor, Tensor] | None = None  # (psi, phi) of the inputs read as edits, (B, k, d_m) each
     grad_enabled: bool = field(default_factory=torch.is_grad_enabled)  # as the pass began
 
     def at_layer(self, h: Tensor, layout: TokenLayout, net: LiveEditNetwork) -> Tensor | None:
@@ -81,6 +86,7 @@ class Mix:
                 "checkpointing off for meta-training, or use a backbone that checkpoints layer by layer"
             )
         self.keys = net.input_keys(h, layout.image, layout.prompt)
+        self.edit_keys = net.edit_keys(h, layout.image, layout.prompt)
         keep = self.switch & self.keys.has_image[:, None]  # text-only inputs take no expert, as at inference
         with fp32(h.device):
             weights = soft_weights(similarity(self.keys.psi, self.experts.psi), keep)  # (B, M)

@@ -27,7 +27,7 @@ from .backbone import BackboneAdapter, TokenLayout
 from .config import LiveEditConfig
 from .layer import Capture, EditLayer, Mix, Route, truncated
 from .library import ExpertLibrary
-from .networks import Experts, InputKeys, LiveEditNetwork
+from .networks import Experts, LiveEditNetwork
 
 LOG = logging.getLogger(__name__)
 
@@ -35,13 +35,21 @@ LOG = logging.getLogger(__name__)
 class LiveEditModel(nn.Module):
     """LiveEdit around a frozen vision-language backbone."""
 
-    def __init__(self, model: nn.Module, config: LiveEditConfig, adapter: BackboneAdapter) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: LiveEditConfig,
+        adapter: BackboneAdapter,
+        library_dtype: torch.dtype | None = None,
+    ) -> None:
         """Attach LiveEdit to ``model`` (its weights are frozen, never changed).
 
         Args:
             model: the backbone; it takes EasyEdit's multimodal sample dict.
             config: the method's hyper-parameters.
             adapter: what LiveEdit needs to know about ``model``'s family (``easyedit_liveedit.backbones``).
+            library_dtype: storage dtype of the experts and keys; default: the edit layer's (a bf16/fp16 backbone
+                halves the library's bytes; routing math stays fp32).
         """
         super().__init__()
         adapter.check_edit_layer(model, config.edit_layer)
@@ -50,9 +58,10 @@ class LiveEditModel(nn.Module):
         self.adapter = adapter
         model.requires_grad_(False)  # the backbone is never trained or edited
         layer = adapter.decoder_layers(model)[config.edit_layer]
-        device = next(layer.parameters()).device  # the networks follow the edit layer (sharded backbones too)
+        weight = next(layer.parameters())
+        device = weight.device  # the networks follow the edit layer (sharded backbones too)
         self.net = LiveEditNetwork.from_config(adapter.hidden_size(model), config).to(device)
-        self.library = ExpertLibrary()
+        self.library = ExpertLibrary(dtype=library_dtype or weight.dtype)
         self.edit_layer = EditLayer(model, adapter, config.edit_layer, self.net)
 
     # ----------------------------------------------------------------------------------- editing
@@ -84,9 +93,14 @@ class LiveEditModel(nn.Module):
         return self.net.make_experts(h, layout.image, layout.prompt, layout.answer)
 
     @torch.no_grad()
-    def add_edits(self, samples: dict[str, Any]) -> list[int]:
-        """Edit: store one expert per sample in the library; returns their ids. Base weights never change."""
-        return self.library.add(self.make_experts(samples))
+    def add_edits(self, samples: dict[str, Any], keys: list[str] | None = None) -> list[int]:
+        """Edit: store one expert per sample in the library; returns their ids. Base weights never change.
+
+        Args:
+            keys: optional edit keys, one per sample: the library refuses a key it already holds (``has_key``), so
+                a run resumed after a crash can skip what it committed.
+        """
+        return self.library.add(self.make_experts(samples), keys=keys)
 
     def remove(self, expert_id: int) -> None:
         """Forget one edit."""
@@ -187,7 +201,7 @@ class LiveEditModel(nn.Module):
             self.model(samples)
         return route.routing.report()
 
-    def forward_with_experts(self, samples: dict[str, Any], experts: Experts, switch: Tensor) -> tuple[Any, InputKeys]:
+    def forward_with_experts(self, samples: dict[str, Any], experts: Experts, switch: Tensor) -> tuple[Any, Mix]:
         """Meta-training forward: input ``b`` mixes the experts ``switch[b]`` allows, with learned soft weights.
 
         Args:
@@ -196,12 +210,13 @@ class LiveEditModel(nn.Module):
             switch: ``(B, M)`` bool.
 
         Returns:
-            The backbone's output and the inputs' keys (for the routing losses).
+            The backbone's output, and the pass's ``Mix`` holding the inputs' input-side keys (``keys``) and their
+            edit-side keys (``edit_keys``), for the routing losses.
         """
         mix = Mix(experts, switch)
         with self.edit_layer.run(samples, mix):
             output = self.model(samples)
-        return output, mix.keys
+        return output, mix
 
     # ----------------------------------------------------------------------------------- identity and state
     def identity(self) -> dict[str, Any]:
@@ -219,12 +234,20 @@ class LiveEditModel(nn.Module):
         }
 
     def save_library(self, path: str | os.PathLike) -> None:
-        """Write the library with this editor's identity."""
+        """Write the library as a folder (safetensors shards and a manifest) with this editor's identity."""
         self.library.save(path, identity=self.identity())
 
-    def load_library(self, path: str | os.PathLike) -> None:
-        """Replace the library with the one at ``path``; refuses one made by a different editor, naming the field."""
-        self.library.load(path, map_location=next(self.net.parameters()).device, identity=self.identity())
+    def load_library(self, path: str | os.PathLike, verify: bool = True) -> None:
+        """Replace the library with the folder at ``path`` (memory-mapped on a CPU); refuses one made by a different
+        editor, naming the field, and a truncated or altered shard, naming the file."""
+        device = next(self.net.parameters()).device
+        self.library.load(path, map_location=device, identity=self.identity(), verify=verify)
+
+    def open_library(self, path: str | os.PathLike, shard_size: int = 4096, verify: bool = True) -> None:
+        """Hold the library folder at ``path`` (created if missing): from now on every edit and removal is committed
+        to it durably (fsync) before it returns; same identity check as ``load_library``."""
+        device = next(self.net.parameters()).device
+        self.library.open(path, self.identity(), shard_size=shard_size, verify=verify, map_location=device)
 
     def train(self, mode: bool = True) -> LiveEditModel:
         """Train or evaluate the LiveEdit networks; the frozen backbone always stays in eval mode (no dropout)."""

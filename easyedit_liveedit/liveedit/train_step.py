@@ -3,22 +3,25 @@
 The batch is an MMEdit batch as EasyEdit's multimodal datasets collate it: sub-batches ``edit_inner`` (the edit:
 question + new answer about an image), ``edit_outer`` (a paraphrase), ``edit_outer_image`` (another rendering of
 the image), ``loc`` (a text-only question) and ``loc_image`` (an unrelated image question), each with ``image``,
-``text_input``, ``labels`` and ``prompts_len``. The step on ``B`` records:
+``text_input``, ``labels`` and ``prompts_len``. The step on ``B`` records, arranged as the authors' ``train_a_batch``
+(github.com/qizhou000/LiveEdit, ``editor/vllm_editors/liveedit/liveedit.py``):
 
 1. one expert per edit from the edit sample's layer-``l_e`` hidden states (backbone frozen);
 2. reliability and text/image generality inputs mix their own edit's expert plus a random prefix of the batch's
    experts (distractors, length uniform in ``0..B``) with learned soft weights: cross-entropy on the new answer;
 3. image-locality inputs mix only a random prefix: ``KL(post || pre)`` against the unedited backbone;
-4. routing losses on the keys those forwards computed: soft (relative InfoNCE + absolute sigmoid with a rolled
-   negative) and hard (in-scope inputs prefer their edit over the sentinel; locality inputs prefer the
-   sentinel), and, if ``filter_lambda > 0``, the hard filter's own decision on every (input, edit) pair (an edit
-   is in scope of an input exactly when its image is the input's edit image).
+4. routing losses (``routing_pairs``). ``authors``: for each record, a *neighbour pair* of two samples of one
+   scope (reliability or generality, or its locality sample twice), the first read by the input extractor and
+   the second by the edit extractor: soft routing (relative InfoNCE over the batch, absolute sigmoid with a rolled
+   negative) and the hard-routing neighbour term (the pair's key beats the batch's other edit keys and the
+   sentinel); and a *prototype pair* across scopes (in-scope sample and locality sample, either way round): the
+   sentinel beats every edit key. ``edit``: every in-scope input is paired with its real edit, locality inputs
+   with the real edits only (one direction);
+5. if ``filter_lambda > 0`` (ours), the hard filter's own decision on every (input, real edit) pair (an edit is in
+   scope of an input exactly when its image is the input's edit image).
 
-Where this differs from the authors' ``train_a_batch`` (github.com/qizhou000/LiveEdit,
-``editor/vllm_editors/liveedit/liveedit.py``), not yet implemented here: the authors also draw edit-side keys from
-same-scope inputs (not only from the edit itself), add locality-locality positive pairs, apply the out-of-scope
-term in both directions, and decay the learning rate x0.1 after 10,000 steps; their training runs layer ``l_e``
-twice, this step once.
+The authors' step also runs layer ``l_e`` a second time on its own output before adding the residual (their
+``forward_from_mid_layer``), which inference does not; this step runs it once, as inference does.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .layer import Mix
 from .library import ExpertLibrary
 from .losses import (
     IGNORE_INDEX,
@@ -40,6 +44,7 @@ from .losses import (
     soft_routing_relative_loss,
 )
 from .model import LiveEditModel
+from .networks import Experts
 
 # MMEdit sub-batches in scope of their edit -> (loss term, the accuracy name EasyEdit's trainer logs).
 IN_SCOPE = {"edit_inner": ("rel", "inner/acc"), "edit_outer": ("gen/text", "edit/acc"),
@@ -109,34 +114,83 @@ def meta_losses(
     own = torch.eye(B, dtype=torch.bool, device=device)
     terms: dict[str, Tensor] = {}
     info: dict[str, float] = {}
-    in_scope_keys = []
+    in_scope: list[Mix] = []
     for name, (term, acc_name) in IN_SCOPE.items():
-        out, keys = editor.forward_with_experts(batch[name], experts, own | random_prefix(B, B, device))
+        out, mix = editor.forward_with_experts(batch[name], experts, own | random_prefix(B, B, device))
         terms[term] = answer_cross_entropy(out.logits, out.labels)
         info[acc_name] = answer_accuracy(out.logits.detach(), out.labels, batch[name].get("answer_tokens"))
-        in_scope_keys.append(keys)
+        in_scope.append(mix)
     with torch.no_grad():
         pre = editor.model(batch["loc_image"])
-    post, out_keys = editor.forward_with_experts(batch["loc_image"], experts, random_prefix(B, B, device))
+    post, locality = editor.forward_with_experts(batch["loc_image"], experts, random_prefix(B, B, device))
     terms["loc/image"] = locality_kl(pre.logits, post.logits, predicts_answer(post.labels))
     info["image_loc/acc"] = agreement(
         pre.logits, post.logits.detach(), post.labels, batch["loc_image"].get("answer_tokens")
     )
-    n = len(in_scope_keys)
-    terms["soft_route/relative"] = sum(soft_routing_relative_loss(k.psi, experts.psi) for k in in_scope_keys) / n
-    terms["soft_route/absolute"] = sum(soft_routing_absolute_loss(k.psi, experts.psi) for k in in_scope_keys) / n
-    terms["hard_route/in_scope"] = (
-        sum(hard_routing_in_scope_loss(k.phi, experts.phi, k.sentinel) for k in in_scope_keys) / n
-    )
-    terms["hard_route/out_scope"] = hard_routing_out_scope_loss(out_keys.phi, experts.phi, out_keys.sentinel)
+    if editor.config.routing_pairs == "authors":
+        terms.update(_authors_routing_terms(in_scope, locality))
+    else:
+        terms.update(_real_edit_routing_terms(in_scope, locality, experts))
     if filter_loss:
         same = same_image(batch["edit_inner"]["image"])
-        calibration = [hard_filter_calibration_loss(k.phi, experts.phi, k.sentinel, same) for k in in_scope_keys]
-        calibration.append(
-            hard_filter_calibration_loss(out_keys.phi, experts.phi, out_keys.sentinel, torch.zeros_like(own))
-        )
+        pairs = [(m, same) for m in in_scope] + [(locality, torch.zeros_like(own))]  # locality: no edit in scope
+        calibration = [hard_filter_calibration_loss(m.keys.phi, experts.phi, m.keys.sentinel, y) for m, y in pairs]
         terms["filter"] = sum(calibration) / len(calibration)
     return terms, info
+
+
+def _authors_routing_terms(in_scope: list[Mix], locality: Mix) -> dict[str, Tensor]:
+    """The routing terms on the authors' neighbour and prototype pairs (module docstring, step 4)."""
+    B = len(locality.keys)
+    device = locality.keys.psi.device
+    scopes = [*in_scope, locality]  # reliability, text generality, image generality, locality
+    rows = torch.arange(B, device=device)
+
+    def in_scope_choice() -> Tensor:
+        """Per record: reliability or generality with equal odds, then which generality uniformly (as the authors)."""
+        generality = 1 + torch.randint(0, len(in_scope) - 1, (B,), device=device)
+        return torch.where(torch.randint(0, 2, (B,), device=device) == 0, 0, generality)
+
+    def keys(choice: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``(input psi, input phi, sentinel, edit psi, edit phi)`` of the chosen sample of each record."""
+        stacked = [torch.stack([getattr(m.keys, k) for m in scopes]) for k in ("psi", "phi", "sentinel")]
+        stacked += [torch.stack([m.edit_keys[i] for m in scopes]) for i in (0, 1)]
+        return tuple(t[choice, rows] for t in stacked)  # (B, k, d_m) each
+
+    # neighbour pairs: both samples of one scope; a locality sample is its own neighbour
+    is_locality = torch.randint(0, 3, (B,), device=device) == 2  # the authors draw rel / gen / loc uniformly
+    first = torch.where(is_locality, len(in_scope), in_scope_choice())
+    second = torch.where(is_locality, len(in_scope), in_scope_choice())
+    input_psi, input_phi, sentinel, _, _ = keys(first)
+    _, _, _, edit_psi, edit_phi = keys(second)
+    terms = {
+        "soft_route/relative": soft_routing_relative_loss(input_psi, edit_psi),
+        "soft_route/absolute": soft_routing_absolute_loss(input_psi, edit_psi),
+        "hard_route/in_scope": hard_routing_in_scope_loss(input_phi, edit_phi, sentinel),
+    }
+    # prototype pairs: one in-scope sample and the locality sample, either way round; the sentinel must win
+    locality_first = torch.randint(0, 2, (B,), device=device) == 1
+    in_scope_pick = in_scope_choice()
+    first = torch.where(locality_first, len(in_scope), in_scope_pick)
+    second = torch.where(locality_first, in_scope_pick, len(in_scope))
+    _, input_phi, sentinel, _, _ = keys(first)
+    _, _, _, _, edit_phi = keys(second)
+    terms["hard_route/out_scope"] = hard_routing_out_scope_loss(input_phi, edit_phi, sentinel)
+    return terms
+
+
+def _real_edit_routing_terms(in_scope: list[Mix], locality: Mix, experts: Experts) -> dict[str, Tensor]:
+    """The routing terms pairing every in-scope input with its real edit, locality inputs with the edits."""
+    n = len(in_scope)
+    return {
+        "soft_route/relative": sum(soft_routing_relative_loss(m.keys.psi, experts.psi) for m in in_scope) / n,
+        "soft_route/absolute": sum(soft_routing_absolute_loss(m.keys.psi, experts.psi) for m in in_scope) / n,
+        "hard_route/in_scope": sum(
+            hard_routing_in_scope_loss(m.keys.phi, experts.phi, m.keys.sentinel) for m in in_scope
+        )
+        / n,
+        "hard_route/out_scope": hard_routing_out_scope_loss(locality.keys.phi, experts.phi, locality.keys.sentinel),
+    }
 
 
 @torch.no_grad()

@@ -24,9 +24,9 @@ tests: a few dozen scans, a model a few times smaller, trained for ~30 steps, i.
 chance and exists to exercise code paths, not to be accurate).
 """
 
+from ..easyedit.validate import validate_file, validate_records
 from .config import CONFIGS, DEFAULT, SMALL, ToyWorldConfig
 from .layout import CACHE_ENV, Layout, cache_root
-from .validate import validate_file, validate_records
 from .world import ToyWorld, build, load
 
 __all__ = [
