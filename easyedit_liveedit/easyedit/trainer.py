@@ -112,7 +112,7 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
         self.start_time = _utils.formatted_timestamp()
 
         # Precision and data parallelism.
-        decoder = self.model.adapter.language_model(backbone)
+        decoder = self.model.adapter.language_model(self.model.model)  # the backbone as LiveEdit wraps it
         self.scaler = placement.grad_scaler(self.device, placement.needs_loss_scaling(config.precision, decoder))
         self.skipped_steps = 0
         self._synchronised = self.job.enabled  # every rank runs the same loop: validation statistics are shared

@@ -278,6 +278,7 @@ def check_context(requests: Sequence[dict], tok: Any, limit: int | None, source:
     """
     if limit is None:
         return
+    tok = getattr(tok, "tokenizer", tok)  # a chat VLM's processor (EasyEdit main passes it as tok) reads text by it
     pairs = (("prompt", "target"), ("rephrase_prompt", "target"), ("locality_prompt", "locality_ground_truth"),
              ("multimodal_locality_prompt", "multimodal_locality_ground_truth"))  # fmt: skip
     for index, request in enumerate(requests):
