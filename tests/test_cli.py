@@ -107,7 +107,9 @@ def test_multirun_sweeps_methods_and_writes_config_log_table_and_plot(runs):
     # every editor edited the same records: the sequence fingerprints agree at each edit count
     assert len({tuple(r["Sequence"] for r in rows) for rows in tables.values()}) == 1
     assert "| LiveEdit | 2 | ok |" in result.stdout  # the Markdown table is the command's output
-    assert "edits=[1, 2]" in (sweep / jobs[0] / "table.md").read_text()  # the override reached the run
+    title = (sweep / jobs[0] / "table.md").read_text().splitlines()[0]
+    assert "edits=[1, 2]" in title  # the override reached the run
+    assert "toy world 'small'" in title and "archives trained" in title  # the title names world and training
 
 
 _SCORES = ("Status", "Reliability", "T-Gen", "M-Gen", "T-Loc", "M-Loc", "EMT before", "EMT after", "Sequence")

@@ -269,8 +269,12 @@ class Runner:
         return text
 
     def _title(self, what: str) -> str:
+        """What a table or plot shows: the backbone, the world or data, and how long the archives were trained."""
         c = self.cfg
-        return f"{what}: model={c.model.name} data={c.data.name} edits={list(c.run.edits)}"
+        world = f" (toy world {c.model.toy_world!r})" if c.model.get("toy_world") else ""
+        steps = "each training YAML's max_iters" if c.run.train_steps is None else f"{c.run.train_steps} steps"
+        edits = list(c.run.edits)
+        return f"{what}: model={c.model.name}{world} data={c.data.name} edits={edits}, archives trained {steps}"
 
     def train(self) -> str:
         """Meta-train the selected method's archive (again, if it exists; one given as ``method.archive`` is used as
