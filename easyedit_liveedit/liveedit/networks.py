@@ -25,6 +25,8 @@ Decisions settled from the official code (``editor/vllm_editors/liveedit/modules
   i.e. std ``sqrt(2 / (n d_m))``). ``Theta`` starts at unit std instead of the official Kaiming std
   (about 4e-3 at d=4096, whose variance sits at LayerNorm's eps): LN1 sees it like a hidden state.
 - The expert LayerNorm ``LN_r`` is one shared LayerNorm over ``h`` (official ``instant_reps_norm``).
+- Key extractors normalise and project only the tokens a read keeps (``kept_tokens``), as the paper's ``LN1(h_v)``
+  touches only ``h_v``: with 32 image tokens in 600 the visual read would otherwise project 568 tokens it never reads.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class CrossAttention(nn.Module):
         q = self.to_q(queries).expand(B, -1, -1)  # (B, L, attn_dim)
         q = q.reshape(B, q.shape[1], H, self.head_dim)  # (B, L, H, dh)
         k = self.to_k(x).reshape(B, T, H, self.head_dim)  # (B, T, H, dh)
-        v = self.to_v(x).reshape(B, T, H, -1)  # (B, T, H, dv)
+        v = self.to_v(x).reshape(B, T, H, self.to_v.out_features // H)  # (B, T, H, dv); T may be 0
         scores = torch.einsum("blhd,bthd->bhlt", q, k) / math.sqrt(self.head_dim)  # (B, H, L, T)
         if mask is None:
             probs = scores.softmax(dim=-1)
@@ -96,6 +98,27 @@ class CrossAttention(nn.Module):
             probs = scores.masked_fill(~keep, torch.finfo(scores.dtype).min).softmax(dim=-1) * keep
         out = torch.einsum("bhlt,bthd->blhd", probs, v)  # (B, L, H, dv)
         return out.reshape(B, out.shape[1], -1)  # (B, L, value_dim)
+
+
+def kept_tokens(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The tokens ``mask`` keeps, packed to the front of each row, and the mask of the packed rows.
+
+    Cross-attention has no positions, so ``CA(Q, x_kept)`` under the packed mask equals ``CA(Q, x)`` under ``mask``
+    (up to the order of float sums; a row that keeps nothing is still all masked), while LayerNorm and the
+    key/value projections run over ``n`` tokens instead of ``T``. Gradients reach exactly the kept tokens.
+
+    Args:
+        x: ``(B, T, d)`` tokens.
+        mask: ``(B, T)`` bool, True where a token is kept.
+
+    Returns:
+        ``(B, n, d)`` and ``(B, n)`` bool, ``n`` the most tokens any row keeps; each row's kept tokens come first
+        in their original order, shorter rows are padded with masked tokens.
+    """
+    n = int(mask.sum(dim=1).max()) if mask.numel() else 0
+    order = mask.argsort(dim=1, descending=True, stable=True)[:, :n]  # (B, n) kept positions first
+    packed = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))  # (B, n, d)
+    return packed, mask.gather(1, order)
 
 
 def _learned_queries(n: int, dim: int) -> nn.Parameter:
@@ -174,15 +197,22 @@ class KeyExtractor(nn.Module):
 
     def query_slots(self, h: Tensor, prompt_mask: Tensor) -> Tensor:
         """``CA1(E1, LN1(h_p))``: what the question asks about. ``(B, T, d) -> (B, k, d_m)``."""
-        return self.read_prompt(self.visual_queries[None], self.visual_norm(h), prompt_mask)
+        return self._read(self.read_prompt, self.visual_norm, self.visual_queries[None], h, prompt_mask)
 
     def visual_key(self, slots: Tensor, visual: Tensor, visual_mask: Tensor | None = None) -> Tensor:
         """``CA2(slots, LN1(visual))``: the parts of the image the question points at. -> ``(B, k, d_m)``."""
-        return self.read_visual(slots, self.visual_norm(visual), visual_mask)
+        return self._read(self.read_visual, self.visual_norm, slots, visual, visual_mask)
 
     def text_key(self, h: Tensor, prompt_mask: Tensor) -> Tensor:
         """``CA3(E2, LN2(h_p))``: the question itself. ``(B, T, d) -> (B, k, d_m)``."""
-        return self.read_text(self.text_queries[None], self.text_norm(h), prompt_mask)
+        return self._read(self.read_text, self.text_norm, self.text_queries[None], h, prompt_mask)
+
+    @staticmethod
+    def _read(attn: CrossAttention, norm: nn.LayerNorm, queries: Tensor, x: Tensor, mask: Tensor | None) -> Tensor:
+        """``attn(queries, norm(x))`` over the tokens ``mask`` keeps (all of ``x`` when None), packed first."""
+        if mask is not None:
+            x, mask = kept_tokens(x, mask)  # (B, n, d), n <= T
+        return attn(queries, norm(x), mask)
 
 
 @dataclass(frozen=True)
