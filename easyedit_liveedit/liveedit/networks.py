@@ -117,8 +117,8 @@ def kept_tokens(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """
     n = int(mask.sum(dim=1).max()) if mask.numel() else 0
     order = mask.argsort(dim=1, descending=True, stable=True)[:, :n]  # (B, n) kept positions first
-    packed = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))  # (B, n, d)
-    return packed, mask.gather(1, order)
+    rows = torch.arange(len(x), device=x.device)[:, None]  # (B, 1)
+    return x[rows, order], mask[rows, order]  # (B, n, d), (B, n); indexing copies whole rows, unlike gather
 
 
 def _learned_queries(n: int, dim: int) -> nn.Parameter:
