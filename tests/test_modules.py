@@ -14,7 +14,13 @@ from easyedit_liveedit.liveedit.losses import (
     soft_routing_absolute_loss,
     soft_routing_relative_loss,
 )
-from easyedit_liveedit.liveedit.networks import CrossAttention, ExpertGenerator, LiveEditNetwork
+from easyedit_liveedit.liveedit.networks import (
+    CrossAttention,
+    ExpertGenerator,
+    KeyExtractor,
+    LiveEditNetwork,
+    kept_tokens,
+)
 from easyedit_liveedit.liveedit.routing import similarity, soft_weights
 
 D, DM, HEADS, R, K, N_IMG = 16, 8, 2, 2, 2, 3
@@ -107,6 +113,78 @@ def test_cross_attention_fully_masked_row_is_zero_with_finite_gradients():
 def test_cross_attention_rejects_indivisible_widths():
     with pytest.raises(ValueError, match="value_dim"):
         CrossAttention(DM, D, DM, 7, HEADS)
+
+
+def test_kept_tokens_packs_each_rows_tokens_in_order():
+    x = torch.arange(2 * 5, dtype=torch.float64).reshape(2, 5, 1)
+    mask = torch.tensor([[False, True, False, True, True], [True, False, False, False, False]])
+    packed, packed_mask = kept_tokens(x, mask)
+    assert packed[..., 0].tolist() == [[1, 3, 4], [5, 6, 7]]  # row 1: its one token, then masked filler
+    assert packed_mask.tolist() == [[True, True, True], [True, False, False]]
+    empty, empty_mask = kept_tokens(x, torch.zeros(2, 5, dtype=torch.bool))
+    assert empty.shape == (2, 0, 1) and empty_mask.shape == (2, 0)
+
+
+# ---------------------------------------------------------------- KeyExtractor
+def _full_masked_reads(ex: KeyExtractor, h, image, prompt):
+    """The three key reads over all ``T`` tokens under their masks (the computation before packing)."""
+    slots = ex.read_prompt(ex.visual_queries[None], ex.visual_norm(h), prompt)
+    return (
+        ex.read_text(ex.text_queries[None], ex.text_norm(h), prompt),
+        slots,
+        ex.read_visual(slots, ex.visual_norm(h), image),
+    )
+
+
+def _packed_reads(ex: KeyExtractor, h, image, prompt):
+    slots = ex.query_slots(h, prompt)
+    return ex.text_key(h, prompt), slots, ex.visual_key(slots, h, image)
+
+
+@pytest.mark.parametrize("batch, full_rows", [(4, True), (3, False), (1, False)])
+def test_key_reads_of_packed_tokens_equal_the_full_masked_reads(batch, full_rows):
+    """Guards ``kept_tokens`` in ``KeyExtractor``: each read normalises and projects only the tokens it keeps, and
+    gives the keys, and the gradients, of reading all ``T`` tokens under the mask (fp64: only the order of float sums
+    differs). Random masks; row 0 has no image tokens (at batch 1 the image read packs to width 0); with
+    ``full_rows`` one row is all image and one all prompt, else every row keeps fewer than ``T`` tokens, so a read
+    that dropped tokens past the packed width would show. Rows that keep nothing stay exact zeros."""
+    torch.manual_seed(0)
+    ex = KeyExtractor(D, DM, HEADS, K).double()
+    g = torch.Generator().manual_seed(3)
+    T = 9
+    h = (torch.randn(batch, T, D, generator=g, dtype=torch.float64) * 3 + 1).requires_grad_()
+    image, prompt = torch.rand(batch, T, generator=g) < 0.4, torch.rand(batch, T, generator=g) < 0.4
+    image[0] = False  # a text-only input
+    if full_rows:
+        image[1], prompt[0], prompt[1] = True, True, False  # every token an image token / a prompt token
+    else:
+        image[:, -1], prompt[:, 0] = True, False  # the packed width < T and tokens sit past it
+        image[0] = False
+        assert image.sum(1).max() < T and prompt.sum(1).max() < T
+    widths = []  # tokens each read projects
+    for attn in (ex.read_prompt, ex.read_visual, ex.read_text):
+        attn.register_forward_pre_hook(lambda _, args: widths.append(args[1].shape[1]))
+    weights = [torch.randn(batch, K, DM, generator=g, dtype=torch.float64) for _ in range(3)]
+    results = []
+    for reads in (_full_masked_reads, _packed_reads):
+        ex.zero_grad()
+        h.grad = None
+        keys = reads(ex, h, image, prompt)
+        sum((w * key).sum() for w, key in zip(weights, keys, strict=True)).backward()
+        results.append((keys, h.grad.clone(), {n: p.grad.clone() for n, p in ex.named_parameters()}))
+    (full, full_h_grad, full_grads), (packed, packed_h_grad, packed_grads) = results
+    n_prompt, n_image = int(prompt.sum(1).max()), int(image.sum(1).max())
+    assert widths == [T, T, T] + [n_prompt, n_prompt, n_image]  # the full reads, then the packed ones
+    for name, a, b in zip(("psi", "slots", "phi"), full, packed, strict=True):
+        torch.testing.assert_close(b, a, msg=name)
+    assert torch.equal(packed[2][0], torch.zeros(K, DM))  # no image tokens: an exact zero visual key
+    if full_rows:
+        assert torch.equal(packed[0][1], torch.zeros(K, DM))  # no prompt tokens: an exact zero textual key
+    torch.testing.assert_close(packed_h_grad, full_h_grad)
+    unread = ~(image | prompt)
+    assert torch.equal(packed_h_grad[unread], torch.zeros_like(packed_h_grad[unread]))
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, msg=name)
 
 
 # ---------------------------------------------------------------- ExpertGenerator
