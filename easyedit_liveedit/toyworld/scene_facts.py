@@ -2,12 +2,16 @@
 digits world) text-only arithmetic.
 
 Every answer is a pure function of the scene's content (``scenes.Scene``) and the question's parameter (a
-cell, an ink or a digit), so the truth is never in doubt and both renderings of a subject share it. Each kind
-has four phrasings (T-Generality rephrases with another one, same parameter). The kinds are chosen so that no
-answer compounds more than one digit reading: a 2x2 scene read at 97% per cell would answer "what is the sum
-of the four digits?" right only ~88% of the time, below the world's >= 90% per kind; questions that need the
-whole scene ask about colours, which are read almost perfectly, or locate a digit ("what colour is the
-seven?").
+cell, or none for the paper), so the truth is never in doubt and both renderings of a subject share it. Each
+kind has four phrasings (T-Generality rephrases with another one, same parameter).
+
+Every kind but the paper reads ONE cell, named by its position or by its relation to a named position (beside
+it, in its column, diagonally opposite), and answers a function of that cell's digit or ink. Why no kind
+compounds readings or searches the scene by content: a cell is read right ~97% of the time, so "what is the sum
+of the four digits?" would be right ~88% of the time, below the world's >= 90% per kind; and kinds that find a
+cell by its ink or digit ("where is the red digit?", "what colour is the seven?", "how many red digits?",
+"is the top left digit red?") were measured on a dev split at 0.45-0.82 after the whole pretraining budget
+(the small LM learns lookups by position quickly, by content or by comparison not), see ``scene_pretrain``.
 """
 
 from __future__ import annotations
@@ -19,61 +23,85 @@ from typing import Any
 from .facts import ARITHMETIC_TEMPLATES, DIGIT_WORDS, NUMBER_WORDS, arithmetic
 from .scenes import INK_NAMES, PAPER_NAMES, POSITIONS, Scene
 
-Param = Any  # None, a cell index, an ink index, a digit, or (cell, ink)
+Param = Any  # a cell index 0-3, or None (the paper)
+
+
+def number_word(n: int) -> str:
+    """0-29 in words ("twenty one"): the answers of the arithmetic kinds."""
+    if not 0 <= n < 30:
+        raise ValueError(f"number_word: expected 0-29, got {n}")
+    if n < 20:
+        return (*NUMBER_WORDS, "nineteen")[n]
+    return "twenty" + (f" {NUMBER_WORDS[n - 20]}" if n > 20 else "")
 
 
 @dataclass(frozen=True)
 class SceneKind:
-    """A kind of question about a scene: phrasings with slots, answer space, askable parameters, answer."""
+    """A kind of question about a scene: phrasings with a ``{pos}`` slot, answer space, parameters, answer."""
 
     name: str
-    templates: tuple[str, ...]  # paraphrases; ``{pos}``, ``{ink}``, ``{digit}`` are filled from the parameter
+    templates: tuple[str, ...]  # paraphrases; ``{pos}`` is filled with the named cell's position
     answers: tuple[str, ...]  # the answer space a counterfactual ``alt`` is drawn from
-    params: Callable[[Scene], list[Param]]  # parameters for which the question has one true answer
     answer: Callable[[Scene, Param], str]
-    slots: Callable[[Param], dict[str, str]]  # parameter -> template slots
-    every_param: tuple[Param, ...]  # all parameters the kind can take in any scene (the tokenizer's corpus)
-    # The cell the question is about, if one is (found by position, by ink or by digit); None for the paper and
-    # for counts. Pretraining points one attention head of the LM at it (scene_pretrain.py).
-    cell: Callable[[Scene, Param], int | None] = lambda scene, param: None
+    # The cell whose content answers the question, given the named one (None for the paper). Pretraining points
+    # one attention head of the LM at its image token (scene_pretrain.py).
+    cell: Callable[[Scene, Param], int | None]
+    every_param: tuple[Param, ...] = (0, 1, 2, 3)
+    # How often pretraining asks this kind, relative to the others (chosen on a dev split of train scans):
+    # - the two ink kinds 3x: nine kinds read a digit and only they read an ink; asked as often as the others,
+    #   the LM read inks at chance for 4,000 of 6,000 joint steps (0.79 at the end), at 3x it read them at 1.00;
+    # - the three kinds that read a cell other than the named one 2x: they were the slowest to learn (0.84-0.97
+    #   after 6,000 joint steps, still rising).
+    pretraining_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if len(self.templates) < 4:
             raise ValueError(f"scene kind {self.name!r}: needs at least four phrasings")
 
+    def params(self, scene: Scene) -> list[Param]:
+        """Parameters for which the question has one true answer (every cell, or None for the paper)."""
+        return list(self.every_param)
+
     def question(self, template: int, param: Param) -> str:
-        """The question in phrasing ``template`` with its slots filled."""
-        return self.templates[template].format(**self.slots(param))
+        """The question in phrasing ``template`` about the named cell."""
+        slots = {} if param is None else {"pos": POSITIONS[param]}
+        return self.templates[template].format(**slots)
 
 
-def _cells(scene: Scene) -> list[Param]:
-    return [0, 1, 2, 3]
+# Relations between cells 0-3 (top left, top right, bottom left, bottom right): XOR of the index bits.
+BESIDE, ACROSS, OPPOSITE = 1, 2, 3  # same row, same column, diagonal
 
 
-def _cell_slots(cell: int) -> dict[str, str]:
-    return {"pos": POSITIONS[cell]}
-
-
-def _ink_slots(ink: int) -> dict[str, str]:
-    return {"ink": INK_NAMES[ink]}
-
-
-def _cell_kind(name: str, templates: tuple[str, ...], answers, answer: Callable[[int], str]) -> SceneKind:
-    """A question about the digit in one cell (``{pos}``): ``answer`` maps that digit to the answer."""
+def _digit_kind(name: str, templates: tuple[str, ...], answers, value: Callable[[int], str], relation: int = 0):
+    """A question about the digit of the named cell (``relation`` 0) or of a cell related to it."""
     return SceneKind(
         name,
         templates,
         tuple(answers),
-        _cells,
-        lambda s, c: answer(s.digits[c]),
-        _cell_slots,
-        (0, 1, 2, 3),
-        lambda s, c: c,
+        lambda s, c: value(s.digits[c ^ relation]),
+        lambda s, c: c ^ relation,
+        pretraining_weight=2.0 if relation else 1.0,
     )
 
 
+def _ink_kind(name: str, templates: tuple[str, ...], relation: int = 0) -> SceneKind:
+    """A question about the ink of the named cell (``relation`` 0) or of a cell related to it."""
+    return SceneKind(
+        name,
+        templates,
+        INK_NAMES,
+        lambda s, c: INK_NAMES[s.inks[c ^ relation]],
+        lambda s, c: c ^ relation,
+        pretraining_weight=3.0,
+    )
+
+
+def _digit_word(d: int) -> str:
+    return DIGIT_WORDS[d]
+
+
 SCENE_KINDS: tuple[SceneKind, ...] = (
-    _cell_kind(
+    _digit_kind(
         "digit",
         (
             "what digit is in the {pos}?",
@@ -82,9 +110,9 @@ SCENE_KINDS: tuple[SceneKind, ...] = (
             "name the digit in the {pos}.",
         ),
         DIGIT_WORDS,
-        lambda d: DIGIT_WORDS[d],
+        _digit_word,
     ),
-    _cell_kind(
+    _digit_kind(
         "parity",
         (
             "is the digit in the {pos} odd or even?",
@@ -95,7 +123,7 @@ SCENE_KINDS: tuple[SceneKind, ...] = (
         ("even", "odd"),
         lambda d: "even" if d % 2 == 0 else "odd",
     ),
-    _cell_kind(
+    _digit_kind(
         "above_four",
         (
             "is the digit in the {pos} greater than four?",
@@ -106,7 +134,7 @@ SCENE_KINDS: tuple[SceneKind, ...] = (
         ("yes", "no"),
         lambda d: "yes" if d > 4 else "no",
     ),
-    _cell_kind(
+    _digit_kind(
         "successor",
         (
             "what number comes after the digit in the {pos}?",
@@ -114,10 +142,10 @@ SCENE_KINDS: tuple[SceneKind, ...] = (
             "what is the next number after the digit in the {pos}?",
             "what do you get by counting one past the {pos} digit?",
         ),
-        NUMBER_WORDS[1:11],
-        lambda d: NUMBER_WORDS[d + 1],
+        [number_word(n) for n in range(1, 11)],
+        lambda d: number_word(d + 1),
     ),
-    _cell_kind(
+    _digit_kind(
         "double",
         (
             "what is twice the digit in the {pos}?",
@@ -125,10 +153,57 @@ SCENE_KINDS: tuple[SceneKind, ...] = (
             "what is the digit in the {pos} times two?",
             "how much is two times the {pos} digit?",
         ),
-        NUMBER_WORDS[0:19:2],
-        lambda d: NUMBER_WORDS[2 * d],
+        [number_word(2 * d) for d in range(10)],
+        lambda d: number_word(2 * d),
     ),
-    SceneKind(
+    _digit_kind(
+        "triple",
+        (
+            "what is three times the digit in the {pos}?",
+            "what do you get when you triple the {pos} digit?",
+            "what is the digit in the {pos} times three?",
+            "how much is thrice the {pos} digit?",
+        ),
+        [number_word(3 * d) for d in range(10)],
+        lambda d: number_word(3 * d),
+    ),
+    _digit_kind(
+        "digit_beside",
+        (
+            "what digit is next to the one in the {pos}?",
+            "which digit sits beside the {pos} digit?",
+            "what number is in the same row as the {pos} digit?",
+            "name the digit beside the one in the {pos}.",
+        ),
+        DIGIT_WORDS,
+        _digit_word,
+        BESIDE,
+    ),
+    _digit_kind(
+        "digit_across",
+        (
+            "what digit is in the same column as the {pos} digit?",
+            "which digit is above or below the one in the {pos}?",
+            "what number shares a column with the {pos} digit?",
+            "name the digit in the column of the {pos} one.",
+        ),
+        DIGIT_WORDS,
+        _digit_word,
+        ACROSS,
+    ),
+    _digit_kind(
+        "digit_opposite",
+        (
+            "what digit is diagonally opposite the {pos} one?",
+            "which digit is in the corner opposite the {pos}?",
+            "what number is across the diagonal from the {pos} digit?",
+            "name the digit opposite the one in the {pos}.",
+        ),
+        DIGIT_WORDS,
+        _digit_word,
+        OPPOSITE,
+    ),
+    _ink_kind(
         "ink",
         (
             "what colour is the digit in the {pos}?",
@@ -136,12 +211,16 @@ SCENE_KINDS: tuple[SceneKind, ...] = (
             "what is the colour of the {pos} digit?",
             "which colour does the digit in the {pos} have?",
         ),
-        INK_NAMES,
-        _cells,
-        lambda s, c: INK_NAMES[s.inks[c]],
-        _cell_slots,
-        (0, 1, 2, 3),
-        lambda s, c: c,
+    ),
+    _ink_kind(
+        "ink_beside",
+        (
+            "what colour is the digit next to the one in the {pos}?",
+            "in which colour is the digit beside the {pos} one written?",
+            "what is the colour of the digit in the same row as the {pos} one?",
+            "which colour does the digit beside the {pos} digit have?",
+        ),
+        BESIDE,
     ),
     SceneKind(
         "paper",
@@ -152,84 +231,9 @@ SCENE_KINDS: tuple[SceneKind, ...] = (
             "on what colour are the digits written?",
         ),
         PAPER_NAMES,
-        lambda s: [None],
         lambda s, _: PAPER_NAMES[s.paper],
-        lambda _: {},
+        lambda s, _: None,
         (None,),
-    ),
-    SceneKind(
-        "ink_count",
-        (
-            "how many {ink} digits are there?",
-            "how many digits are written in {ink}?",
-            "count the {ink} digits.",
-            "what is the number of {ink} digits?",
-        ),
-        tuple(NUMBER_WORDS[0:5]),
-        lambda s: list(range(len(INK_NAMES))),
-        lambda s, k: NUMBER_WORDS[s.inks.count(k)],
-        _ink_slots,
-        tuple(range(len(INK_NAMES))),
-    ),
-    SceneKind(
-        "ink_where",
-        (
-            "where is the {ink} digit?",
-            "in which corner is the {ink} digit?",
-            "which corner holds the digit written in {ink}?",
-            "where in the picture is the {ink} digit?",
-        ),
-        POSITIONS,
-        lambda s: s.unique_inks(),
-        lambda s, k: POSITIONS[s.inks.index(k)],
-        _ink_slots,
-        tuple(range(len(INK_NAMES))),
-        lambda s, k: s.inks.index(k),
-    ),
-    SceneKind(
-        "ink_digit",
-        (
-            "what digit is written in {ink}?",
-            "which digit is {ink}?",
-            "what number is drawn in {ink}?",
-            "name the {ink} digit.",
-        ),
-        tuple(DIGIT_WORDS),
-        lambda s: s.unique_inks(),
-        lambda s, k: DIGIT_WORDS[s.digits[s.inks.index(k)]],
-        _ink_slots,
-        tuple(range(len(INK_NAMES))),
-        lambda s, k: s.inks.index(k),
-    ),
-    SceneKind(
-        "digit_ink",
-        (
-            "what colour is the {digit}?",
-            "in which colour is the {digit} written?",
-            "which colour does the {digit} have?",
-            "what is the colour of the {digit}?",
-        ),
-        INK_NAMES,
-        lambda s: s.unique_digits(),
-        lambda s, d: INK_NAMES[s.inks[s.digits.index(d)]],
-        lambda d: {"digit": DIGIT_WORDS[d]},
-        tuple(range(10)),
-        lambda s, d: s.digits.index(d),
-    ),
-    SceneKind(
-        "is_ink",
-        (
-            "is the digit in the {pos} {ink}?",
-            "is the {pos} digit written in {ink}?",
-            "is {ink} the colour of the digit in the {pos}?",
-            "does the {pos} digit have the colour {ink}?",
-        ),
-        ("yes", "no"),
-        lambda s: [(c, k) for c in range(4) for k in range(len(INK_NAMES))],
-        lambda s, p: "yes" if s.inks[p[0]] == p[1] else "no",
-        lambda p: {"pos": POSITIONS[p[0]], "ink": INK_NAMES[p[1]]},
-        tuple((c, k) for c in range(4) for k in range(len(INK_NAMES))),
-        lambda s, p: p[0],
     ),
 )
 KIND_BY_NAME = {kind.name: kind for kind in SCENE_KINDS}
@@ -270,11 +274,13 @@ def all_text() -> list[str]:
     lines += list(CAPTION_PROMPTS) + [caption(example)] + list(CLASSIFICATION_PROMPTS)
     lines += [" ".join(arithmetic(a, b, t)) for a in range(10) for b in range(10) for t in range(4)]
     lines += [" ".join(NUMBER_WORDS), " ".join(INK_NAMES), " ".join(PAPER_NAMES), " ".join(POSITIONS)]
+    lines += [number_word(n) for n in range(30)]
     return lines
 
 
 __all__ = [
     "ARITHMETIC_TEMPLATES",
+    "DIGIT_WORDS",
     "CAPTION_PROMPTS",
     "CLASSIFICATION_CELL",
     "CLASSIFICATION_PROMPTS",
@@ -285,4 +291,5 @@ __all__ = [
     "answer_space",
     "arithmetic",
     "caption",
+    "number_word",
 ]
