@@ -22,9 +22,16 @@ Scopes (why generality and locality are well defined):
 Configurations: ``default`` (pretrained for a few minutes to >= 90% per question kind) and ``small`` (for unit
 tests: a few dozen scans, a model a few times smaller, trained for ~30 steps, i.e. seconds; it answers near
 chance and exists to exercise code paths, not to be accurate).
+
+The scenes world (``scenes``, and ``scenes_small`` for unit tests; ``scenes.py``, ``scene_facts.py``,
+``scene_records.py``, ``scene_pretrain.py``, ``scene_world.py``) has E-VQA's structure, which a router needs:
+a subject is a 2x2 composite of four scans with an ink per digit and a paper colour, every eval edit has its
+own subject, ``image_rephrase`` renders the same content from other scans, and twelve question kinds ask about
+a cell's digit or ink, the paper, an ink's count or place, or a digit's ink. Same layout on disk, same
+``ToyWorld`` handle, same EasyEdit entry points.
 """
 
-from .config import CONFIGS, DEFAULT, SMALL, ToyWorldConfig
+from .config import CONFIGS, DEFAULT, SCENES, SCENES_SMALL, SMALL, SceneWorldConfig, ToyWorldConfig
 from .layout import CACHE_ENV, Layout, cache_root
 from .validate import validate_file, validate_records
 from .world import ToyWorld, build, load
@@ -33,8 +40,11 @@ __all__ = [
     "CACHE_ENV",
     "CONFIGS",
     "DEFAULT",
+    "SCENES",
+    "SCENES_SMALL",
     "SMALL",
     "Layout",
+    "SceneWorldConfig",
     "ToyWorld",
     "ToyWorldConfig",
     "build",

@@ -1,4 +1,7 @@
-"""``python -m easyedit_liveedit.toyworld [--config default|small] [--cache DIR] [--force]``: build and summarise."""
+"""``python -m easyedit_liveedit.toyworld [--config NAME] [--cache DIR] [--force]``: build and summarise.
+
+NAME is one of ``toyworld.CONFIGS``: ``default`` / ``small`` (the digits world) or ``scenes`` / ``scenes_small``.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; a hub looku
 def main(argv: list[str] | None = None) -> int:
     """Build (or load) the toy world and print its sizes, pretraining time and per-kind pre-edit accuracy."""
     parser = argparse.ArgumentParser(prog="python -m easyedit_liveedit.toyworld", description=__doc__)
-    parser.add_argument("--config", default="default", help="default (benchmarks) or small (unit tests)")
+    parser.add_argument(
+        "--config",
+        default="default",
+        help="default, scenes (benchmarks) or small, scenes_small (unit tests)",
+    )
     parser.add_argument(
         "--cache", default=None, help="cache root (default: $EASYEDIT_LIVEEDIT_CACHE or .cache/toyworld)"
     )

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from . import backbone, facts, images, records, serac
-from .config import CONFIGS, ToyWorldConfig
+from . import backbone, facts, images, records, scene_world, serac
+from .config import CONFIGS, SceneWorldConfig, ToyWorldConfig
 from .evaluate import ImageLoader, pre_edit_accuracy
 from .layout import Layout, cache_root
 from .pretrain import pretrain
@@ -37,7 +37,7 @@ FORMAT_VERSION = 2
 class ToyWorld:
     """A built toy world: its configuration, its files and its manifest (sizes, timing, accuracy)."""
 
-    config: ToyWorldConfig
+    config: ToyWorldConfig | SceneWorldConfig
     layout: Layout
     manifest: dict
 
@@ -92,11 +92,13 @@ class ToyWorld:
         return self.layout.split(name)
 
 
-def _resolve(config: str | ToyWorldConfig) -> ToyWorldConfig:
-    if isinstance(config, ToyWorldConfig):
+def _resolve(config: str | ToyWorldConfig | SceneWorldConfig) -> ToyWorldConfig | SceneWorldConfig:
+    if isinstance(config, ToyWorldConfig | SceneWorldConfig):
         return config
     if config not in CONFIGS:
-        raise ValueError(f"toy world config {config!r}: expected one of {sorted(CONFIGS)} or a ToyWorldConfig")
+        raise ValueError(
+            f"toy world config {config!r}: expected one of {sorted(CONFIGS)}, a ToyWorldConfig or a SceneWorldConfig"
+        )
     return CONFIGS[config]
 
 
@@ -132,34 +134,8 @@ def _image_tensor(layout: Layout, relative: list[str], image_size: int) -> torch
     return torch.stack([loader(path) for path in relative])
 
 
-def build(
-    config: str | ToyWorldConfig = "default",
-    cache: str | Path | None = None,
-    force: bool = False,
-    progress: bool = True,
-    evaluate_limit: int | None = 100,
-) -> ToyWorld:
-    """Build the toy world (data, tokenizers, pretrained backbone) unless an identical one is cached.
-
-    Args:
-        config: ``"default"``, ``"small"`` or a ``ToyWorldConfig``.
-        cache: cache root (default ``$EASYEDIT_LIVEEDIT_CACHE`` or ``<project>/.cache/toyworld``).
-        force: rebuild even if a current build exists.
-        progress: show the pretraining progress bar.
-        evaluate_limit: records per kind for the manifest's pre-edit accuracy (None: all).
-
-    Returns:
-        The ``ToyWorld``; its files are at ``<cache>/<config.name>/``.
-    """
-    config = _resolve(config)
-    root = (Path(cache) if cache is not None else cache_root()) / config.name
-    layout = Layout(root)
-    if not force and _is_current(layout, config):
-        return ToyWorld(config, layout, json.loads(layout.manifest.read_text()))
-
-    started = time.perf_counter()
-    work = Layout(root.with_name(f"{root.name}.building-{os.getpid()}"))
-    shutil.rmtree(work.root, ignore_errors=True)
+def _build_digits_into(config: ToyWorldConfig, work: Layout, progress: bool, evaluate_limit: int | None) -> dict:
+    """Write a complete digits world into ``work``; returns its manifest without format, fingerprint and time."""
     pools, labels = _write_data(config, work)
     corpus = facts.all_text()
     train_opt_tokenizer(corpus, work.opt)
@@ -192,9 +168,7 @@ def build(
         accuracy = pre_edit_accuracy(world.load_model(), tok, work, config.image_size, limit=evaluate_limit)
     finally:
         torch.set_num_threads(threads)
-    manifest = {
-        "format": FORMAT_VERSION,
-        "fingerprint": config.fingerprint(),
+    return {
         "config": asdict(config),
         "sizes": {
             "images": {k: len(getattr(pools, k)) for k in ("train", "eval", "mloc", "cls")},
@@ -209,8 +183,44 @@ def build(
         },
         "pretraining": result,
         "pre_edit_accuracy": accuracy,
-        "build_seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def build(
+    config: str | ToyWorldConfig | SceneWorldConfig = "default",
+    cache: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+    evaluate_limit: int | None = 100,
+) -> ToyWorld:
+    """Build the toy world (data, tokenizers, pretrained backbone) unless an identical one is cached.
+
+    Args:
+        config: a name in ``CONFIGS`` (``"default"``, ``"small"``, ``"scenes"``, ``"scenes_small"``), a
+            ``ToyWorldConfig`` (digits world) or a ``SceneWorldConfig`` (scenes world, built by ``scene_world``).
+        cache: cache root (default ``$EASYEDIT_LIVEEDIT_CACHE`` or ``<project>/.cache/toyworld``).
+        force: rebuild even if a current build exists.
+        progress: show the pretraining progress bar.
+        evaluate_limit: records per kind for the manifest's pre-edit accuracy (None: all).
+
+    Returns:
+        The ``ToyWorld``; its files are at ``<cache>/<config.name>/``.
+    """
+    config = _resolve(config)
+    root = (Path(cache) if cache is not None else cache_root()) / config.name
+    layout = Layout(root)
+    if not force and _is_current(layout, config):
+        return ToyWorld(config, layout, json.loads(layout.manifest.read_text()))
+
+    started = time.perf_counter()
+    work = Layout(root.with_name(f"{root.name}.building-{os.getpid()}"))
+    shutil.rmtree(work.root, ignore_errors=True)
+    if isinstance(config, SceneWorldConfig):
+        built = scene_world.build_into(config, work, progress, evaluate_limit)
+    else:
+        built = _build_digits_into(config, work, progress, evaluate_limit)
+    manifest = {"format": FORMAT_VERSION, "fingerprint": config.fingerprint()} | built
+    manifest["build_seconds"] = round(time.perf_counter() - started, 1)
     work.manifest.write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(root, ignore_errors=True)
     os.replace(work.root, root)
@@ -218,6 +228,8 @@ def build(
     return ToyWorld(config, layout, manifest)
 
 
-def load(config: str | ToyWorldConfig = "default", cache: str | Path | None = None, progress: bool = True) -> ToyWorld:
+def load(
+    config: str | ToyWorldConfig | SceneWorldConfig = "default", cache: str | Path | None = None, progress: bool = True
+) -> ToyWorld:
     """The cached toy world, building it first if it is missing or out of date."""
     return build(config, cache=cache, force=False, progress=progress)

@@ -1,0 +1,153 @@
+"""Build the scenes world: subjects, MMEdit records, tokenizers and the pretrained backbone, in one folder.
+
+The same on-disk layout and the same ``ToyWorld`` handle as the digits world (``world.build`` dispatches here
+for a ``SceneWorldConfig``), so EasyEdit's datasets, editor, trainer and metrics, and everything built on the
+toy world, read it unchanged. Splits, all drawn from disjoint pools of ``load_digits`` scans:
+
+* ``vqa_train`` / ``caption_train``: subjects from the train pool (the only scans pretraining sees);
+* ``vqa_eval`` / ``caption_eval``: subjects from the eval pool (never seen in pretraining);
+* ``m_loc`` subjects from their own pool, never edited; ``classification`` subjects from a fourth pool.
+
+Contents: every eval subject (VQA and caption), every ``m_loc`` subject and every classification subject has
+a content at least ``min_distance`` attributes away from all the others, so an eval edit is about its own
+subject and a rephrase's content names exactly one of them. Train subjects are distinct among themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from . import backbone, images, scene_facts, scene_records
+from .config import SceneWorldConfig
+from .evaluate import pre_edit_accuracy
+from .layout import Layout
+from .records import Pools
+from .scene_pretrain import pretrain_scenes
+from .scenes import ScanPool, SceneRenderer, Subject, distinct_scenes, write_subjects
+from .tokenizer import train_opt_tokenizer, write_word_vocab
+from .validate import validate_file
+
+LOG = logging.getLogger(__name__)
+
+
+def renderer_for(config: SceneWorldConfig, scans: np.ndarray) -> SceneRenderer:
+    """The renderer every split and pretraining share."""
+    return SceneRenderer(scans, config.image_size, config.digit_sizes, config.margin)
+
+
+def scan_pools(config: SceneWorldConfig, labels: np.ndarray) -> Pools:
+    """The four disjoint pools of scans (train, eval, m_loc, classification), from a seeded permutation."""
+    sizes = (config.n_train_scans, config.n_eval_scans, config.n_mloc_scans, config.n_cls_scans)
+    return Pools.split(len(labels), sizes, config.seed)
+
+
+def _write_subjects(config: SceneWorldConfig, layout: Layout, scans: np.ndarray, labels: np.ndarray, pools: Pools):
+    """Draw every split's contents and write both renderings of each subject; returns subjects by split."""
+    renderer = renderer_for(config, scans)
+    rng = np.random.default_rng([config.seed, 6])
+    held_out_sizes = {
+        "eval": config.n_eval_subjects,
+        "caption_eval": config.n_caption_eval_subjects,
+        "mloc": config.n_mloc_subjects,
+        "cls": config.n_cls_subjects,
+    }
+    # One draw for all held-out subjects, so each is min_distance away from every other (across splits too).
+    held_out = distinct_scenes(sum(held_out_sizes.values()), rng, config.min_distance)
+    train = distinct_scenes(config.n_train_subjects + config.n_caption_train_subjects, rng, 1)
+    scenes, start = {}, 0
+    for split, size in held_out_sizes.items():
+        scenes[split], start = held_out[start : start + size], start + size
+    scenes["train"] = train[: config.n_train_subjects]
+    scenes["caption_train"] = train[config.n_train_subjects :]
+    pool_of = {"train": pools.train, "caption_train": pools.train, "eval": pools.eval, "caption_eval": pools.eval}
+    pool_of |= {"mloc": pools.mloc, "cls": pools.cls}
+    out = {}
+    for split, contents in scenes.items():
+        pool = ScanPool(pool_of[split], labels)
+        out[split] = write_subjects(split, contents, pool, renderer, layout.images, config.seed)
+    return out
+
+
+def write_data(config: SceneWorldConfig, layout: Layout) -> dict[str, list[Subject]]:
+    """Images, MMEdit records, the classification split and the text facts; returns the subjects by split."""
+    scans, labels = images.load_scans()
+    pools = scan_pools(config, labels)
+    subjects = _write_subjects(config, layout, scans, labels, pools)
+    for salt, split in enumerate(("train", "eval")):
+        vqa = scene_records.vqa_records(subjects[split], subjects["mloc"], config.seed, salt)
+        scene_records.write_json(vqa, layout.split(f"vqa_{split}"))
+        caption = scene_records.caption_records(
+            subjects[f"caption_{split}"], subjects["mloc"], config.seed, salt, config.min_distance
+        )
+        scene_records.write_json(caption, layout.split(f"caption_{split}"))
+    scene_records.write_json(scene_records.classification_records(subjects["cls"]), layout.split("classification"))
+    scene_records.write_json(scene_records.text_fact_records(), layout.split("text_facts"))
+    for name in ("vqa_train", "vqa_eval", "caption_train", "caption_eval"):
+        validate_file(layout.split(name), layout.images)
+    return subjects
+
+
+def build_into(config: SceneWorldConfig, work: Layout, progress: bool, evaluate_limit: int | None) -> dict:
+    """Write a complete scenes world into ``work`` and return its manifest (``world.build`` renames the folder).
+
+    Steps: data (subjects, records) -> tokenizers on the world's own text -> a fresh ``Blip2OPT`` (EasyEdit's
+    constructor) -> two-stage pretraining on the train pool -> save -> pre-edit accuracy through EasyEdit's
+    metric code on the saved files, as every user loads them.
+    """
+    started, load_at_start = time.perf_counter(), os.getloadavg()
+    subjects = write_data(config, work)
+    data_seconds = time.perf_counter() - started
+    corpus = scene_facts.all_text()
+    train_opt_tokenizer(corpus, work.opt)
+    qformer_vocab = write_word_vocab(corpus, work.qformer)  # deterministic (the trainer's vocabulary is not)
+    tok = backbone.load_tokenizer(work)
+    backbone.write_fresh_backbone(config, work, len(tok), qformer_vocab)
+    model = backbone.construct(work, config.num_query_tokens)
+
+    scans, labels = images.load_scans()
+    pools = scan_pools(config, labels)
+    result = pretrain_scenes(
+        model, tok, config, ScanPool(pools.train, labels), renderer_for(config, scans), progress=progress
+    )
+    backbone.save_trained(model, work)
+
+    with backbone.easyedit_patches(work, config.image_size):
+        trained = backbone.construct(work, config.num_query_tokens).eval()
+    threads, evaluate_start = torch.get_num_threads(), time.perf_counter()
+    torch.set_num_threads(config.threads)
+    try:
+        accuracy = pre_edit_accuracy(trained, tok, work, config.image_size, limit=evaluate_limit)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "config": asdict(config),
+        "sizes": {
+            "scans": {k: len(getattr(pools, k)) for k in ("train", "eval", "mloc", "cls")},
+            "subjects": {split: len(items) for split, items in subjects.items()},
+            "vqa_train": len(subjects["train"]),
+            "vqa_eval": len(subjects["eval"]),
+            "caption_train": len(subjects["caption_train"]),
+            "caption_eval": len(subjects["caption_eval"]),
+            "classification": len(subjects["cls"]),
+            "text_facts": len(scene_records.text_fact_records()),
+            "kinds": len(scene_facts.SCENE_KINDS),
+            "answers": len(scene_facts.answer_space()),
+            "opt_vocab": len(tok),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "pretraining": result,
+        "pre_edit_accuracy": accuracy,
+        "seconds": {
+            "data": round(data_seconds, 1),
+            "pretraining": result["seconds"],
+            "evaluation": round(time.perf_counter() - evaluate_start, 1),
+        },
+        # 1, 5 and 15-minute load averages when the build started and ended (2.0 fills a 2-core machine).
+        "load_average": {"start": [round(v, 2) for v in load_at_start], "end": [round(v, 2) for v in os.getloadavg()]},
+    }
