@@ -22,11 +22,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import easyedit_liveedit  # noqa: F401  (registers LiveEdit, applies the EasyEdit shims)
-from easyedit_liveedit import LiveEditMultimodalHparams, toyworld
-from easyedit_liveedit.editor import LiveEdit
-from easyedit_liveedit.losses import answer_cross_entropy
-from easyedit_liveedit.modules import Experts
-from easyedit_liveedit.trainer import predicts_answer
+from easyedit_liveedit import LiveEdit, LiveEditMultimodalHparams, toyworld
+from easyedit_liveedit.liveedit.losses import answer_cross_entropy
+from easyedit_liveedit.liveedit.networks import Experts
+from easyedit_liveedit.liveedit.train_step import predicts_answer
 
 
 def own_expert_logits(editor: LiveEdit, samples: dict) -> tuple[torch.Tensor, torch.Tensor]:

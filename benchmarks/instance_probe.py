@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import easyedit_liveedit  # noqa: F401  (registers LiveEdit, applies the EasyEdit shims)
-from easyedit_liveedit import LiveEditMultimodalHparams, toyworld
-from easyedit_liveedit.editor import LiveEdit
+from easyedit_liveedit import LiveEdit, LiveEditMultimodalHparams, toyworld
 
 
 def image_tokens(world: toyworld.ToyWorld, editor: LiveEdit, split: str) -> tuple[torch.Tensor, torch.Tensor, list]:

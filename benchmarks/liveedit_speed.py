@@ -28,9 +28,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 import easyedit_liveedit  # noqa: F401  (registers LiveEdit, applies the EasyEdit shims)
-from easyedit_liveedit import LiveEditMultimodalHparams, toyworld
-from easyedit_liveedit.editor import LiveEdit
-from easyedit_liveedit.modules import Experts
+from easyedit_liveedit import LiveEdit, LiveEditMultimodalHparams, toyworld
+from easyedit_liveedit.liveedit.networks import Experts
 
 
 def median_seconds(fns: Sequence[Callable[[], object]], repeats: int) -> list[float]:

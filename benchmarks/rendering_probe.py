@@ -21,8 +21,8 @@ import torch
 from liveedit_speed import load_editor, probe_arguments
 from torch.utils.data import DataLoader
 
-from easyedit_liveedit.questions import EditorQuestions
-from easyedit_liveedit.trainer import scored_positions
+from easyedit_liveedit.easyedit.questions import EditorQuestions
+from easyedit_liveedit.liveedit.train_step import scored_positions
 
 
 def per_row_accuracy(logits: torch.Tensor, labels: torch.Tensor, answer_tokens: list[int] | None) -> list[float]:

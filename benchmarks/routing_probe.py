@@ -30,7 +30,7 @@ import torch
 from liveedit_speed import batch_of, load_editor, probe_arguments
 from tqdm import tqdm
 
-from easyedit_liveedit.modules import Experts
+from easyedit_liveedit.liveedit.networks import Experts
 from easyedit_liveedit.toyworld.evaluate import ImageLoader
 
 

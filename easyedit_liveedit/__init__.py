@@ -1,20 +1,26 @@
 """LiveEdit (CVPR 2025) as an EasyEdit plugin: ``import easyedit_liveedit`` registers it.
 
 After the import, EasyEdit's ``MultimodalEditor`` accepts ``alg_name: LiveEdit`` and EasyEdit's trainer loop
-accepts ``alg: LiveEdit``; see README.md.
+accepts ``alg: LiveEdit``; nothing of EasyEdit's own editors changes. Three layers: ``liveedit`` (the method,
+without EasyEdit), ``easyedit`` (the glue) and ``bench`` (the experiment harness); see README.md.
 """
 
-from .registration import register
+from .easyedit import (
+    LiveEdit,
+    LiveEditMultimodalHparams,
+    LiveEditMultimodalTrainer,
+    LiveEditMultimodalTrainingHparams,
+    MultimodalEditor,
+    register,
+)
+from .liveedit import LiveEditConfig, LiveEditModel
 
 register()
 
-from .editor import LiveEdit  # noqa: E402
-from .liveedit_hparams import LiveEditMultimodalHparams, LiveEditMultimodalTrainingHparams  # noqa: E402
-from .multimodal_editor import MultimodalEditor  # noqa: E402
-from .trainer import LiveEditMultimodalTrainer  # noqa: E402
-
 __all__ = [
     "LiveEdit",
+    "LiveEditConfig",
+    "LiveEditModel",
     "LiveEditMultimodalHparams",
     "LiveEditMultimodalTrainer",
     "LiveEditMultimodalTrainingHparams",

@@ -1,4 +1,4 @@
-"""``python -m easyedit_liveedit``: the ``easyedit-liveedit`` command line (see ``cli.py``).
+"""``python -m easyedit_liveedit``: the ``easyedit-liveedit`` command line (see ``bench/cli.py``).
 
 Without arguments it prints the usage and EasyEdit's editor tables with LiveEdit registered (``methods``).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli import main
+from .bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

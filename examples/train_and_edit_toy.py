@@ -28,7 +28,7 @@ from easyedit_liveedit import (
     MultimodalEditor,
     toyworld,
 )
-from easyedit_liveedit.archives import split_train_val
+from easyedit_liveedit.bench.archives import split_train_val
 
 
 def train(world: toyworld.ToyWorld) -> None:

@@ -11,6 +11,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped, visibly and with the reason, on a machine without CUDA."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="no CUDA device"))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
@@ -27,25 +36,3 @@ def small_world(tmp_path_factory):
 
     cache = tmp_path_factory.getbasetemp() / "toyworld-cache"
     return toyworld.build("small", cache=cache, progress=False, evaluate_limit=3)
-
-
-def small_liveedit_hparams(world, training: bool = False, **overrides):
-    """LiveEdit hparams for the small toy world (tiny LiveEdit networks, layer 1 of its OPT)."""
-    from easyedit_liveedit import LiveEditMultimodalHparams, LiveEditMultimodalTrainingHparams
-
-    values = dict(
-        name="unset",
-        model_name="blip2",
-        model_class="Blip2OPT",
-        tokenizer_class="GPT2Tokenizer",
-        tokenizer_name="unset",
-        device="cpu",
-        edit_layer=1,
-        cross_attn_dim=32,
-        num_heads=4,
-        num_sentinel_tokens=world.config.num_query_tokens,
-    )
-    values.update({"alg": "LiveEdit"} if training else {"alg_name": "LiveEdit"})
-    values.update(overrides)
-    cls = LiveEditMultimodalTrainingHparams if training else LiveEditMultimodalHparams
-    return world.apply_paths(cls.from_dict(values))

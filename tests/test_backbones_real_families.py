@@ -20,11 +20,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from easyedit_liveedit import LiveEditMultimodalHparams, compat
+from easyedit_liveedit import LiveEdit, LiveEditMultimodalHparams
 from easyedit_liveedit.backbones import LlavaForEditing, adapter_for
 from easyedit_liveedit.backbones.minigpt4 import VQA_PROMPT
-from easyedit_liveedit.editor import LiveEdit
-from easyedit_liveedit.modules import Experts
+from easyedit_liveedit.liveedit.networks import Experts
+from easyedit_liveedit.toyworld.easyedit_shims import vision_tower_builder
 from easyedit_liveedit.toyworld.vision import VisionConfig, build_vision_tower
 
 IMAGE_SIZE = 16
@@ -107,7 +107,7 @@ def _build_minigpt4(root: Path) -> nn.Module:
     VisionConfig(IMAGE_SIZE, 8, 16, 1, 2).save(root / "vit")  # the toy ViT, 16-wide (the Q-Former's encoder_width)
     torch.save({"model": {}}, root / "qformer_checkpoint.pth")  # the BLIP-2 checkpoint MiniGPT4 loads non-strictly
     mini_gpt4 = importlib.import_module("easyeditor.trainer.blip2_models.mini_gpt4")
-    with compat.vision_tower_builder(build_vision_tower):
+    with vision_tower_builder(build_vision_tower):
         model = mini_gpt4.MiniGPT4(
             vit_model="eva_clip_g",
             q_former_model=str(root / "qformer_checkpoint.pth"),
@@ -335,7 +335,7 @@ def _add_strong_experts(editor: LiveEdit, samples: dict) -> list[int]:
 @pytest.fixture
 def only_first_input_routed(monkeypatch):
     """Routing seam: the hard filter keeps every expert for input 0 of a batch and none for the others."""
-    import easyedit_liveedit.library as library
+    import easyedit_liveedit.liveedit.library as library
 
     def first_row_only(visual_sim, sentinel_sim, has_image=None):
         keep = torch.zeros_like(visual_sim, dtype=torch.bool)
@@ -365,7 +365,7 @@ def test_edited_forward_differs_only_for_inputs_routed_to_an_expert(family, edit
 @pytest.fixture
 def every_expert_fires(monkeypatch):
     """Routing seam: the hard filter keeps every expert for inputs with an image (an untrained router is random)."""
-    import easyedit_liveedit.library as library
+    import easyedit_liveedit.liveedit.library as library
 
     def keep_all(visual_sim, sentinel_sim, has_image=None):
         keep = torch.ones_like(visual_sim, dtype=torch.bool)
@@ -412,7 +412,7 @@ def test_easyedit_entry_point_and_metric_run_on_the_family(family, tmp_path):
     from easyeditor.evaluate.evaluate import compute_multimodal_edit_quality, prepare_multimodal_edit
     from easyeditor.util.alg_dict import ALG_MULTIMODAL_DICT
 
-    from easyedit_liveedit.liveedit_main import attached_editor
+    from easyedit_liveedit.easyedit.entry import attached_editor
 
     untrained = LiveEdit(family.model, family.hparams())
     torch.save({"model": untrained.state_dict(), "step": 0}, tmp_path / "liveedit.pt")
@@ -429,7 +429,58 @@ def test_easyedit_entry_point_and_metric_run_on_the_family(family, tmp_path):
             )
         assert 0.0 <= float(acc) <= 1.0
     finally:
-        attached = attached_editor(family.model)
+        attached = attached_editor(family.model, hparams)
         if attached is not None:  # the module-scoped model outlives this test
             attached.detach_hooks()
-            del family.model.__dict__["_liveedit_editor"]
+            del family.model.__dict__["_liveedit_editors"]
+
+
+# ------------------------------------------------------------------------------ gradient checkpointing
+@pytest.mark.parametrize("family", ["llava"], indirect=True)
+def test_meta_training_under_gradient_checkpointing_gets_the_gradients_of_plain_training(family, monkeypatch):
+    """Guards: with the language model checkpointed layer by layer (reentrant or not), a training pass adds the
+    residual at layer l_e exactly once per forward (a recomputation in backward would run the hook after the pass has
+    ended and add nothing), so LiveEdit's networks get the gradients they get without checkpointing."""
+    from easyedit_liveedit.liveedit.layer import Mix
+    from easyedit_liveedit.liveedit.losses import answer_cross_entropy
+
+    residuals = []
+    at_layer = Mix.at_layer
+
+    def recording(self, h, layout, net):
+        out = at_layer(self, h, layout, net)
+        residuals.append((out - h).detach().clone())
+        return out
+
+    monkeypatch.setattr(Mix, "at_layer", recording)
+    llava, language_model = family.model.llava, family.model.llava.model.language_model
+    editor = LiveEdit(family.model, family.hparams())
+    samples = family.samples(2)
+    switch = torch.ones(2, 2, dtype=torch.bool)
+
+    def gradients() -> dict[str, Tensor]:
+        editor.net.zero_grad()
+        residuals.clear()
+        torch.manual_seed(0)
+        output, _ = editor.forward_with_experts(samples, editor.make_experts(samples), switch)
+        answer_cross_entropy(output.logits, output.labels).backward()
+        assert len(residuals) == 1
+        return {name: p.grad.clone() for name, p in editor.net.named_parameters() if p.grad is not None}
+
+    try:
+        editor.train()
+        plain, plain_residual = gradients(), residuals[0]
+        assert plain
+        for reentrant in (False, True):
+            llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+            language_model.train()  # transformers checkpoints only layers in training mode
+            checkpointed = gradients()
+            torch.testing.assert_close(residuals[0], plain_residual)
+            assert checkpointed.keys() == plain.keys(), reentrant
+            for name in plain:
+                torch.testing.assert_close(checkpointed[name], plain[name], msg=f"{name}, reentrant={reentrant}")
+            assert all(layer.gradient_checkpointing for layer in language_model.layers)  # restored after the pass
+    finally:
+        llava.gradient_checkpointing_disable()
+        llava.eval()
+        editor.detach_hooks()

@@ -8,13 +8,14 @@ subprocess spends most of its time importing EasyEdit.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from test_compare import ARCHIVE_RUN, small_archives
+from helpers import ARCHIVE_RUN, small_archives
 
 from easyedit_liveedit.toyworld.layout import CACHE_ENV
 
@@ -44,6 +45,14 @@ def runs(small_world, tmp_path_factory):
         f"run.output_dir={base / 'out'}",
         f"run.archive_dir={small_archives(tmp_path_factory, small_world)}",
     ]
+    records = json.loads(small_world.split("vqa_eval").read_text())[:4]
+    records[2]["image_rephrase"] = "digits/none.png"
+    (base / "bad_eval.json").write_text(json.dumps(records))
+    bad_data = [
+        "data=mmedit",
+        f"data.train_json={small_world.split('vqa_train')}",
+        f"data.eval_json={base / 'bad_eval.json'}",
+    ]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CACHE_ENV, str(small_world.layout.root.parent))
         started = {
@@ -62,6 +71,7 @@ def runs(small_world, tmp_path_factory):
             "bad_option": _start(["edit", "method=NOPE", *common], base),
             "bad_key": _start(["edit", "run.no_such_key=1", *common], base),
             "bad_command": _start(["comparre", *common], base),
+            "bad_data": _start(["edit", "method=LiveEdit", *common, *bad_data], base),
         }
     return base, {name: _finish(p) for name, p in started.items()}
 
@@ -125,7 +135,7 @@ def test_bare_command_prints_usage_and_easyedit_tables(runs):
     result = runs[1]["bare"]
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage: easyedit-liveedit")
-    assert "LiveEdit     easyedit_liveedit.liveedit_main.apply_liveedit_to_multimodal_model" in result.stdout
+    assert "LiveEdit     easyedit_liveedit.easyedit.entry.apply_liveedit_to_multimodal_model" in result.stdout
 
 
 def test_bad_group_option_names_the_group_and_the_choices(runs):
@@ -148,8 +158,17 @@ def test_unknown_command_lists_the_commands(runs):
     assert "compare" in result.stderr and "diagnose" in result.stderr
 
 
+def test_a_bad_data_file_is_refused_naming_the_record_and_field_before_any_edit(runs):
+    """Guards the command line's data check: a user's MMEdit file with a missing image fails before anything is
+    trained or edited, with an error naming the file, the record and the field."""
+    result = runs[1]["bad_data"]
+    assert result.returncode != 0
+    assert "bad_eval.json: record 2, field 'image_rephrase': image file" in result.stderr
+    assert "does not exist" in result.stderr and "LiveEdit edits" not in result.stderr
+
+
 def test_quick_flag_is_the_quick_run_preset():
-    from easyedit_liveedit.cli import _hydra_argv
+    from easyedit_liveedit.bench.cli import _hydra_argv
 
     assert _hydra_argv(["compare", "--quick", "method=MEND"]) == ["run=quick", "method=MEND", "command=compare"]
     assert _hydra_argv(["compare", "--multirun", "--quick"]) == ["--multirun", "run=quick", "command=compare"]

@@ -23,70 +23,23 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import ARCHIVE_RUN, EDITS, dies, rows_of, small_archives, small_runner, toy_hparams
 
 import easyedit_liveedit  # noqa: F401  (registers LiveEdit, applies the EasyEdit shims)
-from easyedit_liveedit import archives
-from easyedit_liveedit.compare import (
-    METRICS,
+from easyedit_liveedit.bench import archives
+from easyedit_liveedit.bench.emt_probe import classification_accuracy, load_records, normalise
+from easyedit_liveedit.bench.engine import (
     Backbone,
     CompareSettings,
     MethodRun,
-    Row,
-    _request,
     compare,
     compare_in_processes,
     fingerprint,
 )
-from easyedit_liveedit.plots import plot
-from easyedit_liveedit.probe import classification_accuracy, load_records, normalise
-from easyedit_liveedit.table import COLUMNS, markdown, read_csv, write_csv
+from easyedit_liveedit.bench.plots import plot
+from easyedit_liveedit.bench.table import COLUMNS, markdown, read_csv, write_csv
+from easyedit_liveedit.easyedit.scoring import METRICS, request_from_item
 from easyedit_liveedit.toyworld.evaluate import ImageLoader
-from easyedit_liveedit.toyworld.layout import CACHE_ENV, PROJECT_ROOT
-
-EDITS = [1, 3]
-# How the session's archives are trained; a runner reuses them only with the same run.train_steps and run.val_size.
-TRAIN_STEPS, VAL_SIZE = 2, 4
-ARCHIVE_RUN = [f"run.train_steps={TRAIN_STEPS}", f"run.val_size={VAL_SIZE}"]
-
-
-def _hparams(world, method: str, training: bool = False, **overrides):
-    kind = "TRAINING/" if training else ""
-    hparams = archives.load_hparams(method, PROJECT_ROOT / f"hparams/{kind}{method}/toy-blip2.yaml", overrides,
-                                    training=training)  # fmt: skip
-    hparams.model_parallel = getattr(hparams, "model_parallel", False)
-    return world.apply_paths(hparams)
-
-
-def small_archives(tmp_path_factory, world) -> Path:
-    """LiveEdit, MEND and SERAC archives for the small world, two steps of EasyEdit's trainer loop each (only
-    their existence matters); trained once per test session into ``<basetemp>/compare-archives`` (the CLI tests
-    reuse them through ``run.archive_dir``, with ``ARCHIVE_RUN`` so that their provenance records match)."""
-    root = tmp_path_factory.getbasetemp() / "compare-archives"
-    for method in ("LiveEdit", "MEND", "SERAC"):
-        training = _hparams(world, method, training=True, max_iters=TRAIN_STEPS, results_dir=str(root))
-        if not archives.archive_path(training).is_file():
-            archives.train_archive(
-                method, training, world.split("vqa_train"), "VQADataset", root / f"split-{method}",
-                world.easyedit_patches, val_size=VAL_SIZE,
-            )  # fmt: skip
-    return root
-
-
-def small_runner(world, out: Path, *overrides: str):
-    """A ``Runner`` for the composed Hydra configuration (as the CLI builds it) on ``world`` itself: the toy world
-    cache is pointed at the world's folder while the runner loads it."""
-    from hydra import compose, initialize_config_module
-
-    from easyedit_liveedit.config import register_configs
-    from easyedit_liveedit.runner import Runner
-
-    register_configs()
-    with initialize_config_module("easyedit_liveedit.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["model.toy_world=small", "run.threads=1", "run.progress=false",
-                                           *overrides])  # fmt: skip
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(CACHE_ENV, str(world.layout.root.parent))
-        return Runner(cfg, out)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +69,7 @@ def rows(small_world, tmp_path_factory, backbone, settings):
     records ``train_archive`` wrote match what the runner would train them from."""
     from omegaconf import OmegaConf
 
-    from easyedit_liveedit.config import MethodConfig
+    from easyedit_liveedit.bench.config import MethodConfig
 
     archive_dir = small_archives(tmp_path_factory, small_world)
     trained = {path: path.stat().st_mtime_ns for path in archive_dir.glob("models/*/*")}
@@ -124,7 +77,7 @@ def rows(small_world, tmp_path_factory, backbone, settings):
                           "run.probe_limit=6", f"run.archive_dir={archive_dir}", *ARCHIVE_RUN)  # fmt: skip
     runner.compare()
     assert len(trained) == 6 and {path: path.stat().st_mtime_ns for path in trained} == trained, "trained again"
-    broken = MethodRun("Broken", hparams=_hparams(small_world, "MEND"), prepare=_broken_prepare)
+    broken = MethodRun("Broken", hparams=toy_hparams(small_world, "MEND"), prepare=_broken_prepare)
     missing = runner.method_run(OmegaConf.structured(MethodConfig(name="NoYAML", hparams="hparams/NoYAML/x.yaml",
                                                                   requires="a model from the hub")))  # fmt: skip
     return runner.rows + compare([broken, missing], backbone, settings, threads=1, progress=False)
@@ -161,10 +114,10 @@ def test_every_method_edits_the_identical_sequence(rows, small_world, settings):
         assert len(sequences) == 1, (t, sequences)
     assert len({r.sequence for r in ran}) == len(EDITS)  # the fingerprint does depend on the records
     # ... and it is the first T records of the eval split, in order.
-    hparams = _hparams(small_world, "LiveEdit")
+    hparams = toy_hparams(small_world, "LiveEdit")
     with small_world.easyedit_patches():
         data = importlib.import_module("easyeditor").VQADataset(settings.eval_json, config=hparams, size=3)
-        expected = fingerprint([_request(data[i]) for i in range(3)])
+        expected = fingerprint([request_from_item(data[i]) for i in range(3)])
     assert next(r.sequence for r in ran if r.edits == 3) == expected
 
 
@@ -188,7 +141,7 @@ def _nan_edit(model, tok, requests, hparams, **kwargs):
 def test_non_finite_logits_are_reported_as_nan(small_world, backbone, settings, monkeypatch):
     alg_dict = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT
     monkeypatch.setitem(alg_dict, "NaNEdit", _nan_edit)
-    hparams = SimpleNamespace(**vars(_hparams(small_world, "LiveEdit")))
+    hparams = SimpleNamespace(**vars(toy_hparams(small_world, "LiveEdit")))
     hparams.alg_name = "NaNEdit"
     out = compare([MethodRun("NaNEdit", hparams=hparams)], backbone, settings, progress=False)
     assert [r.edits for r in out] == EDITS
@@ -254,16 +207,17 @@ def test_probe_accuracy_is_exact_label_match(small_world):
 
 # ------------------------------------------------------------------------------------- SERAC's memory
 def test_serac_remembers_every_edit_of_the_sequence(small_world, tmp_path_factory, settings):
-    """compat section 10 on EasyEdit's own executor: edit 2 returns a SERAC whose memory holds both edits."""
-    from easyedit_liveedit.compat import cuda_to_cpu
+    """The SERAC memory fix (baseline_fixes) on EasyEdit's own executor: edit 2 returns a SERAC whose memory holds
+    both edits."""
+    from easyedit_liveedit.easyedit.compat import baseline_fixes, cuda_to_cpu
 
-    hparams = _hparams(small_world, "SERAC")
+    hparams = toy_hparams(small_world, "SERAC")
     root = small_archives(tmp_path_factory, small_world)
     hparams.archive = str(root / "models" / "SERAC_MULTI" / "blip2")
-    apply_fn = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT["SERAC_MULTI"]
-    with small_world.easyedit_patches(), cuda_to_cpu():
+    with small_world.easyedit_patches(), cuda_to_cpu(), baseline_fixes():
+        apply_fn = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT["SERAC_MULTI"]
         data = importlib.import_module("easyeditor").VQADataset(settings.eval_json, config=hparams, size=2)
-        requests = [_request(data[i]) for i in range(2)]
+        requests = [request_from_item(data[i]) for i in range(2)]
         model, tok = small_world.load_model(), small_world.tokenizer()
         facts = [f"{r['prompt']} {r['target']}" for r in requests]
         try:
@@ -371,7 +325,7 @@ def _warnings(caplog) -> list[str]:
 def test_runner_reuses_an_archive_while_its_record_matches(small_world, tmp_path, fake_training, caplog):
     runner = small_runner(small_world, tmp_path / "run", "command=compare", "method=LiveEdit",
                           f"run.archive_dir={tmp_path}")  # fmt: skip
-    caplog.set_level(logging.INFO, logger="easyedit_liveedit.runner")
+    caplog.set_level(logging.INFO, logger="easyedit_liveedit.bench.runner")
 
     def prepare(force_train: bool | None = None) -> Path:
         caplog.clear()
@@ -405,7 +359,7 @@ def test_runner_uses_a_given_archive_as_it_is(small_world, tmp_path, fake_traini
     with pytest.raises(FileNotFoundError, match="method.archive="):
         runner.method_run(runner.cfg.method).prepare()
     given.write_bytes(b"archive")  # no provenance record: never checked
-    caplog.set_level(logging.INFO, logger="easyedit_liveedit.runner")
+    caplog.set_level(logging.INFO, logger="easyedit_liveedit.bench.runner")
     run = runner.method_run(runner.cfg.method, force_train=True)
     run.prepare()
     assert run.hparams.archive == str(given) and fake_training == []
@@ -415,7 +369,7 @@ def test_runner_uses_a_given_archive_as_it_is(small_world, tmp_path, fake_traini
 def test_ike_demonstrations_come_from_the_first_n_train_records(small_world, tmp_path):
     import pickle
 
-    from easyedit_liveedit import ike
+    from easyedit_liveedit.bench import ike_offline as ike
 
     runner = small_runner(small_world, tmp_path / "out", f"run.archive_dir={tmp_path}", "run.ike_train_records=3")
     (run,) = runner._methods(["IKE"])
@@ -428,7 +382,7 @@ def test_ike_demonstrations_come_from_the_first_n_train_records(small_world, tmp
 
 
 def test_each_method_starts_from_the_same_seeded_generators(monkeypatch):
-    from easyedit_liveedit import compare as compare_module
+    from easyedit_liveedit.bench import engine as compare_module
 
     draws = {}
 
@@ -445,28 +399,14 @@ def test_each_method_starts_from_the_same_seeded_generators(monkeypatch):
     assert not torch.equal(draws["A"], draws["B"])
 
 
-def _rows_of(name: str) -> list[Row]:
-    return [Row(name, 1, metrics={"rewrite_acc": 1.0})]
-
-
-def _dies(name: str) -> list[Row]:
-    os._exit(3)  # as the kernel's out-of-memory killer would end it: no exception, no rows
-
-
 def test_a_method_whose_process_dies_shows_as_failed_rows_beside_the_others():
     seen = []
-    rows = compare_in_processes([("Dies", _dies, ("Dies",)), ("Fine", _rows_of, ("Fine",))], [1, 10], workers=2,
+    rows = compare_in_processes([("Dies", dies, ("Dies",)), ("Fine", rows_of, ("Fine",))], [1, 10], workers=2,
                                 progress=False, on_method_done=seen.append)  # fmt: skip
     assert [(r.method, r.edits) for r in rows] == [("Dies", 1), ("Dies", 10), ("Fine", 1)]
     assert all(r.status.startswith("error (BrokenProcessPool") for r in rows[:2]), rows[:2]
     assert rows[2].status == "ok" and rows[2].metrics == {"rewrite_acc": 1.0}
     assert len(seen) == 2 and seen[-1] == rows  # the partial table is written as each method ends
-
-
-def _sleeps(marker: str) -> list[Row]:
-    Path(marker).write_text(str(os.getpid()))
-    time.sleep(600)
-    return []
 
 
 def _ended(pid: int) -> bool:
@@ -491,9 +431,9 @@ def test_a_killed_comparison_takes_its_worker_processes_along(tmp_path):
     marker = tmp_path / "worker.pid"
     script = (
         f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_compare import _sleeps\n"
-        "from easyedit_liveedit.compare import compare_in_processes\n"
-        f"compare_in_processes([('Sleeps', _sleeps, ({str(marker)!r},))], [1], workers=1, progress=False)\n"
+        "from helpers import sleeps\n"
+        "from easyedit_liveedit.bench.engine import compare_in_processes\n"
+        f"compare_in_processes([('Sleeps', sleeps, ({str(marker)!r},))], [1], workers=1, progress=False)\n"
     )
     comparison = subprocess.Popen([sys.executable, "-c", script])
     try:
@@ -508,7 +448,7 @@ def test_a_killed_comparison_takes_its_worker_processes_along(tmp_path):
 
 
 def test_last_progress_reads_the_newest_bar_of_a_worker_log(tmp_path):
-    from easyedit_liveedit.runner import last_progress
+    from easyedit_liveedit.bench.runner import last_progress
 
     log = tmp_path / "progress.log"
     assert last_progress(log) == "starting"  # the worker has not written yet

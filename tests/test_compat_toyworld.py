@@ -1,4 +1,5 @@
-"""compat sections 7 (image processor size) and 8 (Blip2OPT checkpoint), on the small toy world."""
+"""The toy world's EasyEdit shims (``toyworld/easyedit_shims.py``): the EVA ViT-g builder, the image processor size
+and the Blip2OPT checkpoint, each still working and still needed, on the small toy world."""
 
 from __future__ import annotations
 
@@ -10,19 +11,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from easyedit_liveedit import compat, toyworld
+from easyedit_liveedit import toyworld
 from easyedit_liveedit.toyworld import backbone
-
-
-@pytest.fixture(scope="session")
-def small_world(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "toyworld-cache"
-    return toyworld.build("small", cache=cache, progress=False, evaluate_limit=3)
+from easyedit_liveedit.toyworld import easyedit_shims as shims
 
 
 def test_easyedit_still_hard_codes_364_pixels():
-    """The reason for section 7: if EasyEdit stops hard-coding the size, the shim is no longer needed."""
-    for name in compat._MODULES_WITH_IMAGE_PROCESSOR:
+    """The reason for the image-size shim: if EasyEdit stops hard-coding the size, the shim is no longer needed."""
+    for name in shims._MODULES_WITH_IMAGE_PROCESSOR:
         assert "image_size=364" in inspect.getsource(importlib.import_module(name))
 
 
@@ -30,8 +26,8 @@ def test_image_processor_size_applies_inside_the_context_only():
     vqa = importlib.import_module("easyeditor.dataset.vqa")
     original = vqa.BlipImageEvalProcessor
     image = Image.new("RGB", (50, 40), "white")
-    with compat.image_processor_size(24):
-        for name in compat._MODULES_WITH_IMAGE_PROCESSOR:
+    with shims.image_processor_size(24):
+        for name in shims._MODULES_WITH_IMAGE_PROCESSOR:
             processor = importlib.import_module(name).BlipImageEvalProcessor(image_size=364, mean=None, std=None)
             assert processor(image).shape == (3, 24, 24)
     assert vqa.BlipImageEvalProcessor is original
@@ -40,7 +36,7 @@ def test_image_processor_size_applies_inside_the_context_only():
 
 def test_image_processor_size_rejects_bad_sizes():
     with pytest.raises(ValueError, match="size must be a positive int"):
-        with compat.image_processor_size(0):
+        with shims.image_processor_size(0):
             pass
 
 
@@ -59,7 +55,7 @@ def wheel_blip2opt(layout: toyworld.Layout) -> torch.nn.Module:
 
 def test_wheel_blip2opt_does_not_load_the_checkpoint(small_world):
     """The reason for section 8: without it EasyEdit's constructor leaves 32 random query tokens."""
-    with compat.vision_tower_builder(backbone.build_vision_tower):
+    with shims.vision_tower_builder(backbone.build_vision_tower):
         model = wheel_blip2opt(small_world.layout)
     assert model.query_tokens.shape[1] == 32
     assert model.opt_model.dtype == torch.float16
@@ -69,7 +65,7 @@ def test_blip2_checkpoint_loads_every_tensor_exactly(small_world):
     layout = small_world.layout
     blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt").Blip2OPT
     original_init = blip2_opt.__init__
-    with compat.vision_tower_builder(backbone.build_vision_tower), compat.blip2_checkpoint(layout.checkpoint):
+    with shims.vision_tower_builder(backbone.build_vision_tower), shims.blip2_checkpoint(layout.checkpoint):
         model = wheel_blip2opt(layout)
     assert blip2_opt.__init__ is original_init
     saved = load_file(str(layout.checkpoint))
@@ -83,5 +79,28 @@ def test_blip2_checkpoint_loads_every_tensor_exactly(small_world):
 
 def test_blip2_checkpoint_requires_an_existing_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        with compat.blip2_checkpoint(tmp_path / "missing.safetensors"):
+        with shims.blip2_checkpoint(tmp_path / "missing.safetensors"):
             pass
+
+
+def test_blip2_still_builds_eva_vit_g():
+    blip2 = importlib.import_module("easyeditor.trainer.blip2_models.blip2")
+    assert blip2.create_eva_vit_g.__module__.endswith("eva_vit")
+
+
+def test_vision_tower_builder_replaces_eva_for_init_vision_encoder():
+    blip2 = importlib.import_module("easyeditor.trainer.blip2_models.blip2")
+    seen = {}
+
+    def tiny_tower(img_size, drop_path_rate, use_grad_checkpoint, precision, state_dict_file):
+        seen["img_size"] = img_size
+        tower = torch.nn.Linear(4, 4)
+        tower.num_features = 4
+        return tower
+
+    original = blip2.create_eva_vit_g
+    with shims.vision_tower_builder(tiny_tower):
+        tower, ln_vision = blip2.Blip2Base.init_vision_encoder("eva_clip_g", 364, 0, False, "fp32", None)
+    assert seen == {"img_size": 364}
+    assert tower.num_features == 4 and ln_vision.normalized_shape == (4,)
+    assert blip2.create_eva_vit_g is original

@@ -5,10 +5,11 @@ import json
 
 import pytest
 import torch
-from conftest import small_liveedit_hparams
+from helpers import small_liveedit_hparams
 
-from easyedit_liveedit import LiveEditMultimodalTrainer, MultimodalEditor, compat
-from easyedit_liveedit.liveedit_main import editor_for
+from easyedit_liveedit import LiveEditMultimodalTrainer, MultimodalEditor
+from easyedit_liveedit.easyedit import compat
+from easyedit_liveedit.easyedit.entry import editor_for
 
 METRICS = {"rewrite_acc", "rephrase_acc", "image_rephrase_acc", "locality_acc", "multimodal_locality_acc"}
 
@@ -119,3 +120,31 @@ def test_missing_archive_names_the_key(small_world):
     hparams = small_liveedit_hparams(small_world)
     with pytest.raises(ValueError, match="'archive'"):
         editor_for(small_world.load_model(), hparams)
+
+
+def test_the_learning_rate_drops_by_the_decay_rate_after_the_decay_steps(small_world, tmp_path):
+    """Guards the authors' schedule: Adam's learning rate is multiplied by lr_decay_rate once, after lr_decay_steps
+    optimiser steps."""
+    from easyeditor import VQADataset
+
+    hparams = small_liveedit_hparams(
+        small_world, training=True, batch_size=2, val_batch_size=2, max_iters=6, log_interval=100,
+        val_interval=100, val_steps=1, results_dir=str(tmp_path), lr=1e-3, lr_decay_steps=3, lr_decay_rate=0.1,
+        final_eval=False,
+    )  # fmt: skip
+    with small_world.easyedit_patches():
+        train = VQADataset(str(small_world.split("vqa_train")), size=12, config=hparams)
+        val = VQADataset(str(small_world.split("vqa_eval")), size=2, config=hparams)
+        trainer = LiveEditMultimodalTrainer(hparams, train, val)
+        seen = []
+        step = trainer.train_step
+
+        def recording(batch):
+            info = step(batch)
+            seen.append(info.get("lr"))
+            return info
+
+        trainer.train_step = recording
+        trainer.run()
+    # the rate for the next step, after each optimiser step: three steps at 1e-3, then 1e-4
+    assert seen == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-4])

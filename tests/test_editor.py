@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from conftest import small_liveedit_hparams
+from helpers import small_liveedit_hparams
 
-from easyedit_liveedit.editor import LiveEdit, _Call
+from easyedit_liveedit import LiveEdit
+from easyedit_liveedit.liveedit.layer import Route
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def every_expert_fires(monkeypatch):
 
     An untrained network routes at random; these tests check what happens once experts are chosen.
     """
-    import easyedit_liveedit.library as library
+    import easyedit_liveedit.liveedit.library as library
 
     def keep_all(visual_sim, sentinel_sim, has_image=None):
         keep = torch.ones_like(visual_sim, dtype=torch.bool)
@@ -35,7 +36,7 @@ def _add_strong_experts(editor, samples) -> list[int]:
     An untrained generator can produce factors whose ReLU bottleneck is closed on every token; the
     mechanics tests need experts that visibly act.
     """
-    from easyedit_liveedit.modules import Experts
+    from easyedit_liveedit.liveedit.networks import Experts
 
     made = editor.make_experts(samples)
     g = torch.Generator().manual_seed(7)
@@ -136,7 +137,7 @@ def _greedy_without_cache(editor, tok, image, prompt, steps):
         generated = language_model.get_input_embeddings()(torch.tensor([new_ids], dtype=torch.long))
         embeds = torch.cat([prompt_embeds, generated], dim=1)
         full_mask = torch.cat([mask, mask.new_ones(1, len(new_ids))], dim=1)
-        with editor._calling(_Call(samples, "route")):  # routing computed afresh on every full pass
+        with editor.edit_layer.run(samples, Route(editor.library)):  # routing computed afresh on every full pass
             logits = language_model(inputs_embeds=embeds, attention_mask=full_mask, use_cache=False).logits
         next_id = int(logits[0, -1].argmax())
         if next_id in stop:
@@ -185,3 +186,125 @@ def test_edit_layer_out_of_range_names_the_key(small_world):
     model = small_world.load_model()
     with pytest.raises(ValueError, match="edit_layer"):
         LiveEdit(model, small_liveedit_hparams(small_world, edit_layer=99))
+
+
+# ----------------------------------------------------------------------------------- the edit layer
+def test_a_pass_does_not_nest_and_the_layer_works_again_after_an_error(setup):
+    """Guards: a second pass inside a running one is refused with a clear error, not silently mixed."""
+    from easyedit_liveedit.liveedit.layer import Capture
+
+    model, tok, editor, size = setup
+    samples = _samples(tok, size, 2)
+    with pytest.raises(RuntimeError, match="Capture pass is already running"):
+        with editor.edit_layer.run(samples, Capture()):
+            editor(samples)
+    torch.testing.assert_close(editor(samples).logits, model(samples).logits)  # the pass was cleared
+
+
+def test_an_edit_runs_no_layer_above_the_edit_layer(setup):
+    """Guards: the capture pass cuts the decoder after l_e (an edit is one partial forward) and puts it back."""
+    model, tok, editor, size = setup
+    layers = editor.adapter.decoder_layers(model)
+    calls = []
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, layer in enumerate(layers)]
+    try:
+        editor.add_edits(_samples(tok, size, 2))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == list(range(editor.config.edit_layer + 1))
+    assert editor.adapter.decoder_layers(model) is layers and len(layers) == 4
+
+
+def test_a_whole_decoder_checkpointed_reentrantly_is_refused_in_training(setup):
+    """Guards: EasyEdit's OPT copy checkpoints all its layers at once (reentrant), running layer l_e without grad in
+    a training pass; training would then reach no LiveEdit parameter, so the pass refuses it by name."""
+    model, tok, editor, size = setup
+    samples = _samples(tok, size, 2)
+    decoder = model.opt_model.model.decoder
+    editor.train()
+    decoder.gradient_checkpointing = True
+    decoder.train()
+    try:
+        experts = editor.make_experts(samples)
+        with pytest.raises(RuntimeError, match="checkpoints all its layers at once"):
+            editor.forward_with_experts(samples, experts, torch.ones(2, 2, dtype=torch.bool))
+    finally:
+        decoder.gradient_checkpointing = False
+        model.eval()
+
+
+def test_routing_keys_are_fp32_under_bf16_autocast(setup):
+    """Guards: keys and similarities are computed in fp32 on both sides, whatever autocast is active."""
+    _, tok, editor, size = setup
+    samples = _samples(tok, size, 2)
+    h, layout = editor.hidden_states(samples)
+    plain_keys = editor.net.input_keys(h, layout.image, layout.prompt)
+    plain_experts = editor.net.make_experts(h, layout.image, layout.prompt, layout.answer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        keys = editor.net.input_keys(h, layout.image, layout.prompt)
+        experts = editor.net.make_experts(h, layout.image, layout.prompt, layout.answer)
+    for name in ("psi", "phi", "sentinel"):
+        assert getattr(keys, name).dtype == torch.float32
+        torch.testing.assert_close(getattr(keys, name), getattr(plain_keys, name), rtol=0, atol=0)
+    for name in ("psi", "phi"):
+        assert getattr(experts, name).dtype == torch.float32
+        torch.testing.assert_close(getattr(experts, name), getattr(plain_experts, name), rtol=0, atol=0)
+
+
+def test_an_edit_without_an_image_is_refused_and_stores_nothing(setup):
+    """Guards: an edit without image tokens would get a zero visual key, which clears the hard filter of every input
+    whose sentinel similarity is negative; it is refused, naming the sample, and the library is untouched."""
+    _, tok, editor, size = setup
+    editor.add_edits(_samples(tok, size, 1))
+    samples = _samples(tok, size, 2)
+    samples["image"] = None
+    with pytest.raises(ValueError, match=r"sample\(s\) \[0, 1\]"):
+        editor.add_edits(samples)
+    assert len(editor.library) == 1
+
+
+def test_generate_zero_new_tokens_answers_empty_strings(setup):
+    _, tok, editor, size = setup
+    samples = _samples(tok, size, 2)
+    assert editor.generate({"image": samples["image"], "text_input": ["a ?", "b ?"]}, max_new_tokens=0) == ["", ""]
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        editor.generate({"image": samples["image"], "text_input": ["a ?", "b ?"]}, max_new_tokens=-1)
+
+
+# ----------------------------------------------------------------------------------- identity
+def test_a_saved_library_refuses_an_editor_of_another_identity(setup, small_world, tmp_path):
+    """Guards: a library records the identity of the editor that made it and loads only into the same one, naming
+    the first field that differs; the library being loaded into is left as it was."""
+    model, tok, editor, size = setup
+    editor.add_edits(_samples(tok, size, 3))
+    path = tmp_path / "library.pt"
+    editor.save_library(path)
+    same = LiveEdit(model, small_liveedit_hparams(small_world))
+    same.load_state_dict(editor.state_dict())
+    same.load_library(path)
+    assert same.library.ids() == editor.library.ids()
+    retrained = LiveEdit(model, small_liveedit_hparams(small_world))  # other network weights (another seed)
+    retrained.add_edits(_samples(tok, size, 1))
+    with pytest.raises(ValueError, match="networks="):
+        retrained.load_library(path)
+    assert len(retrained.library) == 1
+    wider = LiveEdit(model, small_liveedit_hparams(small_world, rank=8))
+    with pytest.raises(ValueError, match="rank=4"):
+        wider.load_library(path)
+    other_layer = LiveEdit(model, small_liveedit_hparams(small_world, edit_layer=2))
+    with pytest.raises(ValueError, match="edit_layer=1"):
+        other_layer.load_library(path)
+
+
+def test_the_easyedit_entry_keeps_one_editor_per_defining_hparams(small_world, tmp_path):
+    """Guards: the editor attached to a backbone is keyed by what defines it; other hparams get their own editor."""
+    from easyedit_liveedit.easyedit.entry import editor_for
+
+    model = small_world.load_model()
+    archive = tmp_path / "liveedit.pt"
+    torch.save({"model": LiveEdit(model, small_liveedit_hparams(small_world)).state_dict()}, archive)
+    first = editor_for(model, small_liveedit_hparams(small_world, archive=str(archive)))
+    assert editor_for(model, small_liveedit_hparams(small_world, archive=str(archive))) is first
+    other = editor_for(model, small_liveedit_hparams(small_world, archive=str(archive), edit_layer=2))
+    assert other is not first and other.config.edit_layer == 2 and first.config.edit_layer == 1

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 
 import easyedit_liveedit  # noqa: F401  (applies the EasyEdit shims)
-from easyedit_liveedit import ike
-from easyedit_liveedit.compat import cuda_to_cpu
+from easyedit_liveedit.bench import ike_offline as ike
+from easyedit_liveedit.easyedit.compat import cuda_to_cpu
 
 ITEM = {"prompt": "what digit is shown?", "target": "three", "rephrase_prompt": "which digit is this?",
         "locality_prompt": "what is one plus one?", "locality_ground_truth": "two"}  # fmt: skip
@@ -75,7 +75,7 @@ def test_fit_demonstrations_counts_every_prompt_of_the_metric():
 
 
 def ike_hparams():
-    from easyedit_liveedit import archives
+    from easyedit_liveedit.bench import archives
     from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
 
     return archives.load_hparams("IKE", PROJECT_ROOT / "hparams/IKE/toy-blip2.yaml")
@@ -109,11 +109,11 @@ def test_train_command_encodes_the_train_splits_demonstrations(small_world, tmp_
     """``easyedit-liveedit train method=IKE``: the runner's IKE preparation, with the packaged encoder."""
     from hydra import compose, initialize_config_module
 
-    from easyedit_liveedit.config import register_configs
-    from easyedit_liveedit.runner import Runner
+    from easyedit_liveedit.bench.config import register_configs
+    from easyedit_liveedit.bench.runner import Runner
 
     register_configs()
-    with initialize_config_module("easyedit_liveedit.conf", version_base="1.3"):
+    with initialize_config_module("easyedit_liveedit.bench.conf", version_base="1.3"):
         cfg = compose("config", overrides=["command=train", "method=IKE", "model.toy_world=small", "run.threads=1",
                                            "run.progress=false", f"run.archive_dir={tmp_path}"])  # fmt: skip
     result = Runner(cfg, tmp_path / "run").train()

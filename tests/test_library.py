@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from easyedit_liveedit.library import ExpertLibrary
-from easyedit_liveedit.modules import Experts, InputKeys, LiveEditNetwork
+from easyedit_liveedit.liveedit.library import ExpertLibrary
+from easyedit_liveedit.liveedit.networks import Experts, InputKeys, LiveEditNetwork
 
 D, DM, R, K = 16, 8, 2, 2
 
@@ -58,10 +58,10 @@ def test_capacity_doubles_and_storage_is_reused_until_full():
     experts = [random_experts(1, seed=i) for i in range(25)]
     lib.add(experts[0])
     assert lib.capacity == 4
-    storage = lib._store["U"].data_ptr()
+    storage = lib._tail["U"].data_ptr()
     for e in experts[1:4]:
         lib.add(e)
-    assert lib.capacity == 4 and lib._store["U"].data_ptr() == storage  # appended in place
+    assert lib.capacity == 4 and lib._tail["U"].data_ptr() == storage  # appended in place
     lib.add(experts[4])
     assert lib.capacity == 8
     capacities = []
@@ -120,7 +120,7 @@ def test_bytes_per_expert():
     lib = ExpertLibrary()
     assert lib.bytes_per_expert() == 0
     lib.add(random_experts(2))
-    assert lib.bytes_per_expert() == 4 * (2 * K * DM + 2 * R * D) + 8
+    assert lib.bytes_per_expert() == 4 * (2 * K * DM + 2 * R * D) + 8 + 1 + 16 + 4  # id, flag, digest, norm
 
 
 # ---------------------------------------------------------------- persistence
@@ -128,7 +128,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     lib = ExpertLibrary()
     lib.add(random_experts(6))
     lib.remove(2)
-    path = tmp_path / "library.pt"
+    path = tmp_path / "library"
     lib.save(path)
     loaded = ExpertLibrary()
     loaded.load(path)
@@ -144,7 +144,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
 
 
 def test_empty_library_round_trip(tmp_path):
-    path = tmp_path / "empty.pt"
+    path = tmp_path / "empty"
     ExpertLibrary().save(path)
     loaded = ExpertLibrary()
     loaded.load(path)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from easyedit_liveedit.losses import (
+from easyedit_liveedit.liveedit.losses import (
     answer_cross_entropy,
     hard_filter_calibration_loss,
     hard_routing_in_scope_loss,

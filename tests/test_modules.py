@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from easyedit_liveedit.losses import (
+from easyedit_liveedit.liveedit.losses import (
     hard_routing_in_scope_loss,
     hard_routing_out_scope_loss,
     liveedit_loss,
     soft_routing_absolute_loss,
     soft_routing_relative_loss,
 )
-from easyedit_liveedit.modules import CrossAttention, ExpertGenerator, LiveEditNetwork
-from easyedit_liveedit.routing import similarity, soft_weights
+from easyedit_liveedit.liveedit.networks import CrossAttention, ExpertGenerator, LiveEditNetwork
+from easyedit_liveedit.liveedit.routing import similarity, soft_weights
 
 D, DM, HEADS, R, K, N_IMG = 16, 8, 2, 2, 2, 3
 

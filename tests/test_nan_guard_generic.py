@@ -11,8 +11,8 @@ from torch import nn
 from easyedit_liveedit.diagnostics.guard import ExpertRollback, WeightRollback, rollback_for, run_guarded
 from easyedit_liveedit.diagnostics.watch import ActivationWatch, headroom
 from easyedit_liveedit.diagnostics.weights import WeightTracker, first_nonfinite_index, weight_stat
-from easyedit_liveedit.library import ExpertLibrary
-from easyedit_liveedit.modules import Experts, InputKeys
+from easyedit_liveedit.liveedit.library import ExpertLibrary
+from easyedit_liveedit.liveedit.networks import Experts, InputKeys
 
 FP16_MAX = 65504.0
 

@@ -21,12 +21,12 @@ import yaml
 
 import easyedit_liveedit  # noqa: F401  (EasyEdit shims)
 from easyedit_liveedit import toyworld
-from easyedit_liveedit.archives import train_archive
-from easyedit_liveedit.diagnostics import nan_guard
+from easyedit_liveedit.bench import nan_guard
+from easyedit_liveedit.bench.archives import train_archive
 from easyedit_liveedit.diagnostics.guard import rollback_for, run_guarded
 from easyedit_liveedit.diagnostics.liveedit_run import build_liveedit, run_liveedit
 from easyedit_liveedit.diagnostics.mend_run import run_mend
-from easyedit_liveedit.liveedit_hparams import LiveEditMultimodalHparams
+from easyedit_liveedit.easyedit.hparams import LiveEditMultimodalHparams
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_INNER = [f"opt_model.model.decoder.layers.{i}.fc{j}.weight" for i in (0, 1) for j in (1, 2)]
@@ -147,7 +147,7 @@ def test_cli_prints_the_tables_and_writes_json_and_plot(small):
     cmd = [
         sys.executable,
         "-m",
-        "easyedit_liveedit.diagnostics.nan_guard",
+        "easyedit_liveedit.bench.nan_guard",
         "--hparams",
         str(small["edit_yaml"]),
         "--edits",

@@ -4,10 +4,10 @@ import importlib
 
 import pytest
 import torch
-from conftest import small_liveedit_hparams
+from helpers import small_liveedit_hparams
 
 from easyedit_liveedit import LiveEditMultimodalTrainer
-from easyedit_liveedit.questions import QUESTIONS, EditorQuestions
+from easyedit_liveedit.easyedit.questions import QUESTIONS, EditorQuestions
 
 
 def _vqa(world, hparams, size):

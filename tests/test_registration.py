@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import easyedit_liveedit
-from easyedit_liveedit import compat
-from easyedit_liveedit.editor import LiveEdit
-from easyedit_liveedit.liveedit_main import apply_liveedit_to_multimodal_model
-from easyedit_liveedit.registration import register
+from easyedit_liveedit import LiveEdit
+from easyedit_liveedit.easyedit import compat
+from easyedit_liveedit.easyedit.entry import apply_liveedit_to_multimodal_model
+from easyedit_liveedit.easyedit.registration import register
 
 ROOT = Path(__file__).resolve().parents[1]
 

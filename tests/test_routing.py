@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from easyedit_liveedit.routing import (
+from easyedit_liveedit.liveedit.routing import (
     hard_filter,
     masked_softmax,
     paired_similarity,

@@ -1,10 +1,10 @@
 """EasyEdit's built-in MEND on the small toy world: MultimodalTrainer meta-trains it, then sequential edits.
 
 The wheel's ``MendMultimodalRewriteExecutor.apply_to_model`` fails at the first edit (label strings where
-tensors are expected, DESIGN 8), so edits go through ``easyeditor.trainer.algs.MEND.edit`` directly, as the
-executor would, and each edit's new weights are written into the model in place (no restoring): sequential
-editing. A functional model returned by one ``edit`` cannot take the next ``edit`` (MEND's hooks sit on the
-original module), hence the copy back.
+tensors are expected; ``baseline_fixes`` mends it), so edits go through ``easyeditor.trainer.algs.MEND.edit``
+directly, as the executor would, and each edit's new weights are written into the model in place (no restoring):
+sequential editing. A functional model returned by one ``edit`` cannot take the next ``edit`` (MEND's hooks sit on
+the original module), hence the copy back.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import easyedit_liveedit  # noqa: F401  (applies the EasyEdit shims)
+from easyedit_liveedit.easyedit.compat import baseline_fixes
 from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
 
 MEND_TRAINING_YAML = PROJECT_ROOT / "hparams/TRAINING/MEND/toy-blip2.yaml"
@@ -32,7 +33,7 @@ def trained(small_world, tmp_path_factory):
     hparams.final_eval = False
     hparams.results_dir = str(tmp_path_factory.mktemp("mend-results"))
     dataset = importlib.import_module("easyeditor.dataset")
-    with small_world.easyedit_patches():
+    with small_world.easyedit_patches(), baseline_fixes():  # MEND's trainer reads model_parallel
         # EasyEdit runs round(max_iters / len(train_set)) epochs: a train set of max_iters records gives one.
         train = dataset.VQADataset(str(small_world.split("vqa_train")), size=hparams.max_iters, config=hparams)
         val = dataset.VQADataset(str(small_world.split("vqa_eval")), size=1, config=hparams)

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from easyedit_liveedit.trainer import IGNORE_INDEX, answer_accuracy, random_prefix, same_image, scored_positions
+from easyedit_liveedit.liveedit.train_step import (
+    IGNORE_INDEX,
+    answer_accuracy,
+    random_prefix,
+    same_image,
+    scored_positions,
+)
 
 
 def test_same_image_matches_pixel_identical_images_only():
@@ -38,3 +44,54 @@ def test_scored_positions_keep_the_last_answer_tokens_of_each_row():
     logits[0, 1, 5] = logits[0, 2, 7] = logits[1, 2, 5] = 1.0  # spaces right, row 0's answer half right
     assert answer_accuracy(logits, labels) == pytest.approx(3 / 5)  # 3 of the 5 supervised positions
     assert answer_accuracy(logits, labels, [2, 1]) == pytest.approx(1 / 3)  # 1 of the 3 answer tokens
+
+
+def _fake_pass(scope: int, B: int = 6, k: int = 2, dm: int = 4):
+    """A stand-in ``Mix`` whose keys encode (scope, record): input side positive, edit side negative."""
+    from types import SimpleNamespace
+
+    from easyedit_liveedit.liveedit.networks import InputKeys
+
+    value = (scope + 1) * 100 + torch.arange(B, dtype=torch.float)[:, None, None].expand(B, k, dm)
+    keys = InputKeys(psi=value.clone(), phi=value.clone(), sentinel=value + 0.5, has_image=torch.ones(B, dtype=bool))
+    return SimpleNamespace(keys=keys, edit_keys=(-value, -value))
+
+
+def test_authors_routing_pairs_pair_within_a_scope_and_across_scopes(monkeypatch):
+    """Guards the authors' pairing: a neighbour pair is the input-side key of one sample and the edit-side key of a
+    sample of the same scope and record (in-scope with in-scope, locality with locality); a prototype pair joins one
+    in-scope sample and the locality sample of a record, either way round."""
+    from easyedit_liveedit.liveedit import train_step
+
+    seen = {}
+
+    def record(name):
+        def loss(*tensors):
+            seen[name] = tensors
+            return torch.zeros(())
+
+        return loss
+
+    for name in ("soft_routing_relative_loss", "soft_routing_absolute_loss", "hard_routing_in_scope_loss",
+                 "hard_routing_out_scope_loss"):  # fmt: skip
+        monkeypatch.setattr(train_step, name, record(name))
+    torch.manual_seed(0)
+    passes = [_fake_pass(scope) for scope in range(4)]  # reliability, text gen, image gen, locality
+    terms = train_step._authors_routing_terms(passes[:3], passes[3])
+    assert set(terms) == {"soft_route/relative", "soft_route/absolute", "hard_route/in_scope", "hard_route/out_scope"}
+
+    def decode(tensor, side):  # -> (scope, record) per row
+        value = tensor[:, 0, 0] * side
+        return (value // 100 - 1).long().tolist(), (value % 100).long().tolist()
+
+    input_phi, edit_phi, sentinel = seen["hard_routing_in_scope_loss"]
+    (first, rows1), (second, rows2) = decode(input_phi, 1), decode(edit_phi, -1)
+    assert rows1 == rows2 == list(range(6))  # the same record on both sides
+    assert all((a == 3) == (b == 3) for a, b in zip(first, second, strict=True))  # within one scope
+    assert torch.equal(sentinel, input_phi + 0.5)  # the input's own sentinel
+    assert torch.equal(seen["soft_routing_relative_loss"][0], input_phi)  # psi encodes like phi here
+    input_phi, edit_phi, _ = seen["hard_routing_out_scope_loss"]
+    (first, rows1), (second, rows2) = decode(input_phi, 1), decode(edit_phi, -1)
+    assert rows1 == rows2 == list(range(6))
+    assert all((a == 3) != (b == 3) for a, b in zip(first, second, strict=True))  # across scopes
+    assert {a == 3 for a in first} == {True, False}  # both directions occur

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import BackboneAdapter, TokenLayout, prefix_layout, span_layout
+from ..liveedit.backbone import BackboneAdapter, TokenLayout, prefix_layout, span_layout
 from .blip2 import Blip2OPTAdapter
 from .llava import LlavaAdapter, LlavaForEditing
 from .minigpt4 import MiniGPT4Adapter

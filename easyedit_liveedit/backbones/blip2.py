@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import BackboneAdapter, TokenLayout, prefix_layout
+from ..liveedit.backbone import BackboneAdapter, TokenLayout, prefix_layout
 
 
 class Blip2OPTAdapter(BackboneAdapter):

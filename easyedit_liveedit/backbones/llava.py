@@ -6,8 +6,13 @@ EasyEdit's sample dict (``image``, ``text_input``, ``prompts_len``, ``labels``).
 LLaVA-OneVision through a Hugging Face processor, not LLaVA-1.5. So LLaVA-1.5 is supported through LiveEdit's
 own API: ``LiveEdit(LlavaForEditing(llava, tokenizer), hparams)``, where ``LlavaForEditing`` turns the sample
 dict into the ``input_ids`` / ``pixel_values`` / ``attention_mask`` LLaVA's own forward expects, and LLaVA's
-forward (not this file) splices the image features in at the ``<image>`` tokens. ``MultimodalEditor`` and the
-trainer (``model_name: llava``) cannot build it, because the wheel cannot.
+forward (not this file) splices the image features in at the ``<image>`` tokens. ``load_llava`` builds it from a
+local weights folder (llava-hf's layout); the plugin's ``MultimodalEditor``, trainer and CLI build ``model_name:
+llava`` with it (``easyedit/models.py``), since the wheel cannot.
+
+Images: EasyEdit's datasets and editor process every image at 364 pixels with BLIP's processor, whose mean and
+std are CLIP's; LLaVA-1.5's CLIP tower takes 336. Images of another size are resized (bicubic, antialiased) to the
+tower's size before the forward. LLaVA's own processor pads the image to a square first; EasyEdit's squashes it.
 
 A sequence with an image (right padding, the default ``image_prompt``)::
 
@@ -23,14 +28,19 @@ Text-only inputs (``image=None``) are ``[BOS] [text_input]``: no template, no im
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
-from .base import BackboneAdapter, TokenLayout, span_layout
+from ..liveedit.backbone import BackboneAdapter, TokenLayout, span_layout
+
+LOG = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100
@@ -120,11 +130,22 @@ class LlavaForEditing(nn.Module):
             mask[b, : len(row)] = 1
         return input_ids.to(device), mask.to(device), label_ids.to(device)
 
+    def pixel_values(self, image: Tensor) -> Tensor:
+        """``image (B, 3, H, W)`` on LLaVA's device and dtype, resized to its vision tower's size if it differs."""
+        size = self.llava.config.vision_config.image_size
+        image = image.to(self.llava.device)
+        if image.shape[-2:] != (size, size):
+            LOG.debug("LLaVA: resizing images of %s pixels to the vision tower's %d", tuple(image.shape[-2:]), size)
+            image = F.interpolate(
+                image.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True
+            )
+        return image.to(self.llava.dtype)
+
     def forward(self, samples: dict[str, Any]) -> LlavaEditOutput:
         """LLaVA's teacher-forced forward on EasyEdit's sample dict; the loss is over the answer tokens."""
         input_ids, attention_mask, labels = self.inputs(samples)
         image = samples.get("image")
-        pixel_values = None if image is None else image.to(self.llava.device, self.llava.dtype)
+        pixel_values = None if image is None else self.pixel_values(image)
         out = self.llava(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -166,8 +187,35 @@ class LlavaAdapter(BackboneAdapter):
         embeds = llava.get_input_embeddings()(input_ids)  # (B, T, d)
         image = samples.get("image")
         if image is not None:
-            features = llava.model.get_image_features(pixel_values=image.to(llava.device, llava.dtype))
+            features = llava.model.get_image_features(pixel_values=model.pixel_values(image))
             features = torch.cat(list(features), dim=0).to(embeds.dtype)  # (B * N, d)
             where = (input_ids == llava.config.image_token_id)[..., None].expand_as(embeds)
             embeds = embeds.masked_scatter(where, features)
         return embeds, mask
+
+
+def load_llava(
+    folder: str | os.PathLike,
+    tokenizer_class: str = "AutoTokenizer",
+    tokenizer_name: str | os.PathLike | None = None,
+    torch_dtype: torch.dtype | None = None,
+    device_map: str | dict | None = None,
+) -> LlavaForEditing:
+    """A ``LlavaForEditing`` from a local LLaVA-1.5 weights folder (llava-hf's layout), in eval mode.
+
+    Args:
+        folder: holds ``config.json`` and the weights of a ``LlavaForConditionalGeneration``.
+        tokenizer_class: a ``transformers`` class name (the hparams' ``tokenizer_class``).
+        tokenizer_name: the tokenizer's folder (default: ``folder``).
+        torch_dtype: the dtype to load in (default: the checkpoint's).
+        device_map: passed to ``from_pretrained`` (``"auto"`` shards the model over the visible devices).
+    """
+    import transformers
+
+    llava = transformers.LlavaForConditionalGeneration.from_pretrained(
+        str(folder), dtype=torch_dtype, device_map=device_map
+    )
+    tok = getattr(transformers, tokenizer_class).from_pretrained(str(tokenizer_name or folder))
+    if tok.pad_token is None:  # as EasyEdit's datasets and editor do
+        tok.pad_token = tok.eos_token
+    return LlavaForEditing(llava.eval(), tok)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import BackboneAdapter, TokenLayout, span_layout
+from ..liveedit.backbone import BackboneAdapter, TokenLayout, span_layout
 
 # The template MiniGPT4.forward hard-codes around the image (tests check the wheel still says exactly this).
 VQA_PROMPT = "###Human: <Img><ImageHere></Img> "

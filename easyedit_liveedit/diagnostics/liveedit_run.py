@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..editor import LiveEdit
+from ..easyedit.editable import LiveEdit
 from .precision import gpu_like_autocast, set_precision
 from .report import RunReport
 from .sequence import run_sequence
@@ -80,7 +80,7 @@ def run_liveedit(
 
     tracker = WeightTracker(model, tracked_weights) if tracked_weights else None
     recorded = {
-        "editor": "LiveEdit (easyedit_liveedit.editor.LiveEdit)",
+        "editor": "LiveEdit (easyedit_liveedit.LiveEdit)",
         "networks": note,
         "edit_layer": hparams.edit_layer,
         "precision": precision,

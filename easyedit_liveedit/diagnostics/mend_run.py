@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import compat
+from ..easyedit import compat
 from .guard import WeightRollback
 from .precision import gpu_like_autocast, set_precision
 from .report import RunReport

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ..easyedit.placement import input_device
+
 PRECISIONS = ("fp16", "fp32")
 
 
@@ -57,10 +59,10 @@ def gpu_like_autocast(model: nn.Module, precision: str) -> Iterator[None]:
 
     The method is overridden on this one instance only and restored on exit. Models without
     ``maybe_autocast`` run in their own dtype (nothing else in the block, e.g. MEND's networks, is autocast);
-    ``"fp32"`` changes nothing.
+    ``"fp32"`` changes nothing, and neither does a model on CUDA (its own ``maybe_autocast`` is CUDA's fp16).
     """
-    if precision == "fp32" or not hasattr(model, "maybe_autocast"):
-        yield
+    if precision == "fp32" or not hasattr(model, "maybe_autocast") or input_device(model).type != "cpu":
+        yield  # on CUDA, EasyEdit's own maybe_autocast is already fp16 autocast
         return
     dtype = autocast_dtype(precision)
     model.maybe_autocast = lambda *args, **kwargs: torch.autocast("cpu", dtype=dtype)

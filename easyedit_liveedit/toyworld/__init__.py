@@ -31,9 +31,9 @@ a cell's digit or ink, the paper, an ink's count or place, or a digit's ink. Sam
 ``ToyWorld`` handle, same EasyEdit entry points.
 """
 
+from ..easyedit.validate import validate_file, validate_records
 from .config import CONFIGS, DEFAULT, SCENES, SCENES_SMALL, SMALL, SceneWorldConfig, ToyWorldConfig
 from .layout import CACHE_ENV, Layout, cache_root
-from .validate import validate_file, validate_records
 from .world import ToyWorld, build, load
 
 __all__ = [

@@ -4,7 +4,7 @@
 ``Blip2OPT(vit_model="eva_clip_g", img_size=364, use_grad_checkpoint=True, vit_precision="fp32",
 freeze_vit=True, opt_model=name, state_dict_file=..., qformer_name_or_path=...)``. ``construct`` makes exactly
 that call; ``easyedit_patches`` is the context in which EasyEdit's own calls produce the same toy model:
-the ViT builder (compat section 4), the processor size (section 7) and the checkpoint (section 8).
+the ViT builder, the processor size and the checkpoint (``easyedit_shims.py``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from collections.abc import Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import compat
+from ..easyedit.compat import cuda_to_cpu
 from .config import ToyWorldConfig
+from .easyedit_shims import blip2_checkpoint, image_processor_size, vision_tower_builder
 from .layout import Layout
 from .tokenizer import load_opt_tokenizer
 from .vision import VisionConfig, build_vision_tower
@@ -33,7 +34,6 @@ def write_fresh_backbone(config: ToyWorldConfig, layout: Layout, vocab_size: int
     """
     from transformers import BertConfig, OPTConfig
 
-    compat.apply()
     opt_module = importlib.import_module("easyeditor.trainer.blip2_models.modeling_opt")
     qformer_module = importlib.import_module("easyeditor.trainer.blip2_models.Qformer")
     torch.manual_seed(config.seed)
@@ -69,7 +69,7 @@ def write_fresh_backbone(config: ToyWorldConfig, layout: Layout, vocab_size: int
         attention_probs_dropout_prob=0.0,
     )
     # The same fields Blip2Base.init_Qformer sets, so the saved weights include the cross-attention blocks.
-    bert_config.encoder_width = config.vit_width  # must equal the ViT's width (DESIGN 9)
+    bert_config.encoder_width = config.vit_width  # must equal the ViT's width, or the cross-attention shapes disagree
     bert_config.add_cross_attention = True
     bert_config.cross_attention_freq = 2
     bert_config.query_length = config.num_query_tokens
@@ -92,7 +92,7 @@ def construct(layout: Layout, num_query_token: int) -> torch.nn.Module:
     passes it (under ``easyedit_patches`` the checkpoint supplies it to EasyEdit's own call).
     """
     blip2_opt = importlib.import_module("easyeditor.trainer.blip2_models.blip2_opt")
-    with compat.vision_tower_builder(build_vision_tower):
+    with vision_tower_builder(build_vision_tower):
         model = blip2_opt.Blip2OPT(
             vit_model="eva_clip_g",
             img_size=364,
@@ -124,17 +124,17 @@ def save_trained(model: torch.nn.Module, layout: Layout) -> None:
 def easyedit_patches(layout: Layout, image_size: int) -> Iterator[None]:
     """The context in which EasyEdit's own constructors build the trained toy backbone and read its data.
 
-    Inside it: ``Blip2OPT`` builds the ToyViT (compat section 4), EasyEdit's datasets and ``MultimodalEditor``
-    process images at ``image_size`` (section 7), and every ``Blip2OPT`` loads ``blip2.safetensors`` with its
-    number of query tokens (section 8); without CUDA, EasyEdit's hard-coded ``cuda:{device}`` and its YAMLs'
-    ``device: 0`` run on the CPU (section 3; a no-op when CUDA is available). Keep the context
+    Inside it: ``Blip2OPT`` builds the ToyViT, EasyEdit's datasets and ``MultimodalEditor`` process images at
+    ``image_size``, and every ``Blip2OPT`` loads ``blip2.safetensors`` with its number of query tokens
+    (``easyedit_shims.py``); without CUDA, EasyEdit's hard-coded ``cuda:{device}`` and its YAMLs' ``device: 0``
+    run on the CPU (``cuda_to_cpu``; a no-op when CUDA is available). Keep the context
     open for as long as EasyEdit code runs (datasets move batches to the device when they collate).
     """
     with contextlib.ExitStack() as stack:
-        stack.enter_context(compat.cuda_to_cpu())
-        stack.enter_context(compat.vision_tower_builder(build_vision_tower))
-        stack.enter_context(compat.image_processor_size(image_size))
-        stack.enter_context(compat.blip2_checkpoint(layout.checkpoint))
+        stack.enter_context(cuda_to_cpu())
+        stack.enter_context(vision_tower_builder(build_vision_tower))
+        stack.enter_context(image_processor_size(image_size))
+        stack.enter_context(blip2_checkpoint(layout.checkpoint))
         yield
 
 

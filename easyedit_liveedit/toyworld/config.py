@@ -27,7 +27,7 @@ class ToyWorldConfig:
     n_eval_images: int = 420  # edited in the eval split; never seen in pretraining
     n_mloc_images: int = 177  # unrelated images for `m_loc`; never edited, never seen in pretraining
     n_cls_images: int = 200  # held-out labelled images for the EMT-style classification split
-    image_size: int = 32  # the processor's size; EasyEdit's 364 is overridden (compat section 7)
+    image_size: int = 32  # the processor's size; EasyEdit's 364 is overridden (easyedit_shims.image_processor_size)
     png_size: int = 64  # side of the written PNG files
     # --- model: ViT -> Q-Former -> OPT, all small -----------------------------------------------------------------
     patch_size: int = 8

@@ -9,7 +9,7 @@
     opt/                     OPT config + weights (save_pretrained) + GPT-2 style tokenizer (`name`)
     qformer/                 BERT config + weights + WordPiece vocab.txt (`qformer_name_or_path`)
     vision/                  ToyViT config.json + model.safetensors (`state_dict_file`)
-    blip2.safetensors        the full Blip2OPT state (`qformer_checkpoint`, loaded by compat section 8)
+    blip2.safetensors        the full Blip2OPT state (`qformer_checkpoint`, loaded by easyedit_shims.blip2_checkpoint)
     serac-scope-bert/        SERAC's scope classifier (`cls_name`), written on first use (toyworld/serac.py)
 """
 

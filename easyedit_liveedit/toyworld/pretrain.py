@@ -8,7 +8,7 @@ What the model sees, per step (a seeded stream, so a run is reproducible on the 
 
 Loss: the teacher-forced answer loss of ``Blip2OPT`` (prompt tokens masked, exactly as its ``forward`` does)
 plus two auxiliary terms standing in for BLIP-2's first training stage (image-text representation learning):
-a digit classifier on the mean Q-Former output (without it the LM learns to ignore the image, DESIGN 9) and an
+a digit classifier on the mean Q-Former output (without it the LM learns to ignore the image) and an
 instance contrast between two random views of each scan (without it the image tokens encode little beyond the
 digit class; measured: a linear key on layer-2 image tokens then finds a held-out scan from its other view for
 only 14% of 420 scans, while an MMEdit edit, and so LiveEdit's visual router, is about one scan). The heads are

@@ -23,6 +23,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from ..easyedit.validate import validate_file
 from . import backbone, images, scene_facts, scene_records
 from .config import SceneWorldConfig
 from .evaluate import pre_edit_accuracy
@@ -31,7 +32,6 @@ from .records import Pools
 from .scene_pretrain import pretrain_scenes
 from .scenes import ScanPool, SceneRenderer, Subject, distinct_scenes, write_subjects
 from .tokenizer import train_opt_tokenizer, write_word_vocab
-from .validate import validate_file
 
 LOG = logging.getLogger(__name__)
 

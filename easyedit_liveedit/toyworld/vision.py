@@ -1,7 +1,7 @@
 """A small vision transformer that stands in for EasyEdit's hard-coded EVA ViT-g inside ``Blip2OPT``.
 
 ``build_vision_tower`` has ``create_eva_vit_g``'s signature and contract (tokens out, a ``num_features``
-attribute, weights read from ``state_dict_file``), so ``compat.vision_tower_builder(build_vision_tower)`` is
+attribute, weights read from ``state_dict_file``), so ``easyedit_shims.vision_tower_builder(build_vision_tower)`` is
 all ``Blip2Base.init_vision_encoder`` needs. Its shape comes from ``config.json`` next to the weights file,
 since EasyEdit's call passes no size but the (ignored) 364-pixel ``img_size``.
 """

@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 
+from ..easyedit.validate import validate_file
 from . import backbone, facts, images, records, scene_world, serac
 from .config import CONFIGS, SceneWorldConfig, ToyWorldConfig
 from .evaluate import ImageLoader, pre_edit_accuracy
 from .layout import Layout, cache_root
 from .pretrain import pretrain
 from .tokenizer import train_opt_tokenizer, train_qformer_vocab
-from .validate import validate_file
 
 LOG = logging.getLogger(__name__)
 

@@ -1,0 +1,399 @@
+"""The comparison runner: every editor, one lifelong edit sequence each, scored by EasyEdit's own metric code.
+
+For each method ("T sequential edits", as the literature counts them):
+
+1. its EasyEdit hparams are loaded and its archive is trained or loaded (``archives.py``);
+2. a fresh backbone is built by EasyEdit's constructor; the first ``T_max`` records of the eval split are
+   read by EasyEdit's own dataset class with the method's hparams (every method edits the same records in the
+   same order; a fingerprint of the sequence is recorded per method so that this can be checked);
+3. pre-edit outputs of all ``T_max`` records are computed on the unedited backbone (``easyedit.scoring``, shared
+   with the editor API; locality compares against them);
+4. the records are edited one after another through ``ALG_MULTIMODAL_DICT[alg_name]`` (EasyEdit's editing
+   entry, as ``MultimodalEditor`` calls it) without restoring anything; after edit ``T``, for every ``T`` in
+   ``edits``, all of the first ``T`` records are scored with ``compute_multimodal_edit_results`` and the EMT
+   probe is run (``probe.py``);
+5. a failure (non-finite logits, an exception, running out of memory) ends that method's sequence and fills
+   its remaining rows with the failure; nothing is dropped.
+
+In-context editors (IKE) change no weight: EasyEdit's entry returns the demonstrations for the edit, and
+``MultimodalEditor`` scores each record with its own edit's demonstrations (``compute_icl_multimodal_edit_quality``).
+The runner does the same (``ike_offline.in_context_scores``): after edit ``T`` each of the first ``T`` records is asked
+with the demonstrations retrieved when it was edited, fitted to the backbone's context window. EasyEdit's IKE
+keeps no memory of earlier edits, so its scores cannot change with ``T``; its EMT probe asks the unchanged backbone.
+
+``compare_in_processes`` runs methods side by side, each in its own process (the ``compare`` command's
+``run.workers``): a method's rows do not depend on where it runs, since every method starts from the same seed.
+
+Memory is the process's resident set size (RSS), sampled every 20 ms while the method runs (tracemalloc does not
+see torch's allocations); the figure is the peak RSS of the whole process during that method's run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import importlib
+import logging
+import math
+import multiprocessing
+import os
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..easyedit import compat, scoring
+from ..easyedit.placement import input_device, to_device
+from . import ike_offline
+from .emt_probe import ProbeResult, classification_accuracy
+from .rss import PeakRss
+
+LOG = logging.getLogger(__name__)
+
+_STATEFUL_EXECUTORS = ("MEND", "SERAC", "SERAC_MULTI")  # EasyEdit executors that bind the first model they see
+# EasyEdit's SERAC_MULTI.forward tests `input_ids[:, -1] != 13` as one boolean: it reads one sample per call.
+_ONE_SAMPLE_PER_CALL = ("SERAC", "SERAC_MULTI")
+_IN_CONTEXT = ("IKE",)  # entries that return demonstrations, not a model (MultimodalEditor's `alg_name == 'IKE'`)
+
+
+@dataclass
+class MethodRun:
+    """What the runner needs to run one method (built by the CLI from the Hydra config).
+
+    Attributes:
+        name: display name (``LiveEdit``, ``MEND``, ...).
+        hparams: the editing hparams object (``alg_name`` picks ``ALG_MULTIMODAL_DICT``'s entry); its
+            ``archive`` must exist, or ``prepare`` must make it exist.
+        prepare: called once before editing (trains or checks the archive); may raise.
+        not_run: a reason the method cannot run here; the table shows ``not run: <reason>``.
+        edit_kwargs: called after ``prepare``; extra keyword arguments of every editing call (IKE's ``train_ds``).
+    """
+
+    name: str
+    hparams: Any = None
+    prepare: Callable[[], None] | None = None
+    not_run: str | None = None
+    edit_kwargs: Callable[[], dict] | None = None
+
+
+@dataclass
+class Backbone:
+    """How to build a fresh, unedited backbone and read data for it (the toy world or EasyEdit's own path).
+
+    Attributes:
+        load: hparams -> ``(model, tokenizer)``, called inside ``patches()``.
+        patches: context in which EasyEdit's constructors and datasets run on this machine.
+        load_image: relative image path -> processed tensor, for the EMT probe.
+    """
+
+    load: Callable[[Any], tuple[Any, Any]]
+    patches: Callable[[], contextlib.AbstractContextManager]
+    load_image: Callable[[str], torch.Tensor] | None = None
+
+
+@dataclass
+class CompareSettings:
+    """The run: which records, how many edits, where the EMT probe's images are."""
+
+    eval_json: str
+    dataset_class: str = "VQADataset"  # or CaptionDataset (EasyEdit's)
+    edits: list[int] = field(default_factory=lambda: [1, 10, 100, 1000])
+    classification_records: list[dict] | None = None  # None: no EMT probe for this data set
+    probe_batch_size: int = 16
+    score: bool = True  # False: only the EMT probe (the `probe` command), no EasyEdit metrics
+    seed: int | None = None  # re-seed before each method, so its rows do not depend on the methods run before it
+
+    def __post_init__(self) -> None:
+        if not self.edits or any(not isinstance(t, int) or t < 1 for t in self.edits):
+            raise ValueError(f"edits: expected positive integers, got {self.edits!r}")
+        self.edits = sorted(set(self.edits))
+
+
+@dataclass
+class Row:
+    """One line of the table: a method after ``edits`` sequential edits."""
+
+    method: str
+    edits: int
+    status: str = "ok"
+    metrics: dict[str, float] = field(default_factory=dict)
+    emt_before: float = math.nan
+    emt_after: float = math.nan
+    latency_s: float = math.nan  # median seconds per edit (executor call only; the median ignores the first
+    # call's one-time setup, e.g. loading the archive, which EasyEdit's executors do lazily)
+    peak_rss_mib: float = math.nan
+    sequence: str = ""  # fingerprint of the first `edits` records this method edited
+
+
+def fingerprint(requests: list[dict]) -> str:
+    """A short hash of the edit sequence: texts and image tensors, in order."""
+    digest = hashlib.sha256()
+    for r in requests:
+        for key in sorted(r):
+            value = r[key]
+            if isinstance(value, torch.Tensor):
+                digest.update(value.detach().float().cpu().numpy().round(4).tobytes())
+            else:
+                digest.update(repr(value).encode())
+    return digest.hexdigest()[:12]
+
+
+class _FiniteWatch:
+    """Calls the edited model as EasyEdit's metric code does, remembering whether any logit was non-finite."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.finite = True
+
+    def parameters(self) -> Any:
+        """The watched model's parameters (``placement.input_device`` finds where its inputs go through them)."""
+        return self.model.parameters() if hasattr(self.model, "parameters") else iter(())
+
+    def __call__(self, samples: dict) -> Any:
+        output = self.model(samples)
+        logits = output if isinstance(output, torch.Tensor) else output.logits
+        self.finite &= bool(torch.isfinite(logits).all())
+        return output
+
+
+def _reset_executor(alg_name: str) -> None:
+    """EasyEdit's MEND/SERAC executors keep the first model they were called with (``is_init``); a fresh
+    backbone needs a fresh binding, or the edits would land on the previous method's model."""
+    if alg_name not in _STATEFUL_EXECUTORS:
+        return
+    apply_fn = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT[alg_name]
+    executor = getattr(apply_fn, "__self__", None)
+    if executor is not None and getattr(executor, "is_init", False):
+        executor.reset_model()
+
+
+def _failure(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".splitlines()[0][:160]
+    if isinstance(error, MemoryError) or "out of memory" in text.lower():
+        return f"out of memory ({text})"
+    return f"error ({text})"
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings, progress: bool = True) -> list[Row]:
+    """One method's lifelong sequence; returns one ``Row`` per edit count (failures included)."""
+    rows = [Row(method.name, t) for t in settings.edits]
+    if method.not_run:
+        for row in rows:
+            row.status = f"not run: {method.not_run}"
+        return rows
+    t_max = settings.edits[-1]
+    done: set[int] = set()
+    monitor = PeakRss()
+    model = tok = edited = None
+    try:
+        if method.prepare is not None:
+            method.prepare()  # training is not part of the editing run's memory or latency
+        with monitor, backbone.patches(), compat.cuda_to_cpu(), compat.baseline_fixes():
+            hparams = method.hparams
+            apply_fn = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT[hparams.alg_name]
+            in_context = hparams.alg_name in _IN_CONTEXT
+            extra = method.edit_kwargs() if method.edit_kwargs is not None else {}
+            _reset_executor(hparams.alg_name)
+            dataset = getattr(importlib.import_module("easyeditor"), settings.dataset_class)
+            data = dataset(settings.eval_json, config=hparams, size=t_max)
+            if len(data) < t_max:
+                raise ValueError(f"{settings.eval_json}: {len(data)} usable records, fewer than {t_max} edits")
+            requests = [scoring.request_from_item(data[i]) for i in range(t_max)]
+            model, tok = backbone.load(hparams)
+            requests = [to_device(r, input_device(model)) for r in requests]  # EasyEdit's datasets yield CPU tensors
+
+            # Pre-edit outputs and the EMT baseline, on the unedited backbone.
+            pres = scoring.pre_edit_outputs(model, hparams, tok, requests if settings.score else [], progress,
+                                            f"{method.name} pre-edit")  # fmt: skip
+            emt_before = _probe(model, tok, backbone, settings)
+            latencies: list[float] = []
+            contexts: list[list[str]] = []  # in-context editors: each edit's demonstrations
+            window = ike_offline.text_window(model)
+            edited = model
+            bar = tqdm(total=t_max, desc=f"{method.name} edits", unit="edit", disable=not progress)
+            for i, request in enumerate(requests):
+                start = time.perf_counter()
+                if in_context:  # one request, not a list, as MultimodalEditor calls IKE
+                    examples = apply_fn(model, tok, request, hparams, copy=False, return_orig_weights=False,
+                                        keep_original_weight=False, **extra)  # fmt: skip
+                    contexts.append(ike_offline.fit_demonstrations(examples, request, tok, window))
+                else:
+                    edited, _ = apply_fn(model, tok, [request], hparams, copy=False, return_orig_weights=False,
+                                         keep_original_weight=False, **extra)  # fmt: skip
+                latencies.append(time.perf_counter() - start)
+                bar.update(1)
+                t = i + 1
+                if t not in settings.edits:
+                    continue
+                watch = _FiniteWatch(edited)
+                row = rows[settings.edits.index(t)]
+                if settings.score:
+                    scored = tqdm(requests[:t], desc=f"{method.name} scores after {t}", leave=False,
+                                  disable=not progress)  # fmt: skip
+                    if in_context:
+                        with torch.no_grad():
+                            posts = [ike_offline.in_context_scores(watch, hparams, tok, r, c)
+                                     for r, c in zip(scored, contexts, strict=True)]  # fmt: skip
+                    else:
+                        posts = [scoring.score(watch, hparams, tok, r) for r in scored]
+                    row.metrics = scoring.mean_scores(posts, pres[:t])
+                probe = _probe(watch, tok, backbone, settings, one_sample=hparams.alg_name in _ONE_SAMPLE_PER_CALL)
+                row.emt_before, row.emt_after = emt_before.accuracy, probe.accuracy
+                row.latency_s = float(np.median(latencies))
+                row.sequence = fingerprint(requests[:t])
+                done.add(t)
+                if not watch.finite:
+                    raise FloatingPointError(f"non-finite logits after edit {t}")
+            bar.close()
+    except FloatingPointError as error:
+        LOG.warning("%s: %s", method.name, error)
+        _fail(rows, done, f"NaN ({error})", include_last=True)
+    except Exception as error:  # noqa: BLE001  (any failure must show in the table, never end the comparison)
+        LOG.error("%s failed:\n%s", method.name, traceback.format_exc())
+        _fail(rows, done, _failure(error))
+    finally:
+        del model, tok, edited
+        if method.hparams is not None:
+            _reset_executor(method.hparams.alg_name)  # let the executor drop this backbone
+        gc.collect()
+    for row in rows:
+        row.peak_rss_mib = monitor.peak_mib
+    return rows
+
+
+def failed_rows(name: str, edits: list[int], error: BaseException) -> list[Row]:
+    """One row per edit count, each showing ``error`` (a method whose run ended before it produced rows)."""
+    rows = [Row(name, t) for t in edits]
+    _fail(rows, set(), _failure(error))
+    return rows
+
+
+def _fail(rows: list[Row], done: set[int], status: str, include_last: bool = False) -> None:
+    """Mark every row not completed (and, for NaN, the row that detected it) with the failure."""
+    last = max(done) if done else None
+    for row in rows:
+        if row.edits not in done or (include_last and row.edits == last):
+            row.status = status
+
+
+def _probe(
+    model: Any, tok: Any, backbone: Backbone, settings: CompareSettings, one_sample: bool = False
+) -> ProbeResult:
+    if not settings.classification_records or backbone.load_image is None:
+        return ProbeResult(math.nan, 0, True)
+    batch_size = 1 if one_sample else settings.probe_batch_size
+    return classification_accuracy(model, tok, settings.classification_records, backbone.load_image, batch_size)
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def compare(
+    methods: list[MethodRun],
+    backbone: Backbone,
+    settings: CompareSettings,
+    threads: int | None = None,
+    progress: bool = True,
+    on_method_done: Callable[[list[Row]], None] | None = None,
+) -> list[Row]:
+    """Run every method on the same edit sequence; returns all rows, method by method (see module docstring).
+
+    ``on_method_done(rows_so_far)`` is called after each method, so a long run can write its table as it goes.
+    """
+    rows: list[Row] = []
+    with _threads(threads):
+        for method in methods:
+            LOG.info("comparing %s at %s edits", method.name, settings.edits)
+            if settings.seed is not None:  # a method's rows never depend on which methods ran before it
+                seed_all(settings.seed)
+            rows.extend(run_method(method, backbone, settings, progress=progress))
+            if on_method_done is not None:
+                on_method_done(list(rows))
+    return rows
+
+
+def _end_with(parent: int) -> None:
+    """Worker initializer: end this process as soon as the comparison that spawned it is gone.
+
+    Killed with SIGTERM or SIGKILL (``kill``, a job scheduler), a comparison leaves its spawned workers running,
+    training on and writing archives (Ctrl-C in a terminal signals the whole process group, this does not).
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
+def _in_own_process(fn: Callable[..., list[Row]], args: tuple) -> list[Row]:
+    # Spawned, not forked: a forked process inherits torch's thread pools mid-state and can deadlock.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=_end_with, initargs=(os.getpid(),)) as process:
+        return process.submit(fn, *args).result()
+
+
+def compare_in_processes(
+    jobs: list[tuple[str, Callable[..., list[Row]], tuple]],
+    edits: list[int],
+    workers: int,
+    progress: bool = True,
+    on_method_done: Callable[[list[Row]], None] | None = None,
+    status: Callable[[str], str] | None = None,
+) -> list[Row]:
+    """Run each job ``(name, fn, args)``, ``fn(*args) -> rows``, in a process of its own, ``workers`` at a time,
+    started in the order given; returns the rows in that order.
+
+    One process per job, so a job that kills its process (out of memory) costs only its own rows, which show the
+    failure (``error (BrokenProcessPool ...)``). ``fn`` must be importable by name (a module-level function).
+    ``on_method_done(rows_so_far)`` is called as each job ends. ``status(name)``, if given, describes a running
+    job in a few words; the progress bar shows it for every running job, refreshed every few seconds.
+    """
+    done: dict[str, list[Row]] = {}
+    bar = tqdm(total=len(jobs), desc="methods", unit="method", disable=not progress)
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(_in_own_process, fn, args): name for name, fn, args in jobs}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=3.0, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = futures[future]
+                try:
+                    done[name] = future.result()
+                    LOG.info("%s finished", name)
+                except Exception as error:  # noqa: BLE001  (a lost process is a failed row, never a gap)
+                    LOG.error("%s: its process failed: %s", name, error)
+                    done[name] = failed_rows(name, edits, error)
+                bar.update(1)
+                if on_method_done is not None:
+                    on_method_done([row for job in jobs if job[0] in done for row in done[job[0]]])
+            if status is not None:
+                running = [futures[f] for f in futures if f in pending and f.running()]
+                bar.set_postfix_str(" | ".join(f"{name}: {status(name)}" for name in running))
+    bar.close()
+    return [row for name, _, _ in jobs for row in done[name]]

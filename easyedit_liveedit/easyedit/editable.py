@@ -1,0 +1,50 @@
+"""``LiveEdit``: the method as EasyEdit's trainer and editor hold it (``ALG_TRAIN_DICT['LIVEEDIT']``).
+
+EasyEdit's ``BaseTrainer`` builds ``ALG_TRAIN_DICT[alg](model, config, model_constructor)`` and reads
+``outer_parameters()``, ``state_dict()`` and ``train()``/``eval()``; its editors call ``edit(batch, cond)``. This
+class gives the method those names: it picks the backbone's adapter, turns EasyEdit's hparams into the method's
+``LiveEditConfig``, and keeps the hparams it was built from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+from ..backbones import adapter_for
+from ..liveedit import LiveEditConfig, LiveEditModel
+
+
+def liveedit_config(config: Any) -> LiveEditConfig:
+    """The method's config from a ``LiveEditConfig`` or from EasyEdit-style hparams (``.liveedit_config()``)."""
+    if isinstance(config, LiveEditConfig):
+        return config
+    if hasattr(config, "liveedit_config"):
+        return config.liveedit_config()
+    raise TypeError(
+        f"LiveEdit needs a LiveEditConfig or LiveEdit hparams (LiveEditMultimodalHparams), got {type(config).__name__}"
+    )
+
+
+class LiveEdit(LiveEditModel):
+    """``LiveEditModel`` with EasyEdit's ``EditableModel`` names; the backbone's adapter is chosen by its class."""
+
+    def __init__(self, model: nn.Module, config: Any, model_constructor: Any = None) -> None:
+        """Args: ``model`` the backbone; ``config`` LiveEdit hparams or a ``LiveEditConfig``; ``model_constructor``
+        accepted for EasyEdit's signature (LiveEdit never copies the backbone)."""
+        super().__init__(model, liveedit_config(config), adapter_for(model))
+        self.hparams = config
+
+    def edit(
+        self, batch: dict[str, Any], condition: Any = None, detach_history: bool = False
+    ) -> tuple[nn.Module, dict]:
+        """EasyEdit's ``edit``: adds the batch's experts to this editor and returns it (edits accumulate: that is
+        lifelong editing; ``reset()`` or ``remove(expert_id)`` undoes them)."""
+        ids = self.add_edits(batch)
+        return self, {"edit/experts": float(len(ids))}
+
+    def outer_parameters(self) -> Iterator[nn.Parameter]:
+        """What meta-training updates: the LiveEdit networks only."""
+        return self.net.parameters()

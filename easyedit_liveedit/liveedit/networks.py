@@ -1,0 +1,366 @@
+"""LiveEdit's trainable networks: cross-attention, expert generator, key extractors, visual sentinel.
+
+Everything here reads layer-``l_e`` hidden states ``h: (B, T, d)`` of the frozen backbone together with
+boolean token masks ``image_mask, prompt_mask, answer_mask: (B, T)`` (the backbone adapter decides
+which tokens are which). Shapes: ``d`` hidden size, ``d_m`` cross-attention width, ``k`` key slots,
+``r`` expert rank, ``n_img`` sentinel tokens.
+
+Decisions settled from the official code (``editor/vllm_editors/liveedit/modules.py`` and
+``liveedit.py`` in github.com/qizhou000/LiveEdit, the authors' code):
+
+- Cross-attention has no output projection: heads are concatenated straight into the value width, so
+  ``U``/``V`` come out in the hidden width ``d``. The official code has no masks (batch size 1); ours
+  masks padding, and a query whose key set is empty returns exactly zero (no tokens, no information).
+- ``U`` and ``V`` come from two independent generators (own query ``Phi``, own LayerNorm, own
+  cross-attention): the paper writes a single ``LN(H_e)``, the official code normalises twice.
+- ``H_e`` is the union of image, prompt and answer tokens. Tokens before the image (BOS, system text)
+  are not part of it. Order does not matter: cross-attention without positions is permutation-invariant.
+- The visual key is query-conditioned: ``k`` learned slots first read the prompt tokens (CA1), the
+  result then reads the visual tokens (CA2). One LayerNorm (LN1) serves both reads; the textual key
+  has its own (LN2).
+- The sentinel key is the *input-side* visual key of the learned tokens ``Theta``, conditioned on the
+  input's own prompt (same CA1 slots, CA2 over ``LN1(Theta)``). So the bar an expert must clear
+  depends on the question being asked.
+- Learned query slots start as in the official code (Kaiming normal on a ``(1, n, d_m)`` tensor,
+  i.e. std ``sqrt(2 / (n d_m))``). ``Theta`` starts at unit std instead of the official Kaiming std
+  (about 4e-3 at d=4096, whose variance sits at LayerNorm's eps): LN1 sees it like a hidden state.
+- The expert LayerNorm ``LN_r`` is one shared LayerNorm over ``h`` (official ``instant_reps_norm``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import LiveEditConfig
+
+logger = logging.getLogger(__name__)
+
+
+def fp32(device: torch.device) -> torch.autocast:
+    """A context in which autocast is off: routing keys and similarities are always computed in fp32.
+
+    Under bf16/fp16 autocast (mixed-precision meta-training, fp16 backbones) a key's dot products would
+    otherwise round differently on the edit side and the input side, and the hard filter compares them.
+    """
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention ``CA(Q, X)``: queries read a masked set of tokens ``X``.
+
+    ``Q`` is projected to ``attn_dim`` (split over heads), ``X`` to keys (``attn_dim``) and values
+    (``value_dim``); there is no output projection (as in the official code), so the output width is
+    ``value_dim``. Invariant: a query whose ``X`` row is fully masked gets an exact zero vector.
+    """
+
+    def __init__(self, query_dim: int, input_dim: int, attn_dim: int, value_dim: int, num_heads: int) -> None:
+        super().__init__()
+        for name, dim in (("attn_dim", attn_dim), ("value_dim", value_dim)):
+            if dim % num_heads != 0:
+                raise ValueError(f"CrossAttention: {name}={dim} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = attn_dim // num_heads
+        self.to_q = nn.Linear(query_dim, attn_dim)
+        self.to_k = nn.Linear(input_dim, attn_dim)
+        self.to_v = nn.Linear(input_dim, value_dim)
+
+    def forward(self, queries: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attend from ``queries`` to the unmasked tokens of ``x``.
+
+        Args:
+            queries: ``(B, L, query_dim)``, or ``(1, L, query_dim)`` broadcast over the batch.
+            x: ``(B, T, input_dim)`` tokens to read.
+            mask: ``(B, T)`` bool, True where a token may be read; None reads every token.
+
+        Returns:
+            ``(B, L, value_dim)``; rows whose mask is all False are zero.
+        """
+        B, T, _ = x.shape
+        H = self.num_heads
+        q = self.to_q(queries).expand(B, -1, -1)  # (B, L, attn_dim)
+        q = q.reshape(B, q.shape[1], H, self.head_dim)  # (B, L, H, dh)
+        k = self.to_k(x).reshape(B, T, H, self.head_dim)  # (B, T, H, dh)
+        v = self.to_v(x).reshape(B, T, H, -1)  # (B, T, H, dv)
+        scores = torch.einsum("blhd,bthd->bhlt", q, k) / math.sqrt(self.head_dim)  # (B, H, L, T)
+        if mask is None:
+            probs = scores.softmax(dim=-1)
+        else:
+            # fill with the dtype's minimum, not -inf: an all-masked row then softmaxes to a finite
+            # uniform row, which the final multiply by the mask turns into exact zeros (never NaN)
+            keep = mask[:, None, None, :]  # (B, 1, 1, T)
+            probs = scores.masked_fill(~keep, torch.finfo(scores.dtype).min).softmax(dim=-1) * keep
+        out = torch.einsum("bhlt,bthd->blhd", probs, v)  # (B, L, H, dv)
+        return out.reshape(B, out.shape[1], -1)  # (B, L, value_dim)
+
+
+def _learned_queries(n: int, dim: int) -> nn.Parameter:
+    """``n`` learned query vectors, Kaiming-normal over the whole ``(n, dim)`` block as officially."""
+    return nn.Parameter(torch.randn(n, dim) * math.sqrt(2.0 / (n * dim)))
+
+
+class ExpertGenerator(nn.Module):
+    """Turns an edit's hidden states into one rank-``r`` expert ``(U, V)`` in one forward pass.
+
+    ``U = s * CA_U(Phi_U, LN_U(H_e))`` and ``V = s * CA_V(Phi_V, LN_V(H_e))`` with ``r`` learned queries
+    per factor and ``s = 1 / (lora_scale * sqrt(r))``, which keeps a fresh expert's residual small.
+
+    ``token_types`` (ours; off in the paper and the official code) adds a learned embedding per token type
+    (image, prompt, answer) to the normalised tokens. Without positions the cross-attention cannot tell the
+    answer tokens, which name the new fact, from the rest of ``H_e`` except by their content; on the toy
+    backbone (BENCHMARKS.md, "Expert generator") generated experts then learned to flip yes/no answers but
+    not which of ten words to say.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        cross_attn_dim: int,
+        num_heads: int,
+        rank: int,
+        lora_scale: float,
+        token_types: bool = False,
+    ) -> None:
+        super().__init__()
+        self.scale = 1.0 / (lora_scale * math.sqrt(rank))
+        self.phi_u = _learned_queries(rank, cross_attn_dim)
+        self.phi_v = _learned_queries(rank, cross_attn_dim)
+        self.norm_u = nn.LayerNorm(hidden_size)
+        self.norm_v = nn.LayerNorm(hidden_size)
+        self.attn_u = CrossAttention(cross_attn_dim, hidden_size, cross_attn_dim, hidden_size, num_heads)
+        self.attn_v = CrossAttention(cross_attn_dim, hidden_size, cross_attn_dim, hidden_size, num_heads)
+        self.types_u = nn.Parameter(torch.randn(3, hidden_size)) if token_types else None  # image, prompt, answer
+        self.types_v = nn.Parameter(torch.randn(3, hidden_size)) if token_types else None
+
+    def forward(self, h: Tensor, image_mask: Tensor, prompt_mask: Tensor, answer_mask: Tensor) -> tuple[Tensor, ...]:
+        """``h (B, T, d)`` and the ``(B, T)`` masks whose union is ``H_e`` -> ``U, V``, each ``(B, r, d)``."""
+        masks = (image_mask, prompt_mask, answer_mask)
+        edit_mask = image_mask | prompt_mask | answer_mask
+        u = self.scale * self.attn_u(self.phi_u[None], self._tokens(h, self.norm_u, self.types_u, masks), edit_mask)
+        v = self.scale * self.attn_v(self.phi_v[None], self._tokens(h, self.norm_v, self.types_v, masks), edit_mask)
+        return u, v  # (B, r, d) each
+
+    @staticmethod
+    def _tokens(h: Tensor, norm: nn.LayerNorm, types: Tensor | None, masks: tuple[Tensor, ...]) -> Tensor:
+        """``LN(h)``, plus each token's type embedding when ``types`` is on. ``(B, T, d)``."""
+        x = norm(h)
+        if types is None:
+            return x
+        return x + torch.stack(masks, dim=-1).to(x.dtype) @ types  # (B, T, 3) @ (3, d)
+
+
+class KeyExtractor(nn.Module):
+    """Routing keys of one side (edit or input): a textual key and a query-conditioned visual key.
+
+    ``psi_p = CA3(E2, LN2(h_p))`` and ``phi_v = CA2(CA1(E1, LN1(h_p)), LN1(h_v))``, each ``(B, k, d_m)``.
+    The visual key is split in two calls so that one set of prompt-conditioned slots can read both the
+    real image tokens and the sentinel tokens.
+    """
+
+    def __init__(self, hidden_size: int, cross_attn_dim: int, num_heads: int, num_key_slots: int) -> None:
+        super().__init__()
+        dm = cross_attn_dim
+        self.visual_norm = nn.LayerNorm(hidden_size)  # LN1, shared by prompt and visual tokens
+        self.visual_queries = _learned_queries(num_key_slots, dm)  # E1
+        self.read_prompt = CrossAttention(dm, hidden_size, dm, dm, num_heads)  # CA1
+        self.read_visual = CrossAttention(dm, hidden_size, dm, dm, num_heads)  # CA2
+        self.text_norm = nn.LayerNorm(hidden_size)  # LN2
+        self.text_queries = _learned_queries(num_key_slots, dm)  # E2
+        self.read_text = CrossAttention(dm, hidden_size, dm, dm, num_heads)  # CA3
+
+    def query_slots(self, h: Tensor, prompt_mask: Tensor) -> Tensor:
+        """``CA1(E1, LN1(h_p))``: what the question asks about. ``(B, T, d) -> (B, k, d_m)``."""
+        return self.read_prompt(self.visual_queries[None], self.visual_norm(h), prompt_mask)
+
+    def visual_key(self, slots: Tensor, visual: Tensor, visual_mask: Tensor | None = None) -> Tensor:
+        """``CA2(slots, LN1(visual))``: the parts of the image the question points at. -> ``(B, k, d_m)``."""
+        return self.read_visual(slots, self.visual_norm(visual), visual_mask)
+
+    def text_key(self, h: Tensor, prompt_mask: Tensor) -> Tensor:
+        """``CA3(E2, LN2(h_p))``: the question itself. ``(B, T, d) -> (B, k, d_m)``."""
+        return self.read_text(self.text_queries[None], self.text_norm(h), prompt_mask)
+
+
+@dataclass(frozen=True)
+class Experts:
+    """``B`` new experts, one per edit: what the library stores. All tensors share the batch axis."""
+
+    psi: Tensor  # (B, k, d_m) edit-side textual key
+    phi: Tensor  # (B, k, d_m) edit-side visual key
+    U: Tensor  # (B, r, d) expert input factor
+    V: Tensor  # (B, r, d) expert output factor
+
+    def __len__(self) -> int:
+        return self.U.shape[0]
+
+
+@dataclass(frozen=True)
+class InputKeys:
+    """Input-side routing keys of ``B`` inputs (questions to answer, possibly about an edited fact)."""
+
+    psi: Tensor  # (B, k, d_m) textual key, drives the soft weights
+    phi: Tensor  # (B, k, d_m) visual key, drives the hard filter
+    sentinel: Tensor  # (B, k, d_m) visual key of Theta under this input's prompt: the bar to clear
+    has_image: Tensor  # (B,) bool; inputs without image tokens route to no expert (official behaviour)
+
+    def __len__(self) -> int:
+        return self.psi.shape[0]
+
+
+def expert_residual(x: Tensor, U: Tensor, V: Tensor, weights: Tensor) -> Tensor:
+    """Mixture of rank-``r`` ReLU experts: ``sum_m w_bm ReLU(x_bt U_m^T) V_m`` at every token.
+
+    Args:
+        x: ``(B, T, d)`` already normalised by ``LN_r``.
+        U, V: ``(M, r, d)`` the experts in play.
+        weights: ``(B, M)`` per-input mixture weights (0 for experts an input did not select).
+
+    Returns:
+        ``(B, T, d)``; exactly zero for inputs whose weights are all zero.
+    """
+    B, T, _ = x.shape
+    M, r, d = V.shape
+    a = torch.relu(torch.einsum("btd,mrd->btmr", x, U))  # (B, T, M, r)
+    a = a * weights[:, None, :, None]  # weight each expert's bottleneck, (B, T, M, r)
+    return (a.reshape(B, T, M * r) @ V.reshape(M * r, d)).reshape(B, T, d)  # (B, T, d)
+
+
+def apply_experts(h: Tensor, layer_norm: nn.Module, U: Tensor, V: Tensor, weights: Tensor) -> Tensor:
+    """``h' = h + sum_m w_m ReLU(LN_r(h) U_m^T) V_m``, computed in ``LN_r``'s dtype and returned in ``h``'s.
+
+    Args:
+        h: ``(B, T, d)`` hidden states at layer ``l_e`` (any device/dtype; experts follow ``h``'s device).
+        layer_norm: ``LN_r``.
+        U, V: ``(M, r, d)``; weights: ``(B, M)``.
+    """
+    param = next(layer_norm.parameters(), None)
+    x = layer_norm(h if param is None else h.to(param.dtype))  # (B, T, d), LN_r(h)
+    U, V, weights = (t.to(device=x.device, dtype=x.dtype) for t in (U, V, weights))
+    return h + expert_residual(x, U, V, weights).to(h.dtype)
+
+
+class LiveEditNetwork(nn.Module):
+    """Every trainable part of LiveEdit, meta-trained once and then frozen.
+
+    An edit is one forward pass (``make_experts``); answering a question needs its input keys
+    (``input_keys``) and, after routing, ``apply_experts``. The backbone itself is never touched.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        cross_attn_dim: int = 1024,  # d_m in the paper; official configs use 1024 for 2.7B-7B backbones
+        num_heads: int = 8,
+        rank: int = 4,  # r: one fact needs very few directions
+        lora_scale: float = 5.0,  # s = 1 / (lora_scale * sqrt(r)) keeps fresh experts gentle
+        num_key_slots: int = 4,  # k query slots per key
+        num_sentinel_tokens: int = 32,  # n_img; the image-token count of the backbone is a good choice
+        token_types: bool = False,  # ours: image/prompt/answer embeddings in the generator (ExpertGenerator)
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("hidden_size", hidden_size),
+            ("cross_attn_dim", cross_attn_dim),
+            ("num_heads", num_heads),
+            ("rank", rank),
+            ("num_key_slots", num_key_slots),
+            ("num_sentinel_tokens", num_sentinel_tokens),
+        ):
+            if value <= 0:
+                raise ValueError(f"LiveEditNetwork: {name} must be positive, got {value}")
+        if lora_scale <= 0:
+            raise ValueError(f"LiveEditNetwork: lora_scale must be positive, got {lora_scale}")
+        for name, dim in (("cross_attn_dim", cross_attn_dim), ("hidden_size", hidden_size)):
+            if dim % num_heads != 0:
+                raise ValueError(f"LiveEditNetwork: {name}={dim} must be divisible by num_heads={num_heads}")
+        self.hidden_size = hidden_size
+        self.cross_attn_dim = cross_attn_dim
+        self.rank = rank
+        self.num_key_slots = num_key_slots
+        self.generator = ExpertGenerator(hidden_size, cross_attn_dim, num_heads, rank, lora_scale, token_types)
+        self.edit_extractor = KeyExtractor(hidden_size, cross_attn_dim, num_heads, num_key_slots)
+        self.input_extractor = KeyExtractor(hidden_size, cross_attn_dim, num_heads, num_key_slots)
+        self.sentinel = nn.Parameter(torch.randn(num_sentinel_tokens, hidden_size))  # Theta, (n_img, d)
+        self.expert_norm = nn.LayerNorm(hidden_size)  # LN_r in front of every expert
+
+    @classmethod
+    def from_config(cls, hidden_size: int, config: LiveEditConfig) -> LiveEditNetwork:
+        """The networks for a backbone of width ``hidden_size``, sized by ``config``."""
+        return cls(
+            hidden_size=hidden_size,
+            cross_attn_dim=config.cross_attn_dim,
+            num_heads=config.num_heads,
+            rank=config.rank,
+            lora_scale=config.lora_scale,
+            num_key_slots=config.num_key_slots,
+            num_sentinel_tokens=config.num_sentinel_tokens,
+            token_types=config.token_types,
+        )
+
+    def _prepare(self, h: Tensor, *masks: Tensor) -> Tensor:
+        """Check mask shapes and cast ``h`` to the network's dtype (fp32; the backbone may run in fp16)."""
+        if h.dim() != 3 or h.shape[-1] != self.hidden_size:
+            raise ValueError(f"expected hidden states (B, T, {self.hidden_size}), got {tuple(h.shape)}")
+        for m in masks:
+            if m.shape != h.shape[:2] or m.dtype != torch.bool:
+                raise ValueError(f"expected bool masks of shape {tuple(h.shape[:2])}, got {m.dtype} {tuple(m.shape)}")
+        return h.to(self.sentinel.dtype)
+
+    def edit_keys(self, h: Tensor, image_mask: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Edit-side keys ``(psi, phi)``, each ``(B, k, d_m)``.
+
+        Used by ``make_experts`` and by training, where edit-side keys of other inputs are contrasted.
+        An edit without image tokens gets ``phi = 0`` (nothing to read); MMEdit edits always have one.
+        """
+        h = self._prepare(h, image_mask, prompt_mask)
+        ex = self.edit_extractor
+        with fp32(h.device):
+            psi = ex.text_key(h, prompt_mask)  # (B, k, d_m)
+            phi = ex.visual_key(ex.query_slots(h, prompt_mask), h, image_mask)  # (B, k, d_m)
+        return psi, phi
+
+    def make_experts(self, h: Tensor, image_mask: Tensor, prompt_mask: Tensor, answer_mask: Tensor) -> Experts:
+        """One expert per edit from its teacher-forced hidden states (prompt + new target).
+
+        Args:
+            h: ``(B, T, d)`` layer-``l_e`` hidden states of the ``B`` edit samples.
+            image_mask, prompt_mask, answer_mask: ``(B, T)`` bool; their union is ``H_e``.
+
+        Returns:
+            ``Experts`` with ``psi, phi (B, k, d_m)`` and ``U, V (B, r, d)``.
+        """
+        h = self._prepare(h, image_mask, prompt_mask, answer_mask)
+        psi, phi = self.edit_keys(h, image_mask, prompt_mask)
+        U, V = self.generator(h, image_mask, prompt_mask, answer_mask)  # H_e = [h_v; h_p; h_o]
+        return Experts(psi=psi, phi=phi, U=U, V=V)
+
+    def input_keys(self, h: Tensor, image_mask: Tensor, prompt_mask: Tensor) -> InputKeys:
+        """Input-side keys of ``B`` inputs, plus each input's sentinel key.
+
+        Args:
+            h: ``(B, T, d)`` layer-``l_e`` hidden states of the inputs.
+            image_mask, prompt_mask: ``(B, T)`` bool. Answer tokens must not be in ``prompt_mask``:
+                at inference the answer is what is being generated.
+        """
+        h = self._prepare(h, image_mask, prompt_mask)
+        ex = self.input_extractor
+        B = h.shape[0]
+        with fp32(h.device):
+            slots = ex.query_slots(h, prompt_mask)  # (B, k, d_m), shared by the real and the sentinel read
+            return InputKeys(
+                psi=ex.text_key(h, prompt_mask),
+                phi=ex.visual_key(slots, h, image_mask),
+                sentinel=ex.visual_key(slots, self.sentinel[None].expand(B, -1, -1)),  # Theta under this prompt
+                has_image=image_mask.any(dim=1),
+            )
+
+    def apply_experts(self, h: Tensor, U: Tensor, V: Tensor, weights: Tensor) -> Tensor:
+        """``h + sum_m w_m ReLU(LN_r(h) U_m^T) V_m`` with this network's ``LN_r`` (differentiable, for training).
+
+        Args: ``h (B, T, d)``, ``U, V (M, r, d)``, ``weights (B, M)``. Returns ``(B, T, d)`` in ``h``'s dtype.
+        """
+        return apply_experts(h, self.expert_norm, U, V, weights)
