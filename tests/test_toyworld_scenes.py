@@ -340,3 +340,46 @@ def test_scenes_world_meets_its_targets():
     structure = probe.structure(world)
     assert structure["records"]["vqa_train"] >= 6000 and structure["records"]["vqa_eval"] >= 2000
     assert structure["eval_subjects_unique"] and structure["eval_scans_outside_pretraining_pool"]
+
+
+# --- the harness ------------------------------------------------------------------------------------------------
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_module
+
+    from easyedit_liveedit.bench.config import register_configs
+
+    register_configs()
+    with initialize_config_module("easyedit_liveedit.bench.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_the_harness_keeps_the_digits_world_as_default_and_selects_scenes_by_config():
+    """Guards the selection: no override composes the digits world; ``model=toy_scenes`` the scenes world, with
+    the toy YAMLs and archives of its own (``results/toy_scenes``)."""
+    default, scenes = _compose(), _compose("model=toy_scenes")
+    assert (default.model.name, default.model.toy_world) == ("toy", "default")
+    assert (scenes.model.name, scenes.model.toy_world, scenes.model.hparams_name) == (
+        "toy_scenes",
+        "scenes",
+        "toy-blip2",
+    )
+    assert scenes.run.archive_dir == "results/toy_scenes" != default.run.archive_dir
+    assert isinstance(toyworld.CONFIGS[scenes.model.toy_world], toyworld.SceneWorldConfig)
+
+
+def test_the_harness_edits_a_scenes_world_end_to_end(scene_world, tmp_path):
+    """``model=toy_scenes`` runs: the runner loads the scenes world, meta-trains LiveEdit on its train split (two
+    steps) and scores edits of its eval split with EasyEdit's metric."""
+    from easyedit_liveedit.bench.runner import Runner
+
+    cfg = _compose("command=edit", "method=LiveEdit", "model=toy_scenes", "model.toy_world=scenes_small",
+                   "run.edits=[1,2]", "run.train_steps=2", "run.val_size=4", "run.probe_limit=4", "run.threads=1",
+                   "run.progress=false", f"run.archive_dir={tmp_path / 'archives'}")  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(scene_world.layout.root.parent))
+        runner = Runner(cfg, tmp_path / "out")
+        assert runner.world.layout.root == scene_world.layout.root
+        assert runner.data_paths()[:2] == (scene_world.split("vqa_train"), scene_world.split("vqa_eval"))
+        runner.edit()
+    assert [(r.method, r.edits, r.status) for r in runner.rows] == [("LiveEdit", 1, "ok"), ("LiveEdit", 2, "ok")]
+    assert all(0.0 <= r.metrics["rewrite_acc"] <= 1.0 for r in runner.rows)
