@@ -24,7 +24,7 @@ from easyedit_liveedit.toyworld import images, pretrain, scene_facts, scene_pret
 from easyedit_liveedit.toyworld.evaluate import ImageLoader, pre_edit_accuracy, worst_kind
 from easyedit_liveedit.toyworld.layout import CACHE_ENV, PROJECT_ROOT
 from easyedit_liveedit.toyworld.records import RECORD_FIELDS
-from easyedit_liveedit.toyworld.scene_world import scan_pools
+from easyedit_liveedit.toyworld.scene_world import retrieval, scan_pools
 
 MEND_TRAINING_YAML = PROJECT_ROOT / "hparams/TRAINING/MEND/toy-blip2.yaml"
 
@@ -153,7 +153,7 @@ def test_every_eval_edit_has_its_own_subject_and_held_out_scans(scene_world):
     assert not held_out & set(pools.train)  # eval subjects are built from scans pretraining never sees
     edited = {r["image"] for r in train + evaluation}
     assert not {r["m_loc"] for r in train + evaluation} & edited  # m_loc subjects are never edited
-    for record in _records(scene_world, "vqa_eval"):
+    for record in _records(scene_world, "vqa_eval") + _records(scene_world, "vqa_dev"):
         kind = scene_facts.KIND_BY_NAME[record["kind"]]
         param = tuple(record["param"]) if isinstance(record["param"], list) else record["param"]
         assert kind.answer(scenes.Scene.from_json(record["scene"]), param) == record["pred"]
@@ -283,6 +283,25 @@ def test_pointing_loss_reads_the_asked_cell_at_the_answer_position():
     assert scene_pretrain.pointing_loss(attention, [3, 4], [None, None]).item() == 0.0
 
 
+def test_dev_subjects_are_carved_from_the_train_pool_and_held_out_from_training(scene_world):
+    """Guards the dev split: its own subjects (as distinct as eval's), built from dev scans only, which no train
+    record and no pretraining step (the train pool) uses."""
+    config = scene_world.config
+    _, labels = images.load_scans()
+    pools = scan_pools(config, labels)
+    train = _records(scene_world, "vqa_train") + _records(scene_world, "caption_train")
+    dev = _records(scene_world, "vqa_dev") + _records(scene_world, "caption_dev")
+    assert len(dev) == config.n_dev_subjects + config.n_caption_dev_subjects
+    assert len({r["subject"] for r in dev}) == len({r["image"] for r in dev}) == len(dev)
+    contents = np.array([scenes.Scene.from_json(r["scene"]).attributes() for r in dev])
+    distance = (contents[:, None] != contents[None]).sum(-1) + 9 * np.eye(len(contents), dtype=int)
+    assert distance.min() >= config.min_distance
+    dev_scans = {s for r in dev for s in r["scans"] + r["rephrase_scans"]}
+    assert dev_scans <= set(pools.dev) and not dev_scans & set(pools.train)
+    assert not dev_scans & {s for r in train for s in r["scans"] + r["rephrase_scans"]}
+    assert len(pools.train) + len(pools.dev) == config.n_train_scans
+
+
 # --- the probe, as a subprocess -----------------------------------------------------------------------------------
 def test_world_probe_reports_every_property(scene_world):
     env = os.environ | {CACHE_ENV: str(scene_world.layout.root.parent), "PYTHONPATH": str(PROJECT_ROOT)}
@@ -300,28 +319,35 @@ def test_world_probe_reports_every_property(scene_world):
     for key in (
         "eval_subjects_unique",
         "eval_contents_unique",
+        "dev_subjects_unique",
+        "dev_contents_unique",
         "renderings_show_the_content",
         "rephrase_uses_other_scans",
         "eval_scans_outside_pretraining_pool",
+        "dev_scans_outside_pretraining_pool",
+        "dev_scans_in_no_train_record",
         "train_scans_inside_pretraining_pool",
         "mloc_never_edited",
         "alt_is_another_answer_of_the_kind",
         "loc_is_text_arithmetic",
     ):
         assert structure[key] is True, key
+    assert report["split"] == "dev" and report["retrieval"]["split"] == "dev"
     assert 0.0 <= report["retrieval"]["opt_proj_flat"] <= 1.0
-    assert report["retrieval"]["subjects"] == len(_records(scene_world, "vqa_eval")) + len(
-        _records(scene_world, "caption_eval")
-    )
+    dev = _records(scene_world, "vqa_dev") + _records(scene_world, "caption_dev")
+    assert report["retrieval"]["subjects"] == len(dev)
     assert set(report["pre_edit_accuracy"]) >= {k.name for k in scene_facts.SCENE_KINDS} | {"caption", "text"}
+    assert report["final"]["retrieval"] == scene_world.manifest["retrieval"]  # eval: read, not scored, by the probe
+    assert scene_world.manifest["retrieval"]["split"] == "eval"
 
 
 # --- the full world (slow) ----------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_scenes_world_meets_its_targets():
+def test_scenes_world_meets_its_targets(monkeypatch):
     """The built ``scenes`` world: >= 90% on held-out questions of every kind (EasyEdit's metric, 60 eval
     records per kind) and >= 95% retrieval of each rephrase's own subject among all eval subjects (nearest
-    neighbour on the image tokens the OPT sees), measured here with the probe's own functions."""
+    neighbour on the image tokens the OPT sees), measured here with the functions its build and probe use."""
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "benchmarks"))  # the probe imports its sibling liveedit_speed
     spec = importlib.util.spec_from_file_location("world_probe", PROJECT_ROOT / "benchmarks/world_probe.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
@@ -331,7 +357,7 @@ def test_scenes_world_meets_its_targets():
     torch.set_num_threads(1)
     try:
         accuracy = pre_edit_accuracy(model, world.tokenizer(), world.layout, world.config.image_size, limit=60)
-        found = probe.retrieval(world, model, layers=[])
+        found = retrieval(model, world.layout, world.config.image_size, "eval")
     finally:
         torch.set_num_threads(threads)
     name, value = worst_kind(accuracy)

@@ -14,8 +14,11 @@ Scopes (why generality and locality are well defined):
   LM knows in four phrasings and which involves no image (T-Locality); and a question of another kind about a
   scan of another digit from a pool that is never edited (``m_loc``: M-Locality). Neither shares the edited
   scan nor its question, so a perfect editor leaves their answers unchanged.
-* Within a split no scan is asked the same kind twice (no two edits conflict); train and eval splits, the
-  ``m_loc`` pool and the classification pool use disjoint scans; pretraining sees only the train pool.
+* Within a split no scan is asked the same kind twice (no two edits conflict); train, dev and eval splits, the
+  ``m_loc`` pool and the classification pool use disjoint scans; pretraining sees only the train split's scans.
+* The dev split (``vqa_dev`` / ``caption_dev``) is carved from the train pool: its scans are in no train record
+  and never seen in pretraining. Probes, ablations and choices of settings read it; only the final scoring reads
+  the eval split, and ``probe_split`` refuses the eval split's names.
 * The EMT-style probe (``data/classification.json``) asks held-out scans a prompt that lists all ten class
   names; accuracy before and after T edits shows forgetting.
 
@@ -34,12 +37,13 @@ a cell's digit or ink, the paper, an ink's count or place, or a digit's ink. Sam
 from ..easyedit.validate import validate_file, validate_records
 from .config import CONFIGS, DEFAULT, SCENES, SCENES_SMALL, SMALL, SceneWorldConfig, ToyWorldConfig
 from .layout import CACHE_ENV, Layout, cache_root
-from .world import ToyWorld, build, load
+from .world import EVAL_SPLITS, ToyWorld, build, load, probe_split
 
 __all__ = [
     "CACHE_ENV",
     "CONFIGS",
     "DEFAULT",
+    "EVAL_SPLITS",
     "SCENES",
     "SCENES_SMALL",
     "SMALL",
@@ -50,6 +54,7 @@ __all__ = [
     "build",
     "cache_root",
     "load",
+    "probe_split",
     "validate_file",
     "validate_records",
 ]

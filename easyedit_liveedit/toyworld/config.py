@@ -23,7 +23,8 @@ class ToyWorldConfig:
     name: str = "default"
     seed: int = 0
     # --- data: disjoint pools of load_digits scans --------------------------------------------------------------
-    n_train_images: int = 1000  # edited in the train split; also the pretraining images
+    n_train_images: int = 1000  # the train pool: the dev scans, then the train split's (and pretraining's) scans
+    n_dev_images: int = 200  # carved from the train pool: the dev split (1,000 VQA edits); never trained on
     n_eval_images: int = 420  # edited in the eval split; never seen in pretraining
     n_mloc_images: int = 177  # unrelated images for `m_loc`; never edited, never seen in pretraining
     n_cls_images: int = 200  # held-out labelled images for the EMT-style classification split
@@ -67,6 +68,8 @@ class ToyWorldConfig:
         total = self.n_train_images + self.n_eval_images + self.n_mloc_images + self.n_cls_images
         if total > 1797:
             raise ValueError(f"ToyWorldConfig: the image pools need {total} scans, load_digits has 1797")
+        if not 0 < self.n_dev_images < self.n_train_images:
+            raise ValueError("ToyWorldConfig.n_dev_images: expected a positive number below n_train_images")
         if self.image_size % self.patch_size:
             raise ValueError("ToyWorldConfig.patch_size: must divide image_size")
 
@@ -80,6 +83,7 @@ DEFAULT = ToyWorldConfig()
 SMALL = ToyWorldConfig(
     name="small",
     n_train_images=40,
+    n_dev_images=8,
     n_eval_images=20,
     n_mloc_images=10,
     n_cls_images=10,
@@ -127,7 +131,8 @@ class SceneWorldConfig:
     name: str = "scenes"
     seed: int = 0
     # --- data: disjoint pools of load_digits scans (1,797 in all) -------------------------------------------------
-    n_train_scans: int = 1000  # train subjects are composed of these; also the only scans pretraining sees
+    n_train_scans: int = 1000  # the train pool: the dev scans, then the scans of train subjects and pretraining
+    n_dev_scans: int = 150  # carved from the train pool: dev subjects are composed of these; never trained on
     n_eval_scans: int = 400  # eval subjects (VQA and caption); never seen in pretraining
     n_mloc_scans: int = 197  # never-edited subjects that `m_loc` asks about
     n_cls_scans: int = 200  # the EMT-style classification split
@@ -136,6 +141,8 @@ class SceneWorldConfig:
     n_eval_subjects: int = 2016  # E-VQA eval edits (168 per kind)
     n_caption_train_subjects: int = 1000  # E-IC train edits
     n_caption_eval_subjects: int = 400  # E-IC eval edits
+    n_dev_subjects: int = 1008  # E-VQA dev edits (84 per kind), for probes and choices; carved from the train split
+    n_caption_dev_subjects: int = 200  # E-IC dev edits
     n_mloc_subjects: int = 400
     n_cls_subjects: int = 200
     min_distance: int = 3  # held-out contents differ in at least this many of their nine attributes
@@ -183,6 +190,8 @@ class SceneWorldConfig:
         total = self.n_train_scans + self.n_eval_scans + self.n_mloc_scans + self.n_cls_scans
         if total > 1797:
             raise ValueError(f"SceneWorldConfig: the scan pools need {total} scans, load_digits has 1797")
+        if not 0 < self.n_dev_scans < self.n_train_scans:
+            raise ValueError("SceneWorldConfig.n_dev_scans: expected a positive number below n_train_scans")
         if self.image_size % 2 or (self.image_size // 2) % self.patch_size:
             raise ValueError("SceneWorldConfig.patch_size: must divide the cell (image_size / 2)")
         if not self.digit_sizes or max(self.digit_sizes) + 2 * self.margin > self.image_size // 2:
@@ -204,6 +213,7 @@ SCENES = SceneWorldConfig()
 SCENES_SMALL = SceneWorldConfig(
     name="scenes_small",
     n_train_scans=200,
+    n_dev_scans=50,
     n_eval_scans=100,
     n_mloc_scans=50,
     n_cls_scans=50,
@@ -211,6 +221,8 @@ SCENES_SMALL = SceneWorldConfig(
     n_eval_subjects=24,
     n_caption_train_subjects=8,
     n_caption_eval_subjects=6,
+    n_dev_subjects=24,
+    n_caption_dev_subjects=6,
     n_mloc_subjects=10,
     n_cls_subjects=6,
     vit_width=32,

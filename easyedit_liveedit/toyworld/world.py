@@ -32,6 +32,20 @@ LOG = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 
+# Only the final scoring (the harness's `compare` / `edit`, and the world's own manifest, written once at build
+# time) reads these; probes, ablations and choices of settings read the dev split (vqa_dev, caption_dev).
+EVAL_SPLITS = ("eval", "vqa_eval", "caption_eval")  # "eval": both, where a caller names the split without a kind
+
+
+def probe_split(name: str) -> str:
+    """``name`` if a probe may read that split, else a ``ValueError`` that says which split to use instead."""
+    if name in EVAL_SPLITS:
+        raise ValueError(
+            f"split {name!r} is an eval split, which only the final scoring reads: probes, ablations and choices "
+            f"of settings read the dev split ({name.replace('eval', 'dev')!r}), carved from the train split"
+        )
+    return name
+
 
 @dataclass(frozen=True)
 class ToyWorld:
@@ -113,10 +127,10 @@ def _write_data(config: ToyWorldConfig, layout: Layout) -> tuple[records.Pools, 
     """Images, MMEdit records, the classification split and the text facts; returns pools and labels."""
     scans, labels = images.load_scans()
     sizes = (config.n_train_images, config.n_eval_images, config.n_mloc_images, config.n_cls_images)
-    pools = records.Pools.split(len(labels), sizes, config.seed)
-    every = pools.train + pools.eval + pools.mloc + pools.cls
+    pools = records.Pools.split(labels, sizes, config.seed, config.n_dev_images)
+    every = pools.train + pools.dev + pools.eval + pools.mloc + pools.cls
     paths = images.write_images(scans, every, layout.images, config.png_size, config.seed)
-    for split, pool in (("train", pools.train), ("eval", pools.eval)):
+    for split, pool in (("train", pools.train), ("dev", pools.dev), ("eval", pools.eval)):
         records.write_json(
             records.vqa_records(pool, labels, paths, pools.mloc, config.seed), layout.split(f"vqa_{split}")
         )
@@ -124,7 +138,7 @@ def _write_data(config: ToyWorldConfig, layout: Layout) -> tuple[records.Pools, 
         records.write_json(caption, layout.split(f"caption_{split}"))
     records.write_json(records.classification_records(pools.cls, labels, paths), layout.split("classification"))
     records.write_json(records.text_fact_records(), layout.split("text_facts"))
-    for name in ("vqa_train", "vqa_eval", "caption_train", "caption_eval"):
+    for name in ("vqa_train", "vqa_dev", "vqa_eval", "caption_train", "caption_dev", "caption_eval"):
         validate_file(layout.split(name), layout.images)
     return pools, labels
 
@@ -144,10 +158,11 @@ def _build_digits_into(config: ToyWorldConfig, work: Layout, progress: bool, eva
     backbone.write_fresh_backbone(config, work, len(tok), qformer_vocab)
     model = backbone.construct(work, config.num_query_tokens)
 
-    # Pretraining sees the train pool only: canonical views, then the other views.
+    # Pretraining sees the train pool only (not its dev scans): canonical views, then the other views; the
+    # progress bar's held-out accuracy reads the dev scans.
     relative = [f"digits/{i:04d}.png" for i in pools.train] + [f"views/{i:04d}.png" for i in pools.train]
     train_images = _image_tensor(work, relative, config.image_size)
-    heldout_images = _image_tensor(work, [f"digits/{i:04d}.png" for i in pools.eval], config.image_size)
+    heldout_images = _image_tensor(work, [f"digits/{i:04d}.png" for i in pools.dev], config.image_size)
     result = pretrain(
         model,
         tok,
@@ -155,7 +170,7 @@ def _build_digits_into(config: ToyWorldConfig, work: Layout, progress: bool, eva
         train_images,
         [int(labels[i]) for i in pools.train],
         heldout_images,
-        [int(labels[i]) for i in pools.eval],
+        [int(labels[i]) for i in pools.dev],
         progress=progress,
     )
     backbone.save_trained(model, work)
@@ -171,10 +186,12 @@ def _build_digits_into(config: ToyWorldConfig, work: Layout, progress: bool, eva
     return {
         "config": asdict(config),
         "sizes": {
-            "images": {k: len(getattr(pools, k)) for k in ("train", "eval", "mloc", "cls")},
+            "images": {k: len(getattr(pools, k)) for k in ("train", "dev", "eval", "mloc", "cls")},
             "vqa_train": len(json.loads(work.split("vqa_train").read_text())),
+            "vqa_dev": len(json.loads(work.split("vqa_dev").read_text())),
             "vqa_eval": len(json.loads(work.split("vqa_eval").read_text())),
             "caption_train": len(pools.train),
+            "caption_dev": len(pools.dev),
             "caption_eval": len(pools.eval),
             "classification": len(pools.cls),
             "text_facts": len(json.loads(work.split("text_facts").read_text())),
