@@ -71,8 +71,8 @@ def test_splits_are_disjoint_and_free_of_conflicts(small_world):
 
 
 def test_dev_scans_are_carved_from_the_train_pool():
-    """Guards the dev split's pool: its scans come out of the train pool, dealt digit by digit; the train pool (what
-    pretraining and the train split use) keeps the rest, and the eval, m_loc and classification pools do not move."""
+    """Guards the dev split's pool: its scans come out of the train pool, dealt digit by digit; ``train`` keeps the
+    rest (the train split's scans), and the eval, m_loc and classification pools do not move."""
     _, labels = load_scans()
     sizes = (1000, 420, 177, 200)
     without = records.Pools.split(labels, sizes, 0, n_dev=1)

@@ -15,10 +15,11 @@ Scopes (why generality and locality are well defined):
   scan of another digit from a pool that is never edited (``m_loc``: M-Locality). Neither shares the edited
   scan nor its question, so a perfect editor leaves their answers unchanged.
 * Within a split no scan is asked the same kind twice (no two edits conflict); train, dev and eval splits, the
-  ``m_loc`` pool and the classification pool use disjoint scans; pretraining sees only the train split's scans.
-* The dev split (``vqa_dev`` / ``caption_dev``) is carved from the train pool: its scans are in no train record
-  and never seen in pretraining. Probes, ablations and choices of settings read it; only the final scoring reads
-  the eval split, and ``probe_split`` refuses the eval split's names.
+  ``m_loc`` pool and the classification pool use disjoint scans; pretraining sees only the train pool.
+* The dev split (``vqa_dev`` / ``caption_dev``) is carved from the train pool: its scans are in no train record,
+  so meta-training never sees them (pretraining does in this world; the scenes world keeps them out of both).
+  Probes, ablations and choices of settings read it; only the final scoring reads the eval split, and
+  ``probe_split`` refuses the eval split's names.
 * The EMT-style probe (``data/classification.json``) asks held-out scans a prompt that lists all ten class
   names; accuracy before and after T edits shows forgetting.
 

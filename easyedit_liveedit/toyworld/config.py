@@ -23,8 +23,8 @@ class ToyWorldConfig:
     name: str = "default"
     seed: int = 0
     # --- data: disjoint pools of load_digits scans --------------------------------------------------------------
-    n_train_images: int = 1000  # the train pool: the dev scans, then the train split's (and pretraining's) scans
-    n_dev_images: int = 200  # carved from the train pool: the dev split (1,000 VQA edits); never trained on
+    n_train_images: int = 1000  # the train pool: pretraining's scans, of which the train split edits all but dev's
+    n_dev_images: int = 200  # carved from the train pool: the dev split (1,000 VQA edits); never meta-trained on
     n_eval_images: int = 420  # edited in the eval split; never seen in pretraining
     n_mloc_images: int = 177  # unrelated images for `m_loc`; never edited, never seen in pretraining
     n_cls_images: int = 200  # held-out labelled images for the EMT-style classification split

@@ -38,8 +38,9 @@ RECORD_FIELDS = (
 class Pools:
     """Disjoint lists of scan indices; see ``ToyWorldConfig`` for what each pool is for.
 
-    ``dev`` is carved from the train pool: its scans are in no train record and never seen in pretraining, so
-    the dev split is to training what the eval split is to everything (probes and choices read dev, never eval).
+    ``dev`` is carved from the train pool: its scans are in no train record, so meta-training never sees them
+    (the scenes world also keeps them out of pretraining; the digits world pretrains on them). Probes and choices
+    of settings read the dev split, never the eval split.
     """
 
     train: list[int]
