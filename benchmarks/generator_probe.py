@@ -2,11 +2,12 @@
 
 Usage (from the project root, after `make setup`):
     .venv/bin/python benchmarks/generator_probe.py [--steps 400] [--lora-scale 1] [--rank 4]
-        [--token-types | --no-token-types]
+        [--token-types | --no-token-types] [--split vqa_dev]
 
 Routing is taken out: each edit's own expert is applied to the edit's own question at weight 1, and only the
 generator (with ``LN_r``) is trained, on the reliability cross-entropy of the toy E-VQA train split (batch 32,
-Adam lr 1e-3). Then each of the first 256 eval edits gets its own expert and the script reports, per question
+Adam lr 1e-3). Then each of the first 256 edits of ``--split`` (default vqa_dev, carved from the train split and
+not trained on; the eval split is refused) gets its own expert and the script reports, per question
 kind, the share of answers it flips to the new target (EasyEdit's token accuracy). Yes/no kinds (parity,
 above four) can be flipped without knowing the target; the others need the answer the edit names. Prints one
 JSON object.
@@ -19,6 +20,7 @@ import collections
 import json
 
 import torch
+from liveedit_speed import split_option
 from torch.utils.data import DataLoader
 
 import easyedit_liveedit  # noqa: F401  (registers LiveEdit, applies the EasyEdit shims)
@@ -53,14 +55,15 @@ def per_sample_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> list[floa
     return (hits.sum(1) / where.sum(1).clamp_min(1)).tolist()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lora-scale", type=float, default=None, help="default: the toy YAML's")
     parser.add_argument("--rank", type=int, default=None, help="expert rank r; default: the toy YAML's")
     parser.add_argument("--token-types", action=argparse.BooleanOptionalAction, default=None, help="default: YAML's")
-    parser.add_argument("--eval-size", type=int, default=256)
-    args = parser.parse_args()
+    parser.add_argument("--eval-size", type=int, default=256, help="edits of --split scored")
+    split_option(parser, "vqa_dev", "the edits scored (eval is refused)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     world = toyworld.load("default", progress=False)
@@ -77,7 +80,7 @@ def main() -> None:
 
     with world.easyedit_patches():
         train = VQADataset(str(world.split("vqa_train")), config=hparams)
-        test = VQADataset(str(world.split("vqa_eval")), size=args.eval_size, config=hparams)
+        test = VQADataset(str(world.split(args.split)), size=args.eval_size, config=hparams)
     trained = [*editor.net.generator.parameters(), *editor.net.expert_norm.parameters()]
     optimizer = torch.optim.Adam(trained, lr=1e-3)
     editor.train(True)
@@ -95,7 +98,7 @@ def main() -> None:
             if step == args.steps:
                 break
     editor.train(False)
-    kinds = [record["kind"] for record in json.loads(world.split("vqa_eval").read_text())[: args.eval_size]]
+    kinds = [record["kind"] for record in json.loads(world.split(args.split).read_text())[: args.eval_size]]
     flipped: dict[str, list[float]] = collections.defaultdict(list)
     with torch.no_grad():
         scores = []

@@ -1,12 +1,13 @@
 """Do the toy backbone's image tokens describe the scan, or only its digit? (An MMEdit edit is about one image.)
 
 Usage (from the project root, after `make setup`):
-    .venv/bin/python benchmarks/instance_probe.py [--layer 2] [--steps 3000]
+    .venv/bin/python benchmarks/instance_probe.py [--layer 2] [--steps 3000] [--split vqa_dev]
 
 Trains a linear key (InfoNCE between a scan and its other view) on the layer-``l_e`` image tokens of the train
-scans, then asks, for each eval scan, whether the nearest canonical scan to its other view (``image_rephrase``)
-is the scan itself. Also reports the same retrieval on raw pixels and the digit of the nearest scan. The
-backbone is frozen; only the probe is trained. Prints one JSON object.
+scans, then asks, for each scan of ``--split`` (default vqa_dev: scans carved from the train pool, in no train
+record and never seen in pretraining; the eval split is refused), whether the nearest canonical scan of that split
+to its other view (``image_rephrase``) is the scan itself. Also reports the same retrieval on raw pixels and the
+digit of the nearest scan. The backbone is frozen; only the probe is trained. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import numpy as np
 import torch
 import torch.nn.functional as F
+from liveedit_speed import split_option
 from PIL import Image
 
 import easyedit_liveedit  # noqa: F401  (registers LiveEdit, applies the EasyEdit shims)
@@ -56,11 +58,12 @@ def pixels(world: toyworld.ToyWorld, paths: list[str]) -> torch.Tensor:
     return x - x.mean(1, keepdim=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3000)
-    args = parser.parse_args()
+    split_option(parser, "vqa_dev", "the held-out scans retrieved among each other (eval is refused)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     world = toyworld.load("default", progress=False)
@@ -69,7 +72,7 @@ def main() -> None:
     editor = LiveEdit(world.load_model(), hparams)
     with torch.no_grad():
         train_scans, train_views, _ = image_tokens(world, editor, "vqa_train")
-        eval_scans, eval_views, eval_records = image_tokens(world, editor, "vqa_eval")
+        eval_scans, eval_views, eval_records = image_tokens(world, editor, args.split)
     mean, std = train_scans.mean(0), train_scans.std(0) + 1e-5
     probe = torch.nn.Linear(train_scans.shape[1], 128)
     optimizer = torch.optim.Adam(probe.parameters(), 1e-3)
@@ -87,7 +90,8 @@ def main() -> None:
         labels = torch.tensor([r["label"] for r in eval_records])
         rank_of_own = (sim > sim.diagonal()[:, None]).sum(1).float() + 1
         result = {
-            "eval_scans": len(eval_records),
+            "split": args.split,
+            "held_out_scans": len(eval_records),
             "layer": args.layer,
             "linear_probe_view_to_scan": round(retrieval_accuracy(queries, keys), 4),
             "linear_probe_median_rank_of_own": rank_of_own.median().item(),

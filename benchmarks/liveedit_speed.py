@@ -100,13 +100,29 @@ def parts_ms(editor: LiveEdit, batch: dict, repeats: int) -> dict[str, float]:
     }
 
 
-def probe_arguments(doc: str, edits: int) -> argparse.Namespace:
-    """``--archive`` and ``--edits`` of the LiveEdit probes; also puts torch on one thread, as the toy world runs."""
+def split_option(parser: argparse.ArgumentParser, default: str, help: str) -> None:
+    """``--split``, the records a probe scores: an eval split is refused with the reason, before any work (only the
+    final scoring reads the eval split; probes, ablations and choices of settings read the dev split)."""
+
+    def checked(name: str) -> str:
+        try:
+            return toyworld.probe_split(name)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parser.add_argument("--split", type=checked, default=default, help=help)
+
+
+def probe_arguments(doc: str, edits: int, argv: list[str] | None = None) -> argparse.Namespace:
+    """``--archive``, ``--edits`` and ``--split`` of the LiveEdit probes; also puts torch on one thread, as the toy
+    world runs."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--archive", help="trained LiveEdit archive (default: the toy YAML's)")
     parser.add_argument("--edits", type=int, default=edits)
+    split_option(parser, "vqa_dev", "the records edited: the first --edits of this split (eval is refused)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    return parser.parse_args()
+    return args
 
 
 def load_editor(archive: str | None = None) -> tuple[toyworld.ToyWorld, LiveEditMultimodalHparams, LiveEdit, str]:

@@ -1,11 +1,12 @@
 """Do a LiveEdit archive's experts work on questions rendered as EasyEdit's dataset and as its editor render them?
 
 Usage (from the project root, after `make setup`):
-    .venv/bin/python benchmarks/rendering_probe.py [--archive PATH] [--edits 256]
+    .venv/bin/python benchmarks/rendering_probe.py [--archive PATH] [--edits 256] [--split vqa_dev]
 
 EasyEdit's ``VQADataset`` (what meta-training reads) wraps an image question in "Question: {} Short answer: ";
 ``MultimodalEditor`` (what edits and scores) joins the bare question and the answer with a space
-(``easyedit_liveedit/questions.py``). For the first N eval records, each edit's own expert alone, at its soft
+(``easyedit_liveedit/questions.py``). For the first N records of ``--split`` (default
+vqa_dev; the eval split is refused), each edit's own expert alone, at its soft
 weight, answers its own question, with the edit and the question rendered both ways: ``dataset``
 (``VQADataset.collate_fn``) and ``editor`` (``EditorQuestions``). Scored by EasyEdit's definition (the answer's
 own tokens, teacher-forced), overall and per question kind. One torch thread. Prints one JSON object.
@@ -31,16 +32,16 @@ def per_row_accuracy(logits: torch.Tensor, labels: torch.Tensor, answer_tokens: 
     return (hits.sum(1) / where.sum(1)).tolist()
 
 
-def main() -> None:
-    args = probe_arguments(__doc__, edits=256)
+def main(argv: list[str] | None = None) -> None:
+    args = probe_arguments(__doc__, edits=256, argv=argv)
 
     world, hparams, editor, archive = load_editor(args.archive)
     hparams.device = "cpu"
     from easyeditor import VQADataset
 
     with world.easyedit_patches():
-        dataset = VQADataset(str(world.split("vqa_eval")), size=args.edits, config=hparams)
-    kinds = [r["kind"] for r in json.loads(world.split("vqa_eval").read_text())[: args.edits]]
+        dataset = VQADataset(str(world.split(args.split)), size=args.edits, config=hparams)
+    kinds = [r["kind"] for r in json.loads(world.split(args.split).read_text())[: args.edits]]
     results: dict[str, object] = {"archive": archive, "edits": args.edits}
     for rendering, data in (("dataset", dataset), ("editor", EditorQuestions(dataset))):
         scores = []

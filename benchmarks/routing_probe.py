@@ -1,9 +1,10 @@
 """Where LiveEdit's routing loses edits on the toy world: which experts fire for each input after N edits.
 
 Usage (from the project root, after `make setup`):
-    .venv/bin/python benchmarks/routing_probe.py [--archive PATH] [--edits 1000]
+    .venv/bin/python benchmarks/routing_probe.py [--archive PATH] [--edits 1000] [--split vqa_dev]
 
-The library holds the experts of the first N eval records' edits (one per record, expert id = record index).
+The library holds the experts of the first N records of `--split` (default vqa_dev; the eval split is refused),
+one edit per record (expert id = record index).
 For each of those records it routes three inputs and reports, per input kind:
 - `edit` (the edit's own question and image), `image_rephrase` (the same question, the other view of the scan):
   how often the record's own expert passes the hard filter, how often it also carries the largest soft weight,
@@ -115,11 +116,11 @@ def accuracies(editor, experts, world, hparams, records: list[dict]) -> dict[str
     return {m: {p: round(statistics.mean(v), 3) for p, v in by_part.items()} for m, by_part in scores.items()}
 
 
-def main() -> None:
-    args = probe_arguments(__doc__, edits=1000)
+def main(argv: list[str] | None = None) -> None:
+    args = probe_arguments(__doc__, edits=1000, argv=argv)
 
     world, hparams, editor, archive = load_editor(args.archive)
-    records = json.loads(world.split("vqa_eval").read_text())[: args.edits]
+    records = json.loads(world.split(args.split).read_text())[: args.edits]
     results: dict[str, object] = {"archive": archive, "edits": args.edits}
     with torch.no_grad():
         edits = samples_of(world, hparams, records, "edit")

@@ -6,12 +6,14 @@ import importlib
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import easyedit_liveedit  # noqa: F401  (applies the EasyEdit shims)
 from easyedit_liveedit import toyworld
-from easyedit_liveedit.toyworld import facts, pretrain
+from easyedit_liveedit.toyworld import facts, pretrain, records
+from easyedit_liveedit.toyworld.images import load_scans
 from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
 from easyedit_liveedit.toyworld.records import RECORD_FIELDS
 
@@ -35,17 +37,20 @@ def _records(world, name):
 
 
 def test_default_config_meets_the_required_sizes():
-    kinds = len(facts.VQA_KINDS)
-    assert kinds * toyworld.DEFAULT.n_train_images >= 5000
-    assert kinds * toyworld.DEFAULT.n_eval_images >= 2000
+    kinds, config = len(facts.VQA_KINDS), toyworld.DEFAULT
+    assert kinds * (config.n_train_images - config.n_dev_images) >= 4000
+    assert kinds * config.n_dev_images >= 1000  # the routing probe's 1,000 sequential edits, on dev
+    assert kinds * config.n_eval_images >= 2000
 
 
 def test_splits_are_disjoint_and_free_of_conflicts(small_world):
     train, evaluation = _records(small_world, "vqa_train"), _records(small_world, "vqa_eval")
+    dev = _records(small_world, "vqa_dev")
     config = small_world.config
-    assert len(train) == len(facts.VQA_KINDS) * config.n_train_images
+    assert len(train) == len(facts.VQA_KINDS) * (config.n_train_images - config.n_dev_images)
+    assert len(dev) == len(facts.VQA_KINDS) * config.n_dev_images
     assert len(evaluation) == len(facts.VQA_KINDS) * config.n_eval_images
-    for split in (train, evaluation):
+    for split in (train, dev, evaluation):
         keys = [(r["image"], r["kind"]) for r in split]
         assert len(keys) == len(set(keys)), "two edits of one image with one question kind"
         for record in split:
@@ -54,12 +59,45 @@ def test_splits_are_disjoint_and_free_of_conflicts(small_world):
             assert record["rephrase"] != record["src"]
             assert record["image_rephrase"] != record["image"]
             assert facts.KIND_BY_NAME[record["kind"]].answer(record["label"]) == record["pred"]
-    images = {name: {r["image"] for r in _records(small_world, name)} for name in ("vqa_train", "vqa_eval")}
-    mloc = {r["m_loc"] for r in train + evaluation}
+    names = ("vqa_train", "vqa_dev", "vqa_eval", "caption_train", "caption_dev", "caption_eval")
+    seen = {name: {r["image"] for r in _records(small_world, name)} for name in names}
+    assert seen["caption_dev"] == seen["vqa_dev"] and seen["caption_train"] == seen["vqa_train"]
+    mloc = {r["m_loc"] for r in train + dev + evaluation}
     cls = {r["image"] for r in _records(small_world, "classification")}
-    assert not images["vqa_train"] & images["vqa_eval"]
-    assert not (images["vqa_train"] | images["vqa_eval"]) & (mloc | cls)
+    assert not seen["vqa_train"] & seen["vqa_eval"]
+    assert not seen["vqa_dev"] & (seen["vqa_train"] | seen["vqa_eval"])
+    assert not (seen["vqa_train"] | seen["vqa_dev"] | seen["vqa_eval"]) & (mloc | cls)
     assert not mloc & cls
+
+
+def test_dev_scans_are_carved_from_the_train_pool():
+    """Guards the dev split's pool: its scans come out of the train pool, dealt digit by digit; ``train`` keeps the
+    rest (the train split's scans), and the eval, m_loc and classification pools do not move."""
+    _, labels = load_scans()
+    sizes = (1000, 420, 177, 200)
+    without = records.Pools.split(labels, sizes, 0, n_dev=1)
+    pools = records.Pools.split(labels, sizes, 0, n_dev=200)
+    assert (pools.eval, pools.mloc, pools.cls) == (without.eval, without.mloc, without.cls)
+    assert sorted(pools.train + pools.dev) == sorted(without.train + without.dev)
+    assert not set(pools.train) & set(pools.dev) and len(pools.dev) == 200
+    assert sorted(np.bincount(labels[pools.dev], minlength=10)) == [20] * 10
+    small = records.Pools.split(labels, (40, 20, 10, 10), 0, n_dev=8)
+    assert len(set(labels[small.dev])) == 8  # dealt digit by digit: eight dev scans show eight digits
+    with pytest.raises(ValueError, match="n_dev=40"):
+        records.Pools.split(labels, (40, 20, 10, 10), 0, n_dev=40)
+
+
+def test_probe_split_refuses_the_eval_split_and_names_the_dev_split():
+    """Guards item 3 of the world's contract: probes read dev; only the final scoring reads eval."""
+    for name in toyworld.EVAL_SPLITS:
+        with pytest.raises(ValueError, match=f"{name!r} is an eval split.*{name.replace('eval', 'dev')!r}"):
+            toyworld.probe_split(name)
+    assert [toyworld.probe_split(n) for n in ("vqa_dev", "caption_dev", "dev", "vqa_train")] == [
+        "vqa_dev",
+        "caption_dev",
+        "dev",
+        "vqa_train",
+    ]
 
 
 def test_classification_prompt_lists_every_class(small_world):

@@ -9,8 +9,8 @@ Groups:
 
 * ``method``: an editor and its EasyEdit hparams YAMLs (``hparams/<ALG>/<model>.yaml`` for editing,
   ``hparams/TRAINING/<ALG>/<model>.yaml`` for meta-training), plus per-key overrides of those YAMLs.
-* ``model``: a backbone (``toy``, ``blip2``, ``minigpt4``, ``llava``): which hparams file name it uses and,
-  for the toy backbone, which toy world to build or load.
+* ``model``: a backbone (``toy``, ``toy_scenes``, ``blip2``, ``minigpt4``, ``llava``): which hparams file name it
+  uses and, for a toy backbone, which toy world to build or load.
 * ``data``: the MMEdit records (toy E-VQA, toy E-IC, or MMEdit/VLKEB JSON files for real backbones).
 * ``run``: edit counts, seed, output and archive folders, training length, threads (``default``, ``quick``).
 """
@@ -46,9 +46,9 @@ class MethodConfig:
 class ModelConfig:
     """A backbone."""
 
-    name: str = MISSING  # toy | blip2 | minigpt4 | llava
+    name: str = MISSING  # toy | toy_scenes | blip2 | minigpt4 | llava
     hparams_name: str = MISSING  # the <model> of hparams/<ALG>/<model>.yaml
-    toy_world: str | None = None  # default | small: the toy world to build or load; null for a real backbone
+    toy_world: str | None = None  # a toyworld.CONFIGS name (default, small, scenes, scenes_small); null: real backbone
 
 
 @dataclass

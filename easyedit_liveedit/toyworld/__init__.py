@@ -14,32 +14,48 @@ Scopes (why generality and locality are well defined):
   LM knows in four phrasings and which involves no image (T-Locality); and a question of another kind about a
   scan of another digit from a pool that is never edited (``m_loc``: M-Locality). Neither shares the edited
   scan nor its question, so a perfect editor leaves their answers unchanged.
-* Within a split no scan is asked the same kind twice (no two edits conflict); train and eval splits, the
+* Within a split no scan is asked the same kind twice (no two edits conflict); train, dev and eval splits, the
   ``m_loc`` pool and the classification pool use disjoint scans; pretraining sees only the train pool.
+* The dev split (``vqa_dev`` / ``caption_dev``) is carved from the train pool: its scans are in no train record,
+  so meta-training never sees them (pretraining does in this world; the scenes world keeps them out of both).
+  Probes, ablations and choices of settings read it; only the final scoring reads the eval split, and
+  ``probe_split`` refuses the eval split's names.
 * The EMT-style probe (``data/classification.json``) asks held-out scans a prompt that lists all ten class
   names; accuracy before and after T edits shows forgetting.
 
 Configurations: ``default`` (pretrained for a few minutes to >= 90% per question kind) and ``small`` (for unit
 tests: a few dozen scans, a model a few times smaller, trained for ~30 steps, i.e. seconds; it answers near
 chance and exists to exercise code paths, not to be accurate).
+
+The scenes world (``scenes``, and ``scenes_small`` for unit tests; ``scenes.py``, ``scene_facts.py``,
+``scene_records.py``, ``scene_pretrain.py``, ``scene_world.py``) has E-VQA's structure, which a router needs:
+a subject is a 2x2 composite of four scans with an ink per digit and a paper colour, every eval edit has its
+own subject, ``image_rephrase`` renders the same content from other scans, and twelve question kinds ask about
+a cell's digit or ink, the paper, an ink's count or place, or a digit's ink. Same layout on disk, same
+``ToyWorld`` handle, same EasyEdit entry points.
 """
 
 from ..easyedit.validate import validate_file, validate_records
-from .config import CONFIGS, DEFAULT, SMALL, ToyWorldConfig
+from .config import CONFIGS, DEFAULT, SCENES, SCENES_SMALL, SMALL, SceneWorldConfig, ToyWorldConfig
 from .layout import CACHE_ENV, Layout, cache_root
-from .world import ToyWorld, build, load
+from .world import EVAL_SPLITS, ToyWorld, build, load, probe_split
 
 __all__ = [
     "CACHE_ENV",
     "CONFIGS",
     "DEFAULT",
+    "EVAL_SPLITS",
+    "SCENES",
+    "SCENES_SMALL",
     "SMALL",
     "Layout",
+    "SceneWorldConfig",
     "ToyWorld",
     "ToyWorldConfig",
     "build",
     "cache_root",
     "load",
+    "probe_split",
     "validate_file",
     "validate_records",
 ]

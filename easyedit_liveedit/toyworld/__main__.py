@@ -1,4 +1,7 @@
-"""``python -m easyedit_liveedit.toyworld [--config default|small] [--cache DIR] [--force]``: build and summarise."""
+"""``python -m easyedit_liveedit.toyworld [--config NAME] [--cache DIR] [--force]``: build and summarise.
+
+NAME is one of ``toyworld.CONFIGS``: ``default`` / ``small`` (the digits world) or ``scenes`` / ``scenes_small``.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; a hub looku
 def main(argv: list[str] | None = None) -> int:
     """Build (or load) the toy world and print its sizes, pretraining time and per-kind pre-edit accuracy."""
     parser = argparse.ArgumentParser(prog="python -m easyedit_liveedit.toyworld", description=__doc__)
-    parser.add_argument("--config", default="default", help="default (benchmarks) or small (unit tests)")
+    parser.add_argument(
+        "--config",
+        default="default",
+        help="default, scenes (benchmarks) or small, scenes_small (unit tests)",
+    )
     parser.add_argument(
         "--cache", default=None, help="cache root (default: $EASYEDIT_LIVEEDIT_CACHE or .cache/toyworld)"
     )
@@ -32,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes, pre = manifest["sizes"], manifest["pretraining"]
     print(f"toy world {world.config.name!r} at {world.layout.root}")
     print(
-        f"  edits: E-VQA {sizes['vqa_train']} train / {sizes['vqa_eval']} eval, "
-        f"E-IC {sizes['caption_train']} / {sizes['caption_eval']}, classification {sizes['classification']}, "
+        f"  edits: E-VQA {sizes['vqa_train']} train / {sizes['vqa_dev']} dev / {sizes['vqa_eval']} eval, "
+        f"E-IC {sizes['caption_train']} / {sizes['caption_dev']} / {sizes['caption_eval']}, "
+        f"classification {sizes['classification']}, "
         f"text facts {sizes['text_facts']}"
     )
     print(f"  backbone: {sizes['parameters']:,} parameters (EasyEdit Blip2OPT), OPT vocabulary {sizes['opt_vocab']}")
@@ -42,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     for kind, parts in manifest["pre_edit_accuracy"].items():
         shown = ", ".join(f"{part} {value:.3f}" for part, value in parts.items() if part != "n")
         print(f"    {kind:<15} {shown}  (n={parts['n']})")
+    if "retrieval" in manifest:
+        found = manifest["retrieval"]
+        print(f"  retrieval of each rephrase's own subject among {found['subjects']} eval subjects: "
+              f"{found['opt_proj_flat']:.3f} ({found['metric']}, image tokens flattened)")  # fmt: skip
     return 0
 
 

@@ -51,8 +51,10 @@ def _mean(values: list[float]) -> float:
 
 
 @torch.no_grad()
-def pre_edit_accuracy(model, tok, layout, image_size: int, limit: int | None = 200) -> dict[str, dict[str, float]]:
-    """Per question kind, the unedited model's accuracy on the *eval* split (images never seen in pretraining).
+def pre_edit_accuracy(
+    model, tok, layout, image_size: int, limit: int | None = 200, split: str = "eval"
+) -> dict[str, dict[str, float]]:
+    """Per question kind, the unedited model's accuracy on held-out records (images never seen in pretraining).
 
     Args:
         model: the toy ``Blip2OPT`` (eval mode is set here).
@@ -60,6 +62,8 @@ def pre_edit_accuracy(model, tok, layout, image_size: int, limit: int | None = 2
         layout: the built toy world's ``Layout``.
         image_size: the processor size.
         limit: at most this many records per kind (None: all); records are already in a seeded random order.
+        split: ``eval`` (the world's final figures, written once into its manifest) or ``dev`` (what probes and
+            choices read).
 
     Returns:
         kind -> {"src": ..., "rephrase": ..., "image_rephrase": ..., "n": ...} for each VQA kind and "caption";
@@ -68,7 +72,7 @@ def pre_edit_accuracy(model, tok, layout, image_size: int, limit: int | None = 2
     model.eval()
     images = ImageLoader(layout.images, image_size)
     records_by_kind = defaultdict(list)
-    for name in ("vqa_eval", "caption_eval"):
+    for name in (f"vqa_{split}", f"caption_{split}"):
         for record in json.loads(layout.split(name).read_text()):
             records_by_kind[record["kind"]].append(record)
     results: dict[str, dict[str, float]] = {}

@@ -36,20 +36,36 @@ RECORD_FIELDS = (
 
 @dataclass(frozen=True)
 class Pools:
-    """Disjoint lists of scan indices; see ``ToyWorldConfig`` for what each pool is for."""
+    """Disjoint lists of scan indices; see ``ToyWorldConfig`` for what each pool is for.
+
+    ``dev`` is carved from the train pool: its scans are in no train record, so meta-training never sees them
+    (the scenes world also keeps them out of pretraining; the digits world pretrains on them). Probes and choices
+    of settings read the dev split, never the eval split.
+    """
 
     train: list[int]
     eval: list[int]
     mloc: list[int]
     cls: list[int]
+    dev: list[int]
 
     @classmethod
-    def split(cls, n_scans: int, sizes: tuple[int, int, int, int], seed: int) -> Pools:
-        """Draw the four pools from a seeded permutation of all scans."""
-        order = np.random.default_rng([seed, 1]).permutation(n_scans).tolist()
+    def split(cls, labels: np.ndarray, sizes: tuple[int, int, int, int], seed: int, n_dev: int) -> Pools:
+        """Draw the four pools from a seeded permutation of all scans, then ``n_dev`` dev scans out of train.
+
+        The dev scans are dealt digit by digit (as even as the train pool allows), so that a small dev pool still
+        holds every digit. The eval, ``m_loc`` and classification pools do not depend on ``n_dev``.
+        """
+        order = np.random.default_rng([seed, 1]).permutation(len(labels)).tolist()
         bounds = np.cumsum((0,) + sizes)
-        parts = [sorted(order[bounds[i] : bounds[i + 1]]) for i in range(4)]
-        return cls(*parts)
+        train, evaluation, mloc, classification = (sorted(order[bounds[i] : bounds[i + 1]]) for i in range(4))
+        if not 0 < n_dev < len(train):
+            raise ValueError(f"n_dev={n_dev}: expected a positive number smaller than the train pool ({len(train)})")
+        shuffled = np.random.default_rng([seed, 7]).permutation(train).tolist()
+        groups = [[i for i in shuffled if labels[i] == digit] for digit in range(10)]
+        dealt = [group[k] for k in range(max(map(len, groups))) for group in groups if k < len(group)]
+        dev = set(dealt[:n_dev])
+        return cls([i for i in train if i not in dev], evaluation, mloc, classification, sorted(dev))
 
 
 def _text_locality(rng: np.random.Generator) -> tuple[str, str]:

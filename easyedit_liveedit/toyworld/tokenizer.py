@@ -80,6 +80,23 @@ def train_qformer_vocab(corpus: list[str], folder: Path, vocab_size: int = 1000)
     return len(vocab)
 
 
+def write_word_vocab(corpus: list[str], folder: Path) -> int:
+    """Write a WordPiece ``vocab.txt`` of BERT's special tokens and every whole word of ``corpus``; returns its size.
+
+    Words are split and lower-cased as ``BertTokenizer`` splits them, so every string of the corpus tokenises
+    without unknown words. Unlike ``train_qformer_vocab`` the result is deterministic: the WordPiece trainer
+    breaks ties differently from run to run (six runs on the scenes world's corpus gave six vocabularies of
+    346 or 347 tokens), and the vocabulary's size sets how much of the random stream the Q-Former's
+    initialisation consumes, so a varying size made two builds of one configuration differ.
+    """
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = {word for line in corpus for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(line))}
+    vocab = BERT_SPECIAL + sorted(words - set(BERT_SPECIAL))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("".join(f"{token}\n" for token in vocab))
+    return len(vocab)
+
+
 def load_opt_tokenizer(folder: Path):
     """Load the OPT-side tokenizer the way EasyEdit's datasets do (``GPT2Tokenizer``)."""
     from transformers import GPT2Tokenizer
