@@ -16,8 +16,17 @@ import json
 from dataclasses import dataclass
 
 
+class _Fingerprinted:
+    """A world configuration whose cache entry is reused only for the same configuration."""
+
+    def fingerprint(self) -> str:
+        """A short hash of every field."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
-class ToyWorldConfig:
+class ToyWorldConfig(_Fingerprinted):
     """Everything that determines the built toy world; its hash names the cache entry."""
 
     name: str = "default"
@@ -73,11 +82,6 @@ class ToyWorldConfig:
         if self.image_size % self.patch_size:
             raise ValueError("ToyWorldConfig.patch_size: must divide image_size")
 
-    def fingerprint(self) -> str:
-        """A short hash of every field: a cache entry is reused only for the same configuration."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
 
 DEFAULT = ToyWorldConfig()
 SMALL = ToyWorldConfig(
@@ -119,7 +123,7 @@ def _check_fields(config) -> None:
 
 
 @dataclass(frozen=True)
-class SceneWorldConfig:
+class SceneWorldConfig(_Fingerprinted):
     """Everything that determines a built scenes world (``scenes.py``); its hash names the cache entry.
 
     Sizes were chosen on a dev split carved from the train pool's scans (never on the eval split): 32-pixel
@@ -202,11 +206,6 @@ class SceneWorldConfig:
             raise ValueError("SceneWorldConfig.pointing_layer: must be a layer of the OPT (< opt_layers)")
         if not 1 <= self.min_distance <= 9:
             raise ValueError("SceneWorldConfig.min_distance: expected 1-9 (of nine attributes)")
-
-    def fingerprint(self) -> str:
-        """A short hash of every field: a cache entry is reused only for the same configuration."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 SCENES = SceneWorldConfig()
