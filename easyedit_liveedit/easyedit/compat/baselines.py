@@ -133,8 +133,16 @@ def _serac_keeps_its_memory(executor_class: type, alg_dict: dict) -> list[Undo]:
             self.alg = edited
         return edited, weights_copy
 
+    return _install_apply_to_model(executor_class, apply_to_model, _SERAC_EXECUTOR_KEYS, alg_dict)
+
+
+def _install_apply_to_model(
+    executor_class: type, apply_to_model: Any, keys: tuple[str, ...], alg_dict: dict
+) -> list[Undo]:
+    """Set ``executor_class.apply_to_model`` and re-bind the ``alg_dict`` entries (methods bound at import time) of
+    its executors under ``keys`` to it; the undos restore both."""
     undo = [_replace(executor_class, "apply_to_model", apply_to_model)]
-    for key in _SERAC_EXECUTOR_KEYS:
+    for key in keys:
         executor = getattr(alg_dict.get(key), "__self__", None)
         if isinstance(executor, executor_class):
             undo.append(_replace_item(alg_dict, key, executor.apply_to_model))
@@ -183,12 +191,7 @@ def _one_request_from_a_list(executor_class: type, keys: tuple[str, ...], alg_di
         return original(*call.args, **call.kwargs)
 
     apply_to_model._unwraps_one_request = True
-    undo = [_replace(executor_class, "apply_to_model", apply_to_model)]
-    for key in keys:
-        executor = getattr(alg_dict.get(key), "__self__", None)
-        if isinstance(executor, executor_class):
-            undo.append(_replace_item(alg_dict, key, executor.apply_to_model))
-    return undo
+    return _install_apply_to_model(executor_class, apply_to_model, keys, alg_dict)
 
 
 # --- SERAC: it re-encodes its whole memory every time it answers ---------------------------------------------------
