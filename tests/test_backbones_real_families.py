@@ -335,6 +335,30 @@ def test_token_types_reach_the_generator_through_the_familys_layout(family, row,
     assert torch.equal(after.phi, before.phi) and torch.equal(after.psi, before.psi)  # keys do not see types
 
 
+def test_answer_embeddings_are_the_answer_tokens_own_input_embeddings(family):
+    """``answer_embeddings`` (ours): the generator reads, at the layout's answer positions, exactly the embeddings of
+    the answer's tokens (the language model's input embeddings, before any position), and they shape ``U, V``. Seen
+    failing with the embeddings taken from the image-and-prompt positions instead (shifted by one)."""
+    from easyedit_liveedit.liveedit.layer import Capture
+
+    editor = LiveEdit(family.model, family.hparams(answer_embeddings=True))
+    try:
+        samples = family.samples(2)
+        with torch.no_grad():
+            capture, layout = editor._capture(samples, Capture(embeddings=True))
+            before = editor.make_experts(samples)
+            editor.net.generator.answer_v.token_type += 1.0
+            after = editor.make_experts(samples)
+    finally:
+        editor.detach_hooks()
+    for b in range(2):
+        prompt_ids = family.tok(PROMPTS[b], add_special_tokens=False).input_ids
+        text_ids = family.tok(samples["text_input"][b] + family.end_sym, add_special_tokens=False).input_ids
+        expected = family.embed(torch.tensor(text_ids[len(prompt_ids) :]))
+        assert torch.equal(capture.input_embeds[b][layout.answer[b]], expected)
+    assert (after.V - before.V).abs().amax() > 1e-4 and torch.equal(after.U, before.U)
+
+
 def _add_strong_experts(editor: LiveEdit, samples: dict) -> list[int]:
     """Experts with the edit's real keys and random factors, so their residual is surely non-zero."""
     made = editor.make_experts(samples)

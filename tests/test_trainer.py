@@ -95,3 +95,38 @@ def test_authors_routing_pairs_pair_within_a_scope_and_across_scopes(monkeypatch
     assert rows1 == rows2 == list(range(6))
     assert all((a == 3) != (b == 3) for a, b in zip(first, second, strict=True))  # across scopes
     assert {a == 3 for a in first} == {True, False}  # both directions occur
+
+
+def test_edit_losses_train_only_the_answers_own_tokens(small_world, monkeypatch):
+    """Guards that reliability and generality train what EasyEdit's metric scores: the answer's own tokens. The
+    toy tokenizer keeps the joining space before the answer as its own supervised token; changing the logits that
+    predict it must not move those losses. Seen failing with the loss over the whole supervised span (space
+    included): every term moved."""
+    from easyeditor import VQADataset
+    from helpers import small_liveedit_hparams
+
+    from easyedit_liveedit import LiveEdit
+    from easyedit_liveedit.easyedit.questions import EditorQuestions
+    from easyedit_liveedit.liveedit.train_step import meta_losses, predicts_answer
+
+    hparams = small_liveedit_hparams(small_world, training=True)
+    with small_world.easyedit_patches():
+        data = EditorQuestions(VQADataset(str(small_world.split("vqa_train")), size=4, config=hparams))
+    batch = data.collate_fn([data[i] for i in range(4)])
+    editor = LiveEdit(small_world.load_model(), hparams)
+    plain = editor.forward_with_experts
+
+    def unscored_positions_perturbed(samples, experts, switch):
+        out, mix = plain(samples, experts, switch)
+        unscored = predicts_answer(out.labels) & ~scored_positions(out.labels, samples["answer_tokens"])
+        assert unscored.any()  # the joining space is supervised, so the check below means something
+        out.logits = out.logits + 30.0 * unscored[..., None] * torch.linspace(-1, 1, out.logits.shape[-1])
+        return out, mix
+
+    torch.manual_seed(1)
+    before, _ = meta_losses(editor, batch)
+    monkeypatch.setattr(editor, "forward_with_experts", unscored_positions_perturbed)
+    torch.manual_seed(1)
+    after, _ = meta_losses(editor, batch)
+    for term in ("rel", "gen/text", "gen/image"):
+        assert after[term].item() == pytest.approx(before[term].item(), rel=1e-6), term

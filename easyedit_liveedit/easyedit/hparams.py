@@ -76,6 +76,7 @@ class _LiveEditHparamsBase(HyperParams):
     num_key_slots: int = 4  # k query slots of each routing key
     num_sentinel_tokens: int = 32  # n_img tokens of the learned visual sentinel (BLIP-2 has 32 query tokens)
     token_types: bool = False  # ours (False = the paper): image/prompt/answer embeddings in the expert generator
+    answer_embeddings: bool = False  # ours (False = the paper): the generator also reads the answer's input embeddings
     # Precision EasyEdit main loads its Hugging Face backbones in (`torch_dtype=hparams.dtype`) and casts their
     # inputs to; a YAML string, a torch.dtype once loaded. None (blip2, minigpt4) leaves it to EasyEdit.
     dtype: str | torch.dtype | None = None

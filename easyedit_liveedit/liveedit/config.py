@@ -29,6 +29,8 @@ class LiveEditConfig:
         num_key_slots: ``k`` learned query slots of each routing key.
         num_sentinel_tokens: tokens of the learned visual sentinel; the backbone's image-token count fits.
         token_types: ours, not in the paper: image / prompt / answer embeddings in the expert generator.
+        answer_embeddings: ours, not in the paper (which reads layer ``l_e`` only): the expert generator also reads
+            the answer tokens' input embeddings, so ``V`` can write the new answer (``networks.AnswerEmbeddings``).
         rel_lambda, gen_lambda, loc_lambda, soft_route_lambda, hard_route_lambda: loss weights (all 1 in the
             paper).
         filter_lambda: ours, weight of the hard-filter calibration loss (0 reproduces the paper).
@@ -45,6 +47,7 @@ class LiveEditConfig:
     num_key_slots: int = 4
     num_sentinel_tokens: int = 32
     token_types: bool = False
+    answer_embeddings: bool = False
     rel_lambda: float = 1.0
     gen_lambda: float = 1.0
     loc_lambda: float = 1.0

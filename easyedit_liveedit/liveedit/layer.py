@@ -38,9 +38,15 @@ from .routing import similarity, soft_weights
 
 @dataclass
 class Capture:
-    """Record the hidden states ``(B, T, d)`` at layer ``l_e``; the output is left as it is."""
+    """Record the hidden states ``(B, T, d)`` at layer ``l_e``; the output is left as it is.
 
+    With ``embeddings`` it also records the language model's input embeddings ``(B, T, d)`` of the same positions
+    (``input_embeds``), for a generator that reads the answer tokens' embeddings.
+    """
+
+    embeddings: bool = False
     hidden: Tensor | None = None
+    input_embeds: Tensor | None = None
 
     def at_layer(self, h: Tensor, layout: TokenLayout, net: LiveEditNetwork) -> Tensor | None:
         self.hidden = h
@@ -107,7 +113,8 @@ class Pass:
 
 
 class EditLayer:
-    """Hooks on the language model (to see the attention mask) and on decoder layer ``l_e``."""
+    """Hooks on the language model (to see the attention mask and, when captured, the input embeddings) and on
+    decoder layer ``l_e``."""
 
     def __init__(self, model: nn.Module, adapter: BackboneAdapter, layer_index: int, net: LiveEditNetwork) -> None:
         self.model = model
@@ -118,7 +125,7 @@ class EditLayer:
         layer = adapter.decoder_layers(model)[layer_index]
         self.layer = layer
         self._hooks = [
-            adapter.language_model(model).register_forward_pre_hook(self._see_attention_mask, with_kwargs=True),
+            adapter.language_model(model).register_forward_pre_hook(self._see_inputs, with_kwargs=True),
             layer.register_forward_hook(self._at_layer),
         ]
 
@@ -147,12 +154,18 @@ class EditLayer:
             handle.remove()
         self._hooks = []
 
-    def _see_attention_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _see_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         current = self._pass
+        if current is None:
+            return
         mask = kwargs.get("attention_mask")
-        if current is not None and mask is not None:
-            if current.attention_mask is None or mask.shape[1] > current.attention_mask.shape[1]:
-                current.attention_mask = mask  # the prompt's full mask; decode steps only grow it
+        if mask is not None and (current.attention_mask is None or mask.shape[1] > current.attention_mask.shape[1]):
+            current.attention_mask = mask  # the prompt's full mask; decode steps only grow it
+        mode = current.mode
+        if isinstance(mode, Capture) and mode.embeddings and mode.input_embeds is None:
+            # the input embeddings, before any position embedding: given, or the token ids looked up
+            embeds = kwargs.get("inputs_embeds")
+            mode.input_embeds = module.get_input_embeddings()(kwargs["input_ids"]) if embeds is None else embeds
 
     def _at_layer(self, module: nn.Module, args: tuple, output: Any) -> Any:
         current = self._pass

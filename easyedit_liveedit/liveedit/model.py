@@ -67,12 +67,17 @@ class LiveEditModel(nn.Module):
     # ----------------------------------------------------------------------------------- editing
     def hidden_states(self, samples: dict[str, Any]) -> tuple[Tensor, TokenLayout]:
         """Layer-``l_e`` hidden states ``(B, T, d)`` of ``samples`` and their layout; the layers above never run."""
+        capture, layout = self._capture(samples, Capture())
+        return capture.hidden, layout
+
+    def _capture(self, samples: dict[str, Any], capture: Capture) -> tuple[Capture, TokenLayout]:
+        """Run ``samples`` up to layer ``l_e`` with ``capture`` recording; the layers above never run."""
         layers = self.adapter.decoder_layers(self.model)
-        with truncated(self.model, layers, self.config.edit_layer + 1), self.edit_layer.run(samples, Capture()) as p:
+        with truncated(self.model, layers, self.config.edit_layer + 1), self.edit_layer.run(samples, capture) as p:
             self.model(samples)
-        if p.mode.hidden is None:
+        if capture.hidden is None:
             raise RuntimeError(f"LiveEdit: decoder layer {self.config.edit_layer} was not reached")
-        return p.mode.hidden, p.layout
+        return capture, p.layout
 
     def make_experts(self, samples: dict[str, Any]) -> Experts:
         """One expert per sample of ``samples`` (prompt + new target, teacher-forced); nothing is stored.
@@ -83,14 +88,14 @@ class LiveEditModel(nn.Module):
                 sentinel similarity is negative, so such an expert could fire on any image question.
         """
         with torch.no_grad():
-            h, layout = self.hidden_states(samples)
+            capture, layout = self._capture(samples, Capture(embeddings=self.config.answer_embeddings))
         missing = (~layout.image.any(dim=1)).nonzero().flatten().tolist()
         if missing:
             raise ValueError(
                 f"LiveEdit edits are about an image, but sample(s) {missing} of this batch have none "
                 "(image is None or no image token reached the language model); nothing was stored"
             )
-        return self.net.make_experts(h, layout.image, layout.prompt, layout.answer)
+        return self.net.make_experts(capture.hidden, layout.image, layout.prompt, layout.answer, capture.input_embeds)
 
     @torch.no_grad()
     def add_edits(self, samples: dict[str, Any], keys: list[str] | None = None) -> list[int]:

@@ -137,6 +137,24 @@ def _learned_queries(n: int, dim: int) -> nn.Parameter:
     return nn.Parameter(torch.randn(n, dim) * math.sqrt(2.0 / (n * dim)))
 
 
+class AnswerEmbeddings(nn.Module):
+    """``LN(e) + t``: the answer tokens' input embeddings as the generator reads them, with a token type of their own.
+
+    Ours, not the paper's (``answer_embeddings``). The cross-attention has no output projection, so ``V`` is a
+    linear map of the tokens it attends to and can write only what is linearly decodable there; on the scenes toy
+    world the edit layer's state of an answer token names its own word 0.75 of the time, its input embedding always.
+    The edit request carries its target, so reading the target's embeddings uses nothing the editor lacks.
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        self.token_type = nn.Parameter(torch.randn(hidden_size))
+
+    def forward(self, embeds: Tensor) -> Tensor:
+        return self.norm(embeds) + self.token_type  # (B, T, d)
+
+
 class ExpertGenerator(nn.Module):
     """Turns an edit's hidden states into one rank-``r`` expert ``(U, V)`` in one forward pass.
 
@@ -148,6 +166,9 @@ class ExpertGenerator(nn.Module):
     answer tokens, which name the new fact, from the rest of ``H_e`` except by their content; on the toy
     backbone (BENCHMARKS.md, "Expert generator") generated experts then learned to flip yes/no answers but
     not which of ten words to say.
+
+    ``answer_embeddings`` (ours) lets both reads also attend to the answer tokens' input embeddings
+    (``AnswerEmbeddings``) beside ``H_e``: ``X = [LN(H_e); LN_e(e_o) + t_e]``.
     """
 
     def __init__(
@@ -158,6 +179,7 @@ class ExpertGenerator(nn.Module):
         rank: int,
         lora_scale: float,
         token_types: bool = False,
+        answer_embeddings: bool = False,
     ) -> None:
         super().__init__()
         self.scale = 1.0 / (lora_scale * math.sqrt(rank))
@@ -169,14 +191,32 @@ class ExpertGenerator(nn.Module):
         self.attn_v = CrossAttention(cross_attn_dim, hidden_size, cross_attn_dim, hidden_size, num_heads)
         self.types_u = nn.Parameter(torch.randn(3, hidden_size)) if token_types else None  # image, prompt, answer
         self.types_v = nn.Parameter(torch.randn(3, hidden_size)) if token_types else None
+        self.answer_u = AnswerEmbeddings(hidden_size) if answer_embeddings else None
+        self.answer_v = AnswerEmbeddings(hidden_size) if answer_embeddings else None
 
-    def forward(self, h: Tensor, image_mask: Tensor, prompt_mask: Tensor, answer_mask: Tensor) -> tuple[Tensor, ...]:
-        """``h (B, T, d)`` and the ``(B, T)`` masks whose union is ``H_e`` -> ``U, V``, each ``(B, r, d)``."""
+    @property
+    def reads_answer_embeddings(self) -> bool:
+        return self.answer_u is not None
+
+    def forward(
+        self, h: Tensor, image_mask: Tensor, prompt_mask: Tensor, answer_mask: Tensor, answer_embeds: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``h (B, T, d)``, the ``(B, T)`` masks whose union is ``H_e`` and, when the generator reads them, the
+        input embeddings ``(B, T, d)`` (read at ``answer_mask``) -> ``U, V``, each ``(B, r, d)``."""
+        if self.reads_answer_embeddings and answer_embeds is None:
+            raise ValueError("this expert generator reads the answer tokens' input embeddings (answer_embeddings)")
         masks = (image_mask, prompt_mask, answer_mask)
-        edit_mask = image_mask | prompt_mask | answer_mask
-        u = self.scale * self.attn_u(self.phi_u[None], self._tokens(h, self.norm_u, self.types_u, masks), edit_mask)
-        v = self.scale * self.attn_v(self.phi_v[None], self._tokens(h, self.norm_v, self.types_v, masks), edit_mask)
-        return u, v  # (B, r, d) each
+        factors = []
+        for phi, norm, types, answer, attn in (
+            (self.phi_u, self.norm_u, self.types_u, self.answer_u, self.attn_u),
+            (self.phi_v, self.norm_v, self.types_v, self.answer_v, self.attn_v),
+        ):
+            x, mask = self._tokens(h, norm, types, masks), image_mask | prompt_mask | answer_mask
+            if answer is not None:  # the answer's input embeddings join H_e as tokens of their own
+                x = torch.cat([x, answer(answer_embeds)], dim=1)  # (B, 2T, d)
+                mask = torch.cat([mask, answer_mask], dim=1)  # (B, 2T)
+            factors.append(self.scale * attn(phi[None], x, mask))  # (B, r, d)
+        return factors[0], factors[1]
 
     @staticmethod
     def _tokens(h: Tensor, norm: nn.LayerNorm, types: Tensor | None, masks: tuple[Tensor, ...]) -> Tensor:
@@ -301,6 +341,7 @@ class LiveEditNetwork(nn.Module):
         num_key_slots: int = 4,  # k query slots per key
         num_sentinel_tokens: int = 32,  # n_img; the image-token count of the backbone is a good choice
         token_types: bool = False,  # ours: image/prompt/answer embeddings in the generator (ExpertGenerator)
+        answer_embeddings: bool = False,  # ours: the generator also reads the answer's input embeddings
     ) -> None:
         super().__init__()
         for name, value in (
@@ -322,7 +363,9 @@ class LiveEditNetwork(nn.Module):
         self.cross_attn_dim = cross_attn_dim
         self.rank = rank
         self.num_key_slots = num_key_slots
-        self.generator = ExpertGenerator(hidden_size, cross_attn_dim, num_heads, rank, lora_scale, token_types)
+        self.generator = ExpertGenerator(
+            hidden_size, cross_attn_dim, num_heads, rank, lora_scale, token_types, answer_embeddings
+        )
         self.edit_extractor = KeyExtractor(hidden_size, cross_attn_dim, num_heads, num_key_slots)
         self.input_extractor = KeyExtractor(hidden_size, cross_attn_dim, num_heads, num_key_slots)
         self.sentinel = nn.Parameter(torch.randn(num_sentinel_tokens, hidden_size))  # Theta, (n_img, d)
@@ -340,6 +383,7 @@ class LiveEditNetwork(nn.Module):
             num_key_slots=config.num_key_slots,
             num_sentinel_tokens=config.num_sentinel_tokens,
             token_types=config.token_types,
+            answer_embeddings=config.answer_embeddings,
         )
 
     def _prepare(self, h: Tensor, *masks: Tensor) -> Tensor:
@@ -364,19 +408,38 @@ class LiveEditNetwork(nn.Module):
             phi = ex.visual_key(ex.query_slots(h, prompt_mask), h, image_mask)  # (B, k, d_m)
         return psi, phi
 
-    def make_experts(self, h: Tensor, image_mask: Tensor, prompt_mask: Tensor, answer_mask: Tensor) -> Experts:
+    def make_experts(
+        self,
+        h: Tensor,
+        image_mask: Tensor,
+        prompt_mask: Tensor,
+        answer_mask: Tensor,
+        answer_embeds: Tensor | None = None,
+    ) -> Experts:
         """One expert per edit from its teacher-forced hidden states (prompt + new target).
 
         Args:
             h: ``(B, T, d)`` layer-``l_e`` hidden states of the ``B`` edit samples.
             image_mask, prompt_mask, answer_mask: ``(B, T)`` bool; their union is ``H_e``.
+            answer_embeds: ``(B, T, d)`` the language model's input embeddings of the same samples, read at
+                ``answer_mask``; required when the generator reads them (``answer_embeddings``), else ignored.
 
         Returns:
             ``Experts`` with ``psi, phi (B, k, d_m)`` and ``U, V (B, r, d)``.
         """
         h = self._prepare(h, image_mask, prompt_mask, answer_mask)
+        if self.generator.reads_answer_embeddings:
+            if answer_embeds is None or answer_embeds.shape != h.shape:
+                got = None if answer_embeds is None else tuple(answer_embeds.shape)
+                raise ValueError(
+                    f"answer_embeddings: expected the input embeddings {tuple(h.shape)} of the edit samples, got "
+                    f"{got} (the language model's input embeddings must have the hidden width)"
+                )
+            answer_embeds = answer_embeds.to(h.dtype)
+        else:
+            answer_embeds = None
         psi, phi = self.edit_keys(h, image_mask, prompt_mask)
-        U, V = self.generator(h, image_mask, prompt_mask, answer_mask)  # H_e = [h_v; h_p; h_o]
+        U, V = self.generator(h, image_mask, prompt_mask, answer_mask, answer_embeds)  # H_e = [h_v; h_p; h_o]
         return Experts(psi=psi, phi=phi, U=U, V=V)
 
     def input_keys(self, h: Tensor, image_mask: Tensor, prompt_mask: Tensor) -> InputKeys:

@@ -8,7 +8,8 @@ the image), ``loc`` (a text-only question) and ``loc_image`` (an unrelated image
 
 1. one expert per edit from the edit sample's layer-``l_e`` hidden states (backbone frozen);
 2. reliability and text/image generality inputs mix their own edit's expert plus a random prefix of the batch's
-   experts (distractors, length uniform in ``0..B``) with learned soft weights: cross-entropy on the new answer;
+   experts (distractors, length uniform in ``0..B``) with learned soft weights: cross-entropy on the new answer's
+   own tokens, the positions EasyEdit's metric scores (``answer_labels``);
 3. image-locality inputs mix only a random prefix: ``KL(post || pre)`` against the unedited backbone;
 4. routing losses (``routing_pairs``). ``authors``: for each record, a *neighbour pair* of two samples of one
    scope (reliability or generality, or its locality sample twice), the first read by the input extractor and
@@ -72,6 +73,19 @@ def scored_positions(labels: Tensor, answer_tokens: list[int] | None = None) -> 
     return where & (from_end <= torch.tensor(answer_tokens, device=labels.device)[:, None])
 
 
+def answer_labels(labels: Tensor, answer_tokens: list[int] | None = None) -> Tensor:
+    """``labels`` with every token but the answer's own masked out (``IGNORE_INDEX``): what the metric scores.
+
+    The reliability and generality losses train exactly these tokens. The joining space a tokenizer may keep
+    apart (the toy world's) stays in the edit sample's *input*, where the generator reads it, but is no target:
+    the backbone never learned to predict it, and EasyEdit's metric never scores it.
+    """
+    scored = scored_positions(labels, answer_tokens)  # (B, T) logit positions; position t predicts labels[t + 1]
+    keep = torch.zeros_like(scored)
+    keep[:, 1:] = scored[:, :-1]  # the label positions those logits predict
+    return labels.masked_fill(~keep, IGNORE_INDEX)
+
+
 def answer_accuracy(logits: Tensor, labels: Tensor, answer_tokens: list[int] | None = None) -> float:
     """Teacher-forced token accuracy on the answer, EasyEdit's definition (argmax == next answer token)."""
     where = scored_positions(labels, answer_tokens)
@@ -117,8 +131,9 @@ def meta_losses(
     in_scope: list[Mix] = []
     for name, (term, acc_name) in IN_SCOPE.items():
         out, mix = editor.forward_with_experts(batch[name], experts, own | random_prefix(B, B, device))
-        terms[term] = answer_cross_entropy(out.logits, out.labels)
-        info[acc_name] = answer_accuracy(out.logits.detach(), out.labels, batch[name].get("answer_tokens"))
+        answer_tokens = batch[name].get("answer_tokens")
+        terms[term] = answer_cross_entropy(out.logits, answer_labels(out.labels, answer_tokens))
+        info[acc_name] = answer_accuracy(out.logits.detach(), out.labels, answer_tokens)
         in_scope.append(mix)
     with torch.no_grad():
         pre = editor.model(batch["loc_image"])
