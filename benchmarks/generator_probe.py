@@ -8,9 +8,9 @@ Routing is taken out: each edit's own expert is applied to the edit's own questi
 generator (with ``LN_r``) is trained, on the reliability cross-entropy of the answer's own tokens (questions rendered
 as the editor renders them) on the toy E-VQA train split (batch 32, Adam lr 1e-3). Then each of the first 256
 edits of ``--split`` (default vqa_dev, carved from the train split and not trained on; the eval split is refused)
-gets its own expert and the script reports, per question kind, the share of answers it flips to the new target (EasyEdit's token accuracy). Yes/no kinds (parity,
-above four) can be flipped without knowing the target; the others need the answer the edit names. Prints one
-JSON object.
+gets its own expert and the script reports, per question kind, the share of answers it flips to the new target
+(EasyEdit's token accuracy). Yes/no kinds (parity, above four) can be flipped without knowing the target; the others
+need the answer the edit names. Prints one JSON object.
 """
 
 from __future__ import annotations
