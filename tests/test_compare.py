@@ -148,6 +148,44 @@ def test_non_finite_logits_are_reported_as_nan(small_world, backbone, settings, 
     assert all(r.status.startswith("NaN (non-finite logits after edit 1)") for r in out)
 
 
+@pytest.mark.parametrize("protocol", ["cumulative", "immediate"])
+def test_protocol_decides_when_each_record_is_scored(small_world, backbone, settings, monkeypatch, protocol):
+    """Guards the two protocols: ``cumulative`` scores all of the first T records after the T-th edit; ``immediate``
+    (EasyEdit main's ``sequential_edit=True``) scores each record once, right after its own edit, and the row after T
+    averages those. Seen failing with ``immediate`` scoring after the edit count instead of after each edit."""
+    from dataclasses import replace
+
+    from easyedit_liveedit.bench import engine
+
+    made = []  # one entry per edit made so far
+    seen = []  # (edits made when scored, the scored record's position in the sequence)
+    requests: list[dict] = []
+
+    def count_edit(model, tok, batch, hparams, **kwargs):
+        requests.append(batch[0])
+        made.append(1)
+        return model, {}
+
+    def score(model, hparams, tok, request):
+        if made:  # pre-edit outputs come first, before any edit
+            seen.append((len(made), next(i for i, r in enumerate(requests) if r is request)))
+        return {}
+
+    monkeypatch.setitem(importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT, "CountEdit",
+                        count_edit)  # fmt: skip
+    monkeypatch.setattr(engine.scoring, "score", score)
+    monkeypatch.setattr(engine.scoring, "mean_scores", lambda posts, pres: {"scored": float(len(posts))})
+    hparams = SimpleNamespace(**vars(toy_hparams(small_world, "LiveEdit")))
+    hparams.alg_name = "CountEdit"
+    out = compare([MethodRun("CountEdit", hparams=hparams)], backbone, replace(settings, protocol=protocol),
+                  progress=False)  # fmt: skip
+    assert [r.metrics["scored"] for r in out] == [1.0, 3.0]
+    if protocol == "immediate":
+        assert seen == [(1, 0), (2, 1), (3, 2)]
+    else:
+        assert seen == [(1, 0), (3, 0), (3, 1), (3, 2)]
+
+
 def test_table_and_plot_hold_every_row(rows, tmp_path):
     text = markdown(rows)
     header, rule, *lines = text.strip().splitlines()

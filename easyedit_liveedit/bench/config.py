@@ -68,6 +68,9 @@ class RunConfig:
     """How long and where."""
 
     edits: list[int] = field(default_factory=lambda: [1, 10, 100, 1000])  # scored after each of these edits
+    # cumulative: after T edits every one of the T is scored; immediate: each right after its own edit (EasyEdit
+    # main's sequential_edit=True), the row after T being the mean of those T scores (engine.py)
+    protocol: str = "cumulative"
     methods: list[str] = field(default_factory=lambda: list(METHODS))  # what `compare` runs
     seed: int = 0
     output_dir: str = "outputs"  # run folders go below it (Hydra's run directory)

@@ -10,8 +10,10 @@ For each method ("T sequential edits", as the literature counts them):
    with the editor API; locality compares against them);
 4. the records are edited one after another through ``ALG_MULTIMODAL_DICT[alg_name]`` (EasyEdit's editing
    entry, as ``MultimodalEditor`` calls it) without restoring anything; after edit ``T``, for every ``T`` in
-   ``edits``, all of the first ``T`` records are scored with ``compute_multimodal_edit_results`` and the EMT
-   probe is run (``probe.py``);
+   ``edits``, the first ``T`` records are scored with ``compute_multimodal_edit_results`` and the EMT probe is run
+   (``probe.py``). The ``protocol`` says when a record is scored: ``cumulative`` (the literature's "T sequential
+   edits") scores all ``T`` after the ``T``-th edit; ``immediate`` (EasyEdit main's ``sequential_edit=True``)
+   scores each record right after its own edit, and the row after ``T`` is the mean of those ``T`` scores;
 5. a failure (non-finite logits, an exception, running out of memory) ends that method's sequence and fills
    its remaining rows with the failure; nothing is dropped.
 
@@ -100,9 +102,12 @@ class Backbone:
     load_image: Callable[[str], torch.Tensor] | None = None
 
 
+PROTOCOLS = ("cumulative", "immediate")  # when each record is scored (module docstring, step 4)
+
+
 @dataclass
 class CompareSettings:
-    """The run: which records, how many edits, where the EMT probe's images are."""
+    """The run: which records, how many edits, when they are scored, where the EMT probe's images are."""
 
     eval_json: str
     dataset_class: str = "VQADataset"  # or CaptionDataset (EasyEdit's)
@@ -111,10 +116,13 @@ class CompareSettings:
     probe_batch_size: int = 16
     score: bool = True  # False: only the EMT probe (the `probe` command), no EasyEdit metrics
     seed: int | None = None  # re-seed before each method, so its rows do not depend on the methods run before it
+    protocol: str = "cumulative"  # cumulative | immediate (module docstring, step 4)
 
     def __post_init__(self) -> None:
         if not self.edits or any(not isinstance(t, int) or t < 1 for t in self.edits):
             raise ValueError(f"edits: expected positive integers, got {self.edits!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         self.edits = sorted(set(self.edits))
 
 
@@ -228,6 +236,10 @@ def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings,
             emt_before = _probe(model, tok, backbone, settings)
             latencies: list[float] = []
             contexts: list[list[str]] = []  # in-context editors: each edit's demonstrations
+            immediate = settings.score and settings.protocol == "immediate"
+            if immediate and in_context:
+                raise ValueError(f"protocol 'immediate' is not defined for an in-context editor ({method.name})")
+            scored_at_once: list[dict] = []  # immediate protocol: each record's scores right after its own edit
             window = ike_offline.text_window(model)
             edited = model
             bar = tqdm(total=t_max, desc=f"{method.name} edits", unit="edit", disable=not progress)
@@ -243,11 +255,17 @@ def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings,
                 latencies.append(time.perf_counter() - start)
                 bar.update(1)
                 t = i + 1
-                if t not in settings.edits:
-                    continue
                 watch = _FiniteWatch(edited)
+                if immediate:
+                    scored_at_once.append(scoring.score(watch, hparams, tok, request))
+                if t not in settings.edits:
+                    if not watch.finite:
+                        raise FloatingPointError(f"non-finite logits at edit {t}")
+                    continue
                 row = rows[settings.edits.index(t)]
-                if settings.score:
+                if immediate:
+                    row.metrics = scoring.mean_scores(scored_at_once, pres[:t])
+                elif settings.score:
                     scored = tqdm(requests[:t], desc=f"{method.name} scores after {t}", leave=False,
                                   disable=not progress)  # fmt: skip
                     if in_context:

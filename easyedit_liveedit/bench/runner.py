@@ -138,6 +138,7 @@ class Runner:
             classification_records=records,
             score=score,
             seed=self.cfg.run.seed,
+            protocol=self.cfg.run.protocol,
         )
 
     def method_run(self, method_cfg: Any, force_train: bool | None = None) -> MethodRun:
@@ -274,7 +275,8 @@ class Runner:
         world = f" (toy world {c.model.toy_world!r})" if c.model.get("toy_world") else ""
         steps = "each training YAML's max_iters" if c.run.train_steps is None else f"{c.run.train_steps} steps"
         edits = list(c.run.edits)
-        return f"{what}: model={c.model.name}{world} data={c.data.name} edits={edits}, archives trained {steps}"
+        return (f"{what}: model={c.model.name}{world} data={c.data.name} edits={edits} ({c.run.protocol}), archives "
+                f"trained {steps}")  # fmt: skip
 
     def train(self) -> str:
         """Meta-train the selected method's archive (again, if it exists; one given as ``method.archive`` is used as
