@@ -1,5 +1,7 @@
 """Helpers of the LiveEdit trainer that decide which (input, edit) pairs the routing losses treat as in scope."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -130,3 +132,49 @@ def test_edit_losses_train_only_the_answers_own_tokens(small_world, monkeypatch)
     after, _ = meta_losses(editor, batch)
     for term in ("rel", "gen/text", "gen/image"):
         assert after[term].item() == pytest.approx(before[term].item(), rel=1e-6), term
+
+
+def _small_trainer(world, tmp_path, **overrides):
+    from easyeditor import VQADataset
+    from helpers import small_liveedit_hparams
+
+    from easyedit_liveedit import LiveEditMultimodalTrainer
+
+    values = dict(batch_size=2, val_batch_size=2, max_iters=9, val_interval=100, val_steps=2, model_save_pt=3,
+                  results_dir=str(tmp_path), final_eval=False)  # fmt: skip
+    hparams = small_liveedit_hparams(world, training=True, **{**values, **overrides})
+    with world.easyedit_patches():
+        data = VQADataset(str(world.split("vqa_train")), size=20, config=hparams)
+        return LiveEditMultimodalTrainer(hparams, data, data)
+
+
+def test_a_cut_run_resumes_from_its_last_resume_point(small_world, tmp_path):
+    """Guards resuming: a run cut after step 4 restarts from the resume point of step 3 with the networks, optimiser
+    and schedule saved there, and takes only the steps left; a finished run leaves no resume point, and one written
+    with other hparams is ignored. Seen failing with the resume point not loaded (the second run took every step)."""
+    first = _small_trainer(small_world, tmp_path)
+    step = first.train_step
+
+    def cut_after_four(batch):
+        if first.steps_done == 4:
+            raise KeyboardInterrupt  # the session ends
+        return step(batch)
+
+    first.train_step = cut_after_four
+    with small_world.easyedit_patches(), pytest.raises(KeyboardInterrupt):
+        first.run()
+    saved = torch.load(first.resume_path, weights_only=False)
+    assert saved["steps_done"] == 3
+
+    again = _small_trainer(small_world, tmp_path)
+    assert again.steps_done == 3
+    for name, tensor in saved["model"].items():
+        assert torch.equal(again.model.state_dict()[name], tensor), name
+    assert again.lr_schedule.state_dict() == saved["lr_schedule"]
+    with small_world.easyedit_patches():
+        again.run()
+    assert again.steps_done == 8  # EasyEdit's loop takes max_iters - 1 steps in all: 3 before the cut, 5 after
+    assert not Path(again.resume_path).exists()
+
+    torch.save({**saved, "hparams": {**saved["hparams"], "lr": "0.5"}}, again.resume_path)
+    assert _small_trainer(small_world, tmp_path).steps_done == 0  # another run's resume point: not used

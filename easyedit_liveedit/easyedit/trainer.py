@@ -18,7 +18,11 @@ What the trainer sets up itself, instead of EasyEdit's ``BaseTrainer.__init__`` 
 - devices and precision (``placement.py``): batches go to the backbone's input device; ``precision`` (``fp32``,
   ``bf16``, ``fp16``) sets the autocast of every step; loss scaling whenever fp16 computes; a step whose gradients
   are not finite is skipped and counted (``info["skipped_steps"]``), not fatal as in EasyEdit's ``train_step``;
-- data parallelism under ``torchrun`` (``distributed.py``): DDP over LiveEdit's networks, rank 0 writes.
+- data parallelism under ``torchrun`` (``distributed.py``): DDP over LiveEdit's networks, rank 0 writes;
+- a resume point every ``model_save_pt`` steps (``<archive>.resume``: networks, optimiser, learning-rate schedule,
+  steps taken, the hparams): a run that is cut (a session ends, the machine goes away) and started again with the
+  same hparams trains only the steps left, with the schedule where it stopped; the batches after the cut are drawn
+  in a new random order. A resume point of other hparams is ignored, with a warning; a finished run removes it.
 
 The attributes EasyEdit's ``run()``/``validate()``/``save_state()`` read are the ones ``BaseTrainer.__init__``
 sets, with the same meaning.
@@ -104,12 +108,14 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
                 self.opt.load_state_dict(opt_state)
             self.archive = archive
         self.lr_opt = None  # LiveEdit learns no edit learning rates (MultimodalTrainer's lr_opt is MEND's)
+        self.steps_done = 0  # training steps taken, across resumed runs
 
         model_dir = os.path.join(config.results_dir, "models", config.alg)
         if self.job.is_main and not (config.debug and not config.save):
             os.makedirs(model_dir, exist_ok=True)
         self.save_path = f"{model_dir}/{config.model_name.split('/')[-1]}"
         self.start_time = _utils.formatted_timestamp()
+        self.resume_path = f"{self.save_path}.resume"
 
         # Precision and data parallelism.
         decoder = self.model.adapter.language_model(self.model.model)  # the backbone as LiveEdit wraps it
@@ -117,6 +123,8 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
         self.skipped_steps = 0
         self._synchronised = self.job.enabled  # every rank runs the same loop: validation statistics are shared
         self.meta_step = distributed.data_parallel(MetaStep(self.model), self.job)
+        if not config.eval_only:
+            self._resume()
         LOG.info(
             "LiveEdit meta-training on %s, precision %s, loss scaling %s, %d process(es)",
             self.device, config.precision, "on" if self.scaler.is_enabled() else "off", self.job.world_size,
@@ -161,6 +169,9 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
                             self.skipped_steps)  # fmt: skip
             self.scaler.update()  # with loss scaling: a smaller scale after a non-finite step
             self.opt.zero_grad()
+            self.steps_done += 1
+            if self.steps_done % self.config.model_save_pt == 0:
+                self._save_resume_point()
             info["skipped_steps"] = self.skipped_steps
             if self.scaler.is_enabled():
                 info["loss_scale"] = self.scaler.get_scale()
@@ -182,8 +193,54 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
         if self.job.is_main:
             super().echo(train_step, info_dict, pretty)
 
+    # ------------------------------------------------------------------------------------------- resume points
+    def _resume_key(self) -> dict[str, Any]:
+        """The hparams a resume point must share with this run (where outputs go and the archive aside)."""
+        values = {k: v for k, v in vars(self.config).items() if k not in ("results_dir", "source", "archive")}
+        return {k: str(v) for k, v in values.items()}
+
+    def _save_resume_point(self) -> None:
+        if not self.job.is_main:
+            return
+        state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                 "lr_schedule": self.lr_schedule.state_dict(), "scaler": self.scaler.state_dict(),
+                 "steps_done": self.steps_done, "skipped_steps": self.skipped_steps,
+                 "hparams": self._resume_key()}  # fmt: skip
+        torch.save(state, f"{self.resume_path}.tmp")
+        os.replace(f"{self.resume_path}.tmp", self.resume_path)  # a cut during the write leaves the last good point
+
+    def _resume(self) -> None:
+        """Continue from ``<archive>.resume`` if this run's hparams wrote it (see the module docstring)."""
+        if not os.path.isfile(self.resume_path):
+            return
+        state = torch.load(self.resume_path, map_location="cpu", weights_only=False)
+        key = self._resume_key()
+        if state["hparams"] != key:
+            changed = sorted(k for k in state["hparams"].keys() | key.keys() if state["hparams"].get(k) != key.get(k))
+            LOG.warning("%s was written with other hparams (%s): starting from scratch", self.resume_path,
+                        ", ".join(changed))  # fmt: skip
+            return
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.steps_done, self.skipped_steps = state["steps_done"], state["skipped_steps"]
+        LOG.info("resuming from %s: %d of %d steps taken", self.resume_path, self.steps_done, self.config.max_iters)
+
     def run(self) -> None:
-        """EasyEdit's ``run()``; under DDP the final evaluation (and ``results.json``) is rank 0's alone."""
+        """EasyEdit's ``run()`` over the steps not yet taken; under DDP the final evaluation (and ``results.json``)
+        is rank 0's alone."""
+        max_iters = self.config.max_iters
+        if max_iters is not None and self.steps_done:
+            self.config.max_iters = max(max_iters - self.steps_done, 1)  # EasyEdit's loop counts from 0
+        try:
+            self._run()
+        finally:
+            self.config.max_iters = max_iters
+        if self.job.is_main and os.path.isfile(self.resume_path):
+            os.remove(self.resume_path)  # finished: nothing to resume
+
+    def _run(self) -> None:
         if not self.job.enabled:
             return super().run()
         final_eval, self.config.final_eval = self.config.final_eval, False
