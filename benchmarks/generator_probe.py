@@ -31,9 +31,12 @@ from easyedit_liveedit.liveedit.networks import Experts
 from easyedit_liveedit.liveedit.train_step import answer_labels, scored_positions
 
 
-def own_expert_logits(editor: LiveEdit, samples: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of ``samples`` with sample ``b``'s own expert (built from ``samples``) at weight 1."""
-    experts: Experts = editor.make_experts(samples)
+def own_expert_logits(
+    editor: LiveEdit, samples: dict, experts: Experts | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of ``samples`` with sample ``b``'s own expert (``experts``, by default generated from
+    ``samples``) at weight 1."""
+    experts = editor.make_experts(samples) if experts is None else experts
     weights = torch.eye(len(experts))
 
     def add_own_expert(module, args, output):
