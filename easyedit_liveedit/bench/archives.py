@@ -24,6 +24,7 @@ import hashlib
 import importlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,11 +128,17 @@ _OUTPUT_KEYS = ("results_dir", "source")
 # Files and folders the backbone is read from (LiveEdit's path keys minus data and archive), plus SERAC's
 # counterfactual model and scope classifier; a hub name that is not on disk has no files to record, and its name is
 # already in the hparams.
-_BACKBONE_KEYS = (
+BACKBONE_KEYS = (
     *(key for key in PATH_KEYS if key not in ("coco_image", "rephrase_image", "archive")),
     "small_name",
     "cls_name",
 )
+
+
+def training_record(archive: str | Path) -> dict[str, Any]:
+    """How an archive was trained (``<archive>.training.json``: seconds, steps, the command); {} if not recorded."""
+    path = Path(archive).with_name(Path(archive).name + ".training.json")
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def provenance_path(archive: str | Path) -> Path:
@@ -171,7 +178,7 @@ def provenance(training_hparams: Any, train_json: str | Path, val_size: int) -> 
     with open(train_json, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     backbone = {}
-    for key in _BACKBONE_KEYS:
+    for key in BACKBONE_KEYS:
         value = getattr(training_hparams, key, None)
         if value and Path(value).exists():
             backbone[key] = _file_identity(Path(value))
@@ -315,9 +322,10 @@ def train_archive(
     path = Path(trainer.save_path)
     if not path.is_file():
         raise FileNotFoundError(f"{method}: EasyEdit's trainer wrote no archive at {path}")
+    seconds = time.perf_counter() - started
     if job.is_main:
         provenance_path(path).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    LOG.info(
-        "%s archive trained (%d steps, %.0f s): %s", method, config.max_iters, time.perf_counter() - started, path
-    )
+        how = {"seconds": round(seconds, 1), "steps": config.max_iters, "command": " ".join(sys.argv)}
+        path.with_name(path.name + ".training.json").write_text(json.dumps(how, indent=1) + "\n")
+    LOG.info("%s archive trained (%d steps, %.0f s): %s", method, config.max_iters, seconds, path)
     return path

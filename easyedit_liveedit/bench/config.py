@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-COMMANDS = ("train", "edit", "compare", "diagnose", "probe")
+COMMANDS = ("train", "edit", "compare", "diagnose", "probe", "ship")
 # WISE and GRACE are EasyEdit main's multimodal editors (the PyPI wheel has none: their rows say so there)
 METHODS = ("LiveEdit", "MEND", "SERAC", "IKE", "WISE", "GRACE")
 

@@ -78,6 +78,8 @@ class MethodRun:
         prepare: called once before editing (trains or checks the archive); may raise.
         not_run: a reason the method cannot run here; the table shows ``not run: <reason>``.
         edit_kwargs: called after ``prepare``; extra keyword arguments of every editing call (IKE's ``train_ds``).
+        training, train_json: for a method that meta-trains, its training hparams and train file (what an archive
+            is trained from; the ``ship`` command records them).
     """
 
     name: str
@@ -85,6 +87,8 @@ class MethodRun:
     prepare: Callable[[], None] | None = None
     not_run: str | None = None
     edit_kwargs: Callable[[], dict] | None = None
+    training: Any = None
+    train_json: Any = None
 
 
 @dataclass

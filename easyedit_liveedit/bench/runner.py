@@ -33,7 +33,7 @@ from ..easyedit.placement import hparams_device
 from ..easyedit.validate import validate_file
 from ..toyworld.evaluate import ImageLoader
 from ..toyworld.layout import CACHE_ENV, PROJECT_ROOT
-from . import archives, ike_offline, nan_guard
+from . import archives, ike_offline, nan_guard, shipped
 from .config import method_config
 from .emt_probe import load_records
 from .engine import Backbone, CompareSettings, MethodRun, Row, compare, compare_in_processes, seed_all
@@ -185,13 +185,17 @@ class Runner:
                 return
             if archive.is_file() and not retrain and self._archive_fits(name, archive, training, train_json):
                 return
+            if not retrain and self.world is not None:  # an archive shipped in the repository, if it fits
+                source = shipped.folder(self.world.config.name)
+                if shipped.unpack(name, training, train_json, self.cfg.run.val_size, archive, source):
+                    return
             patches = self.world.easyedit_patches if self.world is not None else compat.cuda_to_cpu
             written = archives.train_archive(name, training, train_json, _DATASETS[self.cfg.data.kind],
                                              self.out / "training" / name, patches, self.cfg.run.val_size)  # fmt: skip
             if written != archive:
                 raise RuntimeError(f"{name}: the trainer wrote {written}, expected {archive}")
 
-        return MethodRun(name, hparams=hparams, prepare=prepare)
+        return MethodRun(name, hparams=hparams, prepare=prepare, training=training, train_json=train_json)
 
     def _archive_fits(self, name: str, archive: Path, training: Any, train_json: Path) -> bool:
         """Whether an existing archive may be reused: its provenance record matches what it would be trained from
@@ -291,6 +295,23 @@ class Runner:
             return f"{run.name} demonstrations: {ike_offline.demonstrations_path(run.hparams)}"
         (self.out / "archive.txt").write_text(f"{run.hparams.archive}\n")
         return f"{run.name} archive: {run.hparams.archive}"
+
+    def ship(self) -> str:
+        """Put the trained archive of every method of ``run.methods`` that trains into the repository
+        (``artifacts/<toy world>/archives``, ``shipped.py``), training those missing (all of them with
+        ``run.retrain=true``). Returns the manifest's path."""
+        if self.world is None:
+            raise ValueError("ship: only the toy worlds' archives ship with the repository (model=toy*)")
+        dest = shipped.folder(self.world.config.name)
+        command = "easyedit-liveedit " + " ".join(sys.argv[1:])
+        for run in self._methods(list(self.cfg.run.methods)):
+            if run.not_run or run.training is None:
+                LOG.info("%s: nothing to ship (%s)", run.name, run.not_run or "no training")
+                continue
+            run.prepare()
+            shipped.ship(run.name, Path(run.hparams.archive), run.training, run.train_json, self.cfg.run.val_size,
+                         dest, command)  # fmt: skip
+        return f"shipped archives: {dest / 'MANIFEST.json'}"
 
     def edit(self) -> str:
         """The selected method's lifelong sequence, scored after each of ``run.edits``."""
