@@ -27,7 +27,7 @@ MAIN_TESTS := tests/test_registration.py tests/test_hparams.py tests/test_compat
 	tests/test_backbones_real_families.py tests/test_backbones_chat_vlm.py tests/test_compare_targets.py \
 	tests/test_nan_guard_toyworld.py tests/test_ike.py tests/test_examples.py
 
-.PHONY: setup setup-main demo compare test test-wheel test-main lint clean clean-main
+.PHONY: setup setup-main demo compare artifacts test test-wheel test-main lint clean clean-main
 
 setup: $(STAMP)
 
@@ -57,10 +57,16 @@ $(MAIN_STAMP): requirements-main.txt constraints-main.txt setup.cfg pyproject.to
 	touch $(MAIN_STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m easyedit_liveedit compare run=quick
+	$(BIN)/python -m easyedit_liveedit compare run=demo
 
 compare: $(STAMP)
 	$(BIN)/python -m easyedit_liveedit compare
+
+# Everything the repository ships, rebuilt from scratch (long: the world's pretraining and three meta-trainings, once;
+# BENCHMARKS.md, "Shipped artifacts"): the default toy world's backbone, then the LiveEdit, MEND and SERAC archives.
+artifacts: $(STAMP)
+	$(BIN)/python -m easyedit_liveedit.toyworld --force --ship
+	$(BIN)/python -m easyedit_liveedit ship run.methods=[LiveEdit,MEND,SERAC] run.retrain=true
 
 # The wheel target: every test not marked slow; CI (CI=true) runs the slow ones too (they build and use the full
 # toy world).
