@@ -1,0 +1,67 @@
+"""What the repository ships for the default toy world, checked as CI can afford (nothing is rebuilt or retrained).
+
+The fast tests run on both EasyEdit targets: every shipped file matches its manifest's sha256, and the shipped
+LiveEdit weights load into the networks its editing YAML builds. The slow test is a quality regression test: a
+100-edit LiveEdit sequence on the default world's eval split from the shipped backbone and archive, through
+EasyEdit's editing entry and metric code, must keep Reliability >= 0.9 and M-Locality >= 0.95.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from easyedit_liveedit.bench import shipped
+from easyedit_liveedit.easyedit.hparams import LiveEditMultimodalHparams
+from easyedit_liveedit.liveedit.networks import LiveEditNetwork
+from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
+
+MANIFESTS = sorted(shipped.ARTIFACTS.glob("*/*/MANIFEST.json"))
+
+
+def test_the_default_world_ships_its_backbone_and_three_archives():
+    shipped_files = {path.relative_to(shipped.ARTIFACTS).as_posix() for path in MANIFESTS}
+    assert "scenes/archives/MANIFEST.json" in shipped_files
+    assert set(json.loads((shipped.folder("scenes") / "MANIFEST.json").read_text())) == {"LiveEdit", "MEND", "SERAC"}
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.parent.relative_to(shipped.ARTIFACTS).as_posix())
+def test_every_shipped_file_matches_its_manifest(manifest):
+    """Seen failing with one byte of the shipped LiveEdit weights changed."""
+    entries = json.loads(manifest.read_text())
+    files = [e for e in (entries.get("files") or entries.values()) if isinstance(e, dict) and "sha256" in e]
+    assert files
+    for entry in files:
+        path = manifest.parent / (entry.get("file") or entry["path"])
+        assert shipped.sha256(path) == entry["sha256"], path
+
+
+def test_the_shipped_liveedit_weights_fit_the_editing_yaml():
+    hparams = LiveEditMultimodalHparams.from_hparams(PROJECT_ROOT / "hparams/LiveEdit/toy-blip2.yaml")
+    net = LiveEditNetwork.from_config(64, hparams.liveedit_config())  # the toy OPT's width
+    net.load_state_dict(load_file(shipped.folder("scenes") / "LiveEdit.safetensors"))  # strict: names and shapes
+
+
+@pytest.mark.slow
+def test_a_100_edit_liveedit_sequence_from_the_shipped_artifacts_keeps_its_quality(tmp_path):
+    """The regression test of LiveEdit's quality: seen failing with the shipped archive swapped for a 60-step one."""
+    from hydra import compose, initialize_config_module
+
+    from easyedit_liveedit.bench.config import register_configs
+    from easyedit_liveedit.bench.runner import Runner
+
+    register_configs()
+    with initialize_config_module("easyedit_liveedit.bench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["command=edit", "method=LiveEdit", "model=toy", "run.edits=[100]",
+                                           "run.threads=1", "run.progress=false", "run.probe_limit=20",
+                                           f"run.archive_dir={tmp_path / 'archives'}"])  # fmt: skip
+    torch.set_num_threads(1)
+    runner = Runner(cfg, tmp_path / "run")
+    runner.edit()
+    (row,) = runner.rows
+    assert row.status == "ok", row.status
+    assert row.metrics["rewrite_acc"] >= 0.9, row.metrics
+    assert row.metrics["multimodal_locality_acc"] >= 0.95, row.metrics
