@@ -199,7 +199,12 @@ class ExpertGenerator(nn.Module):
         return self.answer_u is not None
 
     def forward(
-        self, h: Tensor, image_mask: Tensor, prompt_mask: Tensor, answer_mask: Tensor, answer_embeds: Tensor | None
+        self,
+        h: Tensor,
+        image_mask: Tensor,
+        prompt_mask: Tensor,
+        answer_mask: Tensor,
+        answer_embeds: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``h (B, T, d)``, the ``(B, T)`` masks whose union is ``H_e`` and, when the generator reads them, the
         input embeddings ``(B, T, d)`` (read at ``answer_mask``) -> ``U, V``, each ``(B, r, d)``."""
