@@ -7,10 +7,12 @@ calls with the same hparams keep adding to one library, a call with other hparam
 backbone called directly still answers exactly as it did before any edit (the hooks act only inside LiveEdit's
 calls).
 
-Undo: LiveEdit changes no weight, so there is no weight to copy back. EasyEdit main's ``MultimodalEditor`` undoes a
-non-sequential edit by calling the entry's ``weights_copy`` for the methods named in its ``CALLABLE_RESTORE_ALGS``
-(``register()`` adds LiveEdit there): on main the entry returns a callable that removes the experts this call added.
-The wheel's editor copies dict entries back, so there it returns an empty dict.
+Undo has one mechanism, ``EditUndo``: it removes exactly the experts one call added, by id, in memory and (with
+``library_path``) on disk, and nothing else. The entry returns it as EasyEdit's ``weights_copy``, which EasyEdit's
+editors read in two ways: EasyEdit main calls it for the methods in its ``CALLABLE_RESTORE_ALGS`` (``register()`` adds
+LiveEdit), the wheel copies its entries back as weights (it has none: LiveEdit changes no weight). The plugin's
+``MultimodalEditor`` calls it after scoring a non-sequential edit, and ``keep_original_weight=True`` makes the call's
+edits temporary: the next call of the entry runs their undo first.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import hashlib
 import importlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,9 +29,8 @@ import torch
 from torch import nn
 
 from ..backbones import CHAT_VLM_FAMILIES, ChatVLMForEditing
-from .compat import targets
 from .editable import LiveEdit
-from .hparams import ALG_NAME, LiveEditMultimodalHparams
+from .hparams import LiveEditMultimodalHparams
 from .validate import check_context, text_token_limit, validate_requests
 
 LOG = logging.getLogger(__name__)
@@ -97,13 +98,13 @@ def apply_liveedit_to_multimodal_model(
             committed to it under a fingerprint of its prompt, target and image, and one already there is skipped.
         copy, return_orig_weights: accepted for EasyEdit's signature; LiveEdit never changes a weight of
             ``model``, so there is nothing to copy or restore.
-        keep_original_weight: True makes every call edit the unedited model (the library is emptied
-            first), as EasyEdit's flag means for weight-editing methods; False accumulates edits.
+        keep_original_weight: True makes this call's edits temporary, as EasyEdit's flag means for weight-editing
+            methods: the next call of the entry first removes them (EasyEdit's wheel editor never calls an undo);
+            False keeps them (lifelong editing).
 
     Returns:
-        ``(editor, weights_copy)``: the editor answers with the edits applied. ``weights_copy`` undoes this call's
-        edits when called (EasyEdit main, whose editor calls it for the methods in ``CALLABLE_RESTORE_ALGS``), or is
-        an empty dict (the wheel, whose editor copies dict entries back: LiveEdit changes no weight).
+        ``(editor, weights_copy)``: the editor answers with the edits applied; ``weights_copy`` is this call's
+        ``EditUndo`` (an empty mapping of weights that, called, removes the experts this call added).
     """
     requests = [requests] if isinstance(requests, dict) else list(requests)
     chat_vlm = type(model).__name__ in CHAT_VLM_FAMILIES
@@ -111,14 +112,10 @@ def apply_liveedit_to_multimodal_model(
     validate_requests(requests, "LiveEdit", image_tensors=not chat_vlm)
     editor = editor_for(model, hparams, processor=tok if chat_vlm else None)
     check_context(requests, tok, text_token_limit(editor.model), "LiveEdit")
+    if editor.temporary_edit is not None:  # the last call was made with keep_original_weight=True: undo it first
+        editor.temporary_edit()
+        editor.temporary_edit = None
     durable = editor.library.path is not None
-    if keep_original_weight:
-        if durable:
-            raise ValueError(
-                f"keep_original_weight=True empties the expert library before every edit, which would erase the edits "
-                f"committed to library_path {editor.library.path}; edit with keep_original_weight=False"
-            )
-        editor.reset()
     added = []
     for request in requests:  # one at a time: each request may carry its own image size
         key = request_key(request) if durable else None
@@ -127,10 +124,41 @@ def apply_liveedit_to_multimodal_model(
                      editor.library.path)  # fmt: skip
             continue
         added += editor.add_edits(edit_samples(editor, hparams, tok, request), keys=None if key is None else [key])
-    restore_algs = targets.callable_restore_algs()
-    if restore_algs is not None and ALG_NAME in restore_algs:
-        return editor, _remover(editor, added)
-    return editor, {}
+    undo = EditUndo(editor, added)
+    if keep_original_weight:
+        editor.temporary_edit = undo
+    return editor, undo
+
+
+class EditUndo(Mapping[str, torch.Tensor]):
+    """The undo of one call of the entry: calling it removes exactly the experts that call added, by id (those still
+    there), in memory and, when the library is a folder, on disk; no other expert is touched. Calling it again does
+    nothing.
+
+    It is EasyEdit's ``weights_copy`` for LiveEdit on both targets: as a mapping it is empty (LiveEdit changes no
+    weight, so an editor that copies weights back copies nothing), as a callable it is what EasyEdit main's
+    ``restore_after_edit`` calls for the methods in ``CALLABLE_RESTORE_ALGS``.
+    """
+
+    def __init__(self, editor: LiveEdit, expert_ids: list[int]) -> None:
+        self.editor = editor
+        self.expert_ids = list(expert_ids)
+
+    def __call__(self) -> None:
+        present = set(self.editor.library.ids())
+        for expert_id in self.expert_ids:
+            if expert_id in present:
+                self.editor.remove(expert_id)
+        self.expert_ids = []
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 def edit_samples(editor: LiveEdit, hparams: Any, tok: Any, request: dict) -> dict[str, Any]:
@@ -143,18 +171,6 @@ def edit_samples(editor: LiveEdit, hparams: Any, tok: Any, request: dict) -> dic
                                                    request["image"], file_type)  # fmt: skip
         return {**made["multimodal_inputs"], "labels": made["labels"]}
     return evaluate.prepare_multimodal_edit(hparams, tok, request["target"], request["prompt"], request["image"])
-
-
-def _remover(editor: LiveEdit, expert_ids: list[int]) -> Callable[[], None]:
-    """A callable that removes ``expert_ids`` from ``editor`` (those still there), as EasyEdit main's undo calls it."""
-
-    def remove_experts() -> None:
-        present = set(editor.library.ids())
-        for expert_id in expert_ids:
-            if expert_id in present:
-                editor.remove(expert_id)
-
-    return remove_experts
 
 
 def request_key(request: dict) -> str:
