@@ -8,11 +8,11 @@ backbone called directly still answers exactly as it did before any edit (the ho
 calls).
 
 Undo has one mechanism, ``EditUndo``: it removes exactly the experts one call added, by id, in memory and (with
-``library_path``) on disk, and nothing else. The entry returns it as EasyEdit's ``weights_copy``, which EasyEdit's
-editors read in two ways: EasyEdit main calls it for the methods in its ``CALLABLE_RESTORE_ALGS`` (``register()`` adds
-LiveEdit), the wheel copies its entries back as weights (it has none: LiveEdit changes no weight). The plugin's
-``MultimodalEditor`` calls it after scoring a non-sequential edit, and ``keep_original_weight=True`` makes the call's
-edits temporary: the next call of the entry runs their undo first.
+``library_path``) on disk, and stores again what its re-edits replaced; nothing else. The entry returns it as
+EasyEdit's ``weights_copy``, which EasyEdit's editors read in two ways: EasyEdit main calls it for the methods in its
+``CALLABLE_RESTORE_ALGS`` (``register()`` adds LiveEdit), the wheel copies its entries back as weights (it has none:
+LiveEdit changes no weight). The plugin's ``MultimodalEditor`` calls it after scoring a non-sequential edit, and
+``keep_original_weight=True`` makes the call's edits temporary: the next call of the entry runs their undo first.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..backbones import CHAT_VLM_FAMILIES, ChatVLMForEditing
+from ..liveedit import Experts
 from .editable import LiveEdit
 from .hparams import LiveEditMultimodalHparams
 from .validate import check_context, text_token_limit, validate_requests
@@ -88,14 +89,18 @@ def apply_liveedit_to_multimodal_model(
     keep_original_weight: bool = False,
     **kwargs: Any,
 ) -> tuple[nn.Module, dict]:
-    """Edit with LiveEdit: one expert per request, appended to the backbone's expert library.
+    """Edit with LiveEdit: one expert per request in the backbone's expert library, the newest answer winning.
+
+    Invariants, the same with and without ``library_path``: a request about a question and image already edited
+    replaces that edit's expert (X -> a, X -> b, X -> a leaves one expert, X -> a's); a request exactly like the
+    stored edit changes nothing; a call that raises part-way leaves the library as it was.
 
     Args:
         model: EasyEdit's backbone (or a ``LiveEdit`` returned by an earlier call).
         tok: the backbone's tokenizer.
         requests: one EasyEdit multimodal request (``prompt``, ``target``, ``image`` tensor) or a list.
-        hparams: ``LiveEditMultimodalHparams``. With ``library_path`` the library is that folder: each request is
-            committed to it under a fingerprint of its prompt, target and image, and one already there is skipped.
+        hparams: ``LiveEditMultimodalHparams``. With ``library_path`` the library is that folder, and every change
+            is committed to it before the call returns.
         copy, return_orig_weights: accepted for EasyEdit's signature; LiveEdit never changes a weight of
             ``model``, so there is nothing to copy or restore.
         keep_original_weight: True makes this call's edits temporary, as EasyEdit's flag means for weight-editing
@@ -104,7 +109,7 @@ def apply_liveedit_to_multimodal_model(
 
     Returns:
         ``(editor, weights_copy)``: the editor answers with the edits applied; ``weights_copy`` is this call's
-        ``EditUndo`` (an empty mapping of weights that, called, removes the experts this call added).
+        ``EditUndo`` (an empty mapping of weights that, called, undoes exactly this call's changes to the library).
     """
     requests = [requests] if isinstance(requests, dict) else list(requests)
     chat_vlm = type(model).__name__ in CHAT_VLM_FAMILIES
@@ -115,41 +120,70 @@ def apply_liveedit_to_multimodal_model(
     if editor.temporary_edit is not None:  # the last call was made with keep_original_weight=True: undo it first
         editor.temporary_edit()
         editor.temporary_edit = None
-    durable = editor.library.path is not None
-    added = []
-    for request in requests:  # one at a time: each request may carry its own image size
-        key = request_key(request) if durable else None
-        if key is not None and editor.library.has_key(key):
-            LOG.info("LiveEdit: %r -> %r is already in %s; not applied again", request["prompt"], request["target"],
-                     editor.library.path)  # fmt: skip
-            continue
-        added += editor.add_edits(edit_samples(editor, hparams, tok, request), keys=None if key is None else [key])
-    undo = EditUndo(editor, added)
+    undo = EditUndo(editor)
+    try:
+        for request in requests:  # one at a time: each request may carry its own image size
+            _edit(editor, hparams, tok, request, undo)
+    except BaseException:
+        undo()  # a call that fails part-way leaves the library as it was
+        raise
     if keep_original_weight:
         editor.temporary_edit = undo
     return editor, undo
 
 
+def _edit(editor: LiveEdit, hparams: Any, tok: Any, request: dict, undo: EditUndo) -> None:
+    """Edit with one request, newest answer wins: its expert is stored under the fingerprint of its image and question
+    (``request_key``); an expert already stored under it is replaced, unless it is exactly the expert this request
+    makes (the same edit again: nothing changes). What changed is recorded in ``undo``."""
+    key = request_key(request)
+    experts = editor.make_experts(edit_samples(editor, hparams, tok, request))
+    library = editor.library
+    old = library.key_id(key)
+    if old is not None:
+        stored = library.experts([old])
+        if _same_experts(stored, experts):
+            LOG.info("LiveEdit: %r -> %r is already stored (expert %d); not applied again", request["prompt"],
+                     request["target"], old)  # fmt: skip
+            return
+        editor.remove(old)
+        undo.replaced.append((key, stored))
+    undo.added += library.add(experts, keys=[key])
+
+
+def _same_experts(stored: Experts, new: Experts) -> bool:
+    """Whether ``new`` equals ``stored`` once cast to the storage dtype (an edit is one deterministic forward pass)."""
+    return all(
+        torch.equal(s, n.to(s.device, s.dtype))
+        for s, n in ((getattr(stored, name), getattr(new, name)) for name in ("psi", "phi", "U", "V"))
+    )
+
+
 class EditUndo(Mapping[str, torch.Tensor]):
     """The undo of one call of the entry: calling it removes exactly the experts that call added, by id (those still
-    there), in memory and, when the library is a folder, on disk; no other expert is touched. Calling it again does
-    nothing.
+    there), and stores again the experts its re-edits replaced (same tensors and edit key, under new ids), in memory
+    and, when the library is a folder, on disk; no other expert is touched. Calling it again does nothing.
 
     It is EasyEdit's ``weights_copy`` for LiveEdit on both targets: as a mapping it is empty (LiveEdit changes no
     weight, so an editor that copies weights back copies nothing), as a callable it is what EasyEdit main's
     ``restore_after_edit`` calls for the methods in ``CALLABLE_RESTORE_ALGS``.
     """
 
-    def __init__(self, editor: LiveEdit, expert_ids: list[int]) -> None:
+    def __init__(self, editor: LiveEdit) -> None:
         self.editor = editor
-        self.expert_ids = list(expert_ids)
+        self.added: list[int] = []  # ids of the experts the call stored
+        self.replaced: list[tuple[str, Experts]] = []  # (edit key, expert) of each expert a re-edit removed
 
     def __call__(self) -> None:
-        present = set(self.editor.library.ids())
-        for expert_id in self.expert_ids:
+        library = self.editor.library
+        present = set(library.ids())
+        for expert_id in self.added:
             if expert_id in present:
                 self.editor.remove(expert_id)
-        self.expert_ids = []
+        for key, experts in self.replaced:
+            if library.key_id(key) is None:  # a later edit may have taken the key since
+                library.add(experts, keys=[key])
+        self.added, self.replaced = [], []
 
     def __getitem__(self, name: str) -> torch.Tensor:
         raise KeyError(name)
@@ -174,10 +208,10 @@ def edit_samples(editor: LiveEdit, hparams: Any, tok: Any, request: dict) -> dic
 
 
 def request_key(request: dict) -> str:
-    """A fingerprint of what an edit is made from (prompt, target, image pixels): the edit key in a library folder."""
+    """A fingerprint of what an edit is about (its question and image pixels, not its answer): the key its expert is
+    stored under, so that a later edit of the same question about the same image replaces it."""
     digest = hashlib.sha256()
-    for part in (request["prompt"], request["target"]):
-        digest.update(part.encode() + b"\0")
+    digest.update(request["prompt"].encode() + b"\0")
     digest.update(_image_bytes(request["image"]))
     return digest.hexdigest()
 

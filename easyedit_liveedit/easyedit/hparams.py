@@ -215,7 +215,7 @@ class LiveEditMultimodalHparams(_LiveEditHparamsBase):
     batch_size: int = 1  # MultimodalEditor.edit sets it to 1 (one edit per call)
     max_length: int = 30
     # ours: a library folder (created if missing) holding the experts across runs; each edit is committed to it
-    # durably before the call returns, and a request already in it is not applied again (docs/library.md)
+    # durably before the call returns; re-edits replace, the same edit again changes nothing (docs/library.md)
     library_path: str | None = None
 
 
