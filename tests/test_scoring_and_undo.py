@@ -127,7 +127,7 @@ def test_single_editing_undoes_each_edit_before_the_next(small_world, archives, 
 
         def state():
             if method == "LiveEdit":
-                live = attached_editor(editor.model, editor.hparams)
+                live = attached_editor(editor.model)
                 return 0 if live is None else len(live.library)
             if method == "MEND":
                 return _digest(editor.model.get_parameter(n) for n in editor.hparams.inner_params)
@@ -166,7 +166,7 @@ def stored(small_world, archives, tmp_path, monkeypatch):
     with small_world.easyedit_patches():
         maker = _editor(small_world, archives, "LiveEdit", "LiveEdit")
         maker.edit(**_arguments(records[:3]), sequential_edit=True, verbose=False)
-        attached_editor(maker.model, maker.hparams).save_library(folder)
+        attached_editor(maker.model).save_library(folder)
         editor = _editor(small_world, archives, "LiveEdit", "LiveEdit")
         editor.hparams.library_path = str(folder)
         live = editor_for(editor.model, editor.hparams)

@@ -1,11 +1,10 @@
 """``apply_liveedit_to_multimodal_model``: the ``ALG_MULTIMODAL_DICT['LiveEdit']`` entry EasyEdit calls.
 
-EasyEdit's ``MultimodalEditor`` passes its raw backbone on every call. The LiveEdit editor built for that
-backbone (networks loaded from ``hparams.archive``, hooks on layer ``edit_layer``, expert library) is kept on the
-backbone object itself, keyed by what defines it (the archive and the fields that shape an expert), so sequential
-calls with the same hparams keep adding to one library, a call with other hparams gets an editor of its own, and the
-backbone called directly still answers exactly as it did before any edit (the hooks act only inside LiveEdit's
-calls).
+EasyEdit's ``MultimodalEditor`` passes its raw backbone on every call. The backbone holds one LiveEdit editor
+(networks loaded from ``hparams.archive``, hooks on layer ``edit_layer``, expert library), built by the first call:
+later calls with the same hparams keep adding to its library; hparams with another archive, config or library folder
+replace it, removing its hooks. The backbone called directly still answers exactly as it did before any edit (the
+hooks act only inside LiveEdit's calls).
 
 Undo has one mechanism, ``EditUndo``: it removes exactly the experts one call added, by id, in memory and (with
 ``library_path``) on disk, and stores again what its re-edits replaced; nothing else. The entry returns it as
@@ -22,6 +21,7 @@ import importlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,46 +36,82 @@ from .validate import check_context, text_token_limit, validate_requests
 
 LOG = logging.getLogger(__name__)
 
-_ATTACHED = "_liveedit_editors"  # attribute of the backbone: {editor key: editor} (not registered submodules)
+_SLOT = "_liveedit_editor"  # attribute of the backbone: its one editor and what defines it (not a submodule)
 
 
-def editor_key(hparams: Any) -> tuple:
-    """What defines an editor: its archive (path, size, modification time) and the method's config."""
-    archive = hparams.archive
-    stamp = None
-    if archive is not None and os.path.exists(archive):
-        stat = os.stat(archive)
-        stamp = (os.path.abspath(archive), stat.st_size, stat.st_mtime_ns)
-    return stamp, hparams.liveedit_config(), getattr(hparams, "library_path", None)
+@dataclass(frozen=True)
+class _Attached:
+    """The backbone's LiveEdit editor and the definition (``editor_definition``) it was built from."""
+
+    definition: tuple
+    editor: LiveEdit
 
 
-def attached_editor(model: nn.Module, hparams: Any) -> LiveEdit | None:
-    """The LiveEdit editor built for this backbone and these hparams by an earlier edit, if any."""
+def editor_definition(hparams: Any) -> tuple:
+    """What defines an editor: the archive it loads (by path; read once, when the editor is built), the method's
+    config and the library folder."""
+    archive, library = hparams.archive, getattr(hparams, "library_path", None)
+    return (
+        None if archive is None else os.path.abspath(archive),
+        hparams.liveedit_config(),
+        None if library is None else os.path.abspath(library),
+    )
+
+
+def attached_editor(model: nn.Module) -> LiveEdit | None:
+    """The backbone's LiveEdit editor, built by an earlier edit (``model`` itself if it is one), or None."""
     if isinstance(model, LiveEdit):
         return model
-    return model.__dict__.get(_ATTACHED, {}).get(editor_key(hparams))
+    attached = model.__dict__.get(_SLOT)
+    return None if attached is None else attached.editor
+
+
+def release_editor(model: nn.Module) -> None:
+    """Take the backbone's LiveEdit editor off it: its hooks are removed and its library folder released."""
+    attached = model.__dict__.pop(_SLOT, None)
+    if attached is not None:
+        attached.editor.detach_hooks()
+        attached.editor.library.close()
 
 
 def editor_for(model: nn.Module, hparams: LiveEditMultimodalHparams, processor: Any = None) -> LiveEdit:
-    """The LiveEdit editor of ``model`` for ``hparams``: built and loaded from ``hparams.archive`` on first use
-    (``processor``: EasyEdit main's processor of a Hugging Face chat VLM, which the editor holds with the model)."""
-    editor = attached_editor(model, hparams)
-    if editor is None:
-        if hparams.archive is None:
-            raise ValueError(
-                f"{hparams.source or '<hparams>'}: key 'archive' is null; LiveEdit needs meta-trained networks "
-                "(train them with hparams/TRAINING/LiveEdit/<model>.yaml, then point 'archive' at the result)"
-            )
-        hparams.check_paths(("archive",))
-        editor = LiveEdit(model, hparams, processor=processor)
+    """The one LiveEdit editor of ``model``, for ``hparams``.
+
+    Built and loaded from ``hparams.archive`` on first use (``processor``: EasyEdit main's processor of a Hugging Face
+    chat VLM, which the editor holds with the model). Hparams with another definition (``editor_definition``: another
+    archive path, config or library folder) replace it: the old editor's hooks are removed, so a backbone carries at
+    most one editor's hooks. Its in-memory experts go with it (a library folder keeps its own).
+    """
+    if isinstance(model, LiveEdit):
+        return model
+    definition = editor_definition(hparams)
+    attached = model.__dict__.get(_SLOT)
+    if attached is not None and attached.definition == definition:
+        return attached.editor
+    if hparams.archive is None:
+        raise ValueError(
+            f"{hparams.source or '<hparams>'}: key 'archive' is null; LiveEdit needs meta-trained networks "
+            "(train them with hparams/TRAINING/LiveEdit/<model>.yaml, then point 'archive' at the result)"
+        )
+    hparams.check_paths(("archive",))
+    editor = LiveEdit(model, hparams, processor=processor)
+    try:
         archive = torch.load(hparams.archive, map_location=next(editor.net.parameters()).device, weights_only=True)
         editor.load_state_dict(archive["model"])
         editor.eval()
         LOG.info("LiveEdit networks loaded from %s (step %s)", hparams.archive, archive.get("step"))
+        if attached is not None:
+            old = attached.editor.library
+            LOG.info("LiveEdit: the backbone's editor (%d experts) is replaced by one for %s", len(old),
+                     hparams.source or "other hparams")  # fmt: skip
+            release_editor(model)  # before opening the folder, which the old editor may hold
         if getattr(hparams, "library_path", None):
             editor.open_library(hparams.library_path)  # same identity check as load_library
-        # bypasses nn.Module registration: the editors are not part of the backbone's weights
-        model.__dict__.setdefault(_ATTACHED, {})[editor_key(hparams)] = editor
+    except BaseException:
+        editor.detach_hooks()  # a failed build leaves no hook behind
+        raise
+    # bypasses nn.Module registration: the editor is not part of the backbone's weights
+    model.__dict__[_SLOT] = _Attached(definition, editor)
     return editor
 
 
