@@ -18,10 +18,8 @@ from ..liveedit import LiveEditConfig, LiveEditModel
 
 
 def liveedit_config(config: Any) -> LiveEditConfig:
-    """The method's config from a ``LiveEditConfig`` or from EasyEdit-style hparams (``.liveedit_config()``)."""
+    """The method's config alone, from a ``LiveEditConfig`` or LiveEdit hparams (which subclass it)."""
     if isinstance(config, LiveEditConfig):
-        return config
-    if hasattr(config, "liveedit_config"):
         return config.liveedit_config()
     raise TypeError(
         f"LiveEdit needs a LiveEditConfig or LiveEdit hparams (LiveEditMultimodalHparams), got {type(config).__name__}"

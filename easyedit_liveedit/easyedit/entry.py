@@ -30,6 +30,7 @@ from torch import nn
 
 from ..backbones import CHAT_VLM_FAMILIES, ChatVLMForEditing
 from ..liveedit import Experts
+from .archive import load_archive
 from .editable import LiveEdit
 from .hparams import LiveEditMultimodalHparams
 from .validate import check_context, text_token_limit, validate_requests
@@ -96,8 +97,7 @@ def editor_for(model: nn.Module, hparams: LiveEditMultimodalHparams, processor: 
     hparams.check_paths(("archive",))
     editor = LiveEdit(model, hparams, processor=processor)
     try:
-        archive = torch.load(hparams.archive, map_location=next(editor.net.parameters()).device, weights_only=True)
-        editor.load_state_dict(archive["model"])
+        archive = load_archive(editor, hparams.archive, hparams.source or "the hparams")
         editor.eval()
         LOG.info("LiveEdit networks loaded from %s (step %s)", hparams.archive, archive.get("step"))
         if attached is not None:
