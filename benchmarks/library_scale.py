@@ -261,7 +261,7 @@ def liveedit_parts_ms(
 
     config = LiveEditConfig(edit_layer=0, cross_attn_dim=d_m, num_heads=8, rank=r, num_key_slots=k,
                             num_sentinel_tokens=image_tokens)  # fmt: skip
-    net = LiveEditNetwork.from_config(d, config).eval()
+    net = LiveEditNetwork(d, config).eval()
     h = torch.randn(1, seq, d, dtype=dtype)
     image = torch.zeros(1, seq, dtype=torch.bool)
     image[:, 1 : 1 + image_tokens] = True

@@ -102,7 +102,7 @@ def liveedit_parameters(backbone: Backbone) -> int:
     """Exact count of LiveEdit's trainable parameters for the backbone's width, at the paper's sizes."""
     config = LiveEditConfig(num_sentinel_tokens=backbone.sentinel_tokens)
     with torch.device("meta"):
-        net = LiveEditNetwork.from_config(backbone.hidden, config)
+        net = LiveEditNetwork(backbone.hidden, config)
     return sum(p.numel() for p in net.parameters())
 
 
@@ -204,7 +204,7 @@ def measured_liveedit_bytes() -> tuple[float, float]:
     prompt = ~image & ~answer
     saved = {}
     for d, dm in ((64, 32), (128, 32), (64, 64)):
-        net = LiveEditNetwork(hidden_size=d, cross_attn_dim=dm, num_heads=4, num_sentinel_tokens=4)
+        net = LiveEditNetwork(d, LiveEditConfig(cross_attn_dim=dm, num_heads=4, num_sentinel_tokens=4))
         h = torch.randn(1, tokens, d)
         saved[d, dm] = saved_bytes(lambda net=net, h=h: networks_step(net, h, image, prompt, answer)) / tokens
     per_d = (saved[128, 32] - saved[64, 32]) / 64

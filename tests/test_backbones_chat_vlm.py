@@ -256,6 +256,6 @@ def test_main_editor_edits_and_undoes_through_liveedit(family, archive, tmp_path
         sequential_edit=False,
     )  # fmt: skip
     assert len(metrics) == 2 and {"rewrite_acc", "locality_acc", "multimodal_locality_acc"} <= set(metrics[0]["post"])
-    assert len(attached_editor(editor.model, hparams).library) == 0  # each edit undone
+    assert len(attached_editor(editor.model).library) == 0  # each edit undone
     metrics, _, _ = editor.edit(prompts=PROMPTS, targets=TARGETS, image=images, sequential_edit=True)
-    assert len(attached_editor(editor.model, hparams).library) == 2
+    assert len(attached_editor(editor.model).library) == 2

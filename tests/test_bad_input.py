@@ -172,7 +172,5 @@ def test_a_library_folder_keeps_edits_across_editors_and_never_applies_one_twice
     try:
         assert reopened.library.ids() == [0, 1, 2]
         assert torch.equal(reopened.library.state_dict()["U"], liveedit.library.state_dict()["U"])
-        with pytest.raises(ValueError, match="keep_original_weight=True empties the expert library"):
-            apply_liveedit_to_multimodal_model(again.model, again.tok, [], hparams, keep_original_weight=True)
     finally:
         reopened.library.close()

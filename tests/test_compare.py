@@ -76,7 +76,8 @@ def rows(small_world, tmp_path_factory, backbone, settings):
     runner = small_runner(small_world, tmp_path_factory.mktemp("compare-run"), "command=compare", "run.edits=[3,1]",
                           "run.probe_limit=6", f"run.archive_dir={archive_dir}", *ARCHIVE_RUN)  # fmt: skip
     runner.compare()
-    assert len(trained) == 6 and {path: path.stat().st_mtime_ns for path in trained} == trained, "trained again"
+    # per method: the archive, its provenance record and its training record
+    assert len(trained) == 9 and {path: path.stat().st_mtime_ns for path in trained} == trained, "trained again"
     broken = MethodRun("Broken", hparams=toy_hparams(small_world, "MEND"), prepare=_broken_prepare)
     missing = runner.method_run(OmegaConf.structured(MethodConfig(name="NoYAML", hparams="hparams/NoYAML/x.yaml",
                                                                   requires="a model from the hub")))  # fmt: skip

@@ -297,14 +297,37 @@ def test_a_saved_library_refuses_an_editor_of_another_identity(setup, small_worl
         other_layer.load_library(path)
 
 
-def test_the_easyedit_entry_keeps_one_editor_per_defining_hparams(small_world, tmp_path):
-    """Guards: the editor attached to a backbone is keyed by what defines it; other hparams get their own editor."""
+def test_a_backbone_carries_one_editor_and_its_hooks_only(small_world, tmp_path):
+    """Guards one editor per backbone: the entry's editor is reused while the hparams define it (also when the archive
+    file is touched), and hparams with another archive path or config replace it, removing its hooks: the backbone
+    never carries more than one editor's two hooks (on the language model and on layer ``l_e``).
+
+    Seen failing on the code before it, where editors were cached on the backbone by the archive's modification time:
+    touching the archive attached a second editor with two more hooks; and with the old editor left on when another
+    replaced it (``release_editor`` skipped: four hooks).
+    """
+    import os
+    import shutil
+
     from easyedit_liveedit.easyedit.entry import editor_for
 
-    model = small_world.load_model()
+    def hooks(model) -> int:
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+    maker = LiveEdit(small_world.load_model(), small_liveedit_hparams(small_world))
     archive = tmp_path / "liveedit.pt"
-    torch.save({"model": LiveEdit(model, small_liveedit_hparams(small_world)).state_dict()}, archive)
+    torch.save({"model": maker.state_dict()}, archive)
+    model = small_world.load_model()
+    unedited = hooks(model)
     first = editor_for(model, small_liveedit_hparams(small_world, archive=str(archive)))
     assert editor_for(model, small_liveedit_hparams(small_world, archive=str(archive))) is first
-    other = editor_for(model, small_liveedit_hparams(small_world, archive=str(archive), edit_layer=2))
-    assert other is not first and other.config.edit_layer == 2 and first.config.edit_layer == 1
+    assert hooks(model) == unedited + 2
+    os.utime(archive, ns=(0, 0))  # the same archive, touched
+    assert editor_for(model, small_liveedit_hparams(small_world, archive=str(archive))) is first
+    assert hooks(model) == unedited + 2
+    replaced = tmp_path / "retrained.pt"
+    shutil.copy(archive, replaced)
+    second = editor_for(model, small_liveedit_hparams(small_world, archive=str(replaced)))
+    assert second is not first and hooks(model) == unedited + 2
+    other = editor_for(model, small_liveedit_hparams(small_world, archive=str(replaced), edit_layer=2))
+    assert other is not second and other.config.edit_layer == 2 and hooks(model) == unedited + 2

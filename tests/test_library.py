@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from easyedit_liveedit.liveedit.config import LiveEditConfig
 from easyedit_liveedit.liveedit.library import ExpertLibrary
 from easyedit_liveedit.liveedit.networks import Experts, InputKeys, LiveEditNetwork
 
@@ -258,7 +259,8 @@ def test_stale_routing_is_refused():
 
 def test_with_the_network_end_to_end_in_fp16():
     torch.manual_seed(0)
-    net = LiveEditNetwork(D, cross_attn_dim=DM, num_heads=2, rank=R, num_key_slots=K, num_sentinel_tokens=3)
+    config = LiveEditConfig(cross_attn_dim=DM, num_heads=2, rank=R, num_key_slots=K, num_sentinel_tokens=3)
+    net = LiveEditNetwork(D, config)
     h = torch.randn(2, 8, D)
     image = torch.zeros(2, 8, dtype=torch.bool)
     image[:, 1:4] = True

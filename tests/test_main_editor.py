@@ -67,7 +67,7 @@ def _experts_seen_by_each_edit(editor) -> list[int]:
     apply = editor.apply_algo
 
     def recording(model, *args, **kwargs):
-        live = attached_editor(model, editor.hparams)
+        live = attached_editor(model)
         seen.append(0 if live is None else len(live.library))
         return apply(model, *args, **kwargs)
 
@@ -91,7 +91,7 @@ def test_main_editor_single_edits_are_each_undone(small_world, main_editor):
     with small_world.easyedit_patches():
         metrics, edited, weights_copy = main_editor.edit(**_edit_inputs(small_world, 3), sequential_edit=False)
     assert seen == [0, 0, 0]
-    assert len(attached_editor(main_editor.model, main_editor.hparams).library) == 0
+    assert len(attached_editor(main_editor.model).library) == 0
     assert callable(weights_copy)
     assert len(metrics) == 3 and METRICS <= set(metrics[0]["post"])
     assert all(torch.equal(before[k], v) for k, v in main_editor.model.state_dict().items())
@@ -102,7 +102,7 @@ def test_main_editor_sequential_edits_accumulate(small_world, main_editor):
     with small_world.easyedit_patches():
         metrics, _, _ = main_editor.edit(**_edit_inputs(small_world, 3), sequential_edit=True)
     assert seen == [0, 1, 2]
-    assert len(attached_editor(main_editor.model, main_editor.hparams).library) == 3
+    assert len(attached_editor(main_editor.model).library) == 3
     assert len(metrics) == 3 and METRICS <= set(metrics[-1]["post"])
     # text-only locality never routes to an expert: main's top-1 match over the whole sequence stays 1
     assert all(m["post"]["locality_acc"] == 1.0 for m in metrics)

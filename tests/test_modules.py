@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from easyedit_liveedit.liveedit.config import LiveEditConfig
 from easyedit_liveedit.liveedit.losses import (
     hard_routing_in_scope_loss,
     hard_routing_out_scope_loss,
@@ -30,7 +31,7 @@ def make_net(seed: int = 0, **overrides) -> LiveEditNetwork:
     torch.manual_seed(seed)
     kwargs = dict(cross_attn_dim=DM, num_heads=HEADS, rank=R, num_key_slots=K, num_sentinel_tokens=N_IMG)
     kwargs.update(overrides)
-    return LiveEditNetwork(D, **kwargs)
+    return LiveEditNetwork(D, LiveEditConfig(**kwargs))
 
 
 def make_batch(B: int = 3, seed: int = 1):

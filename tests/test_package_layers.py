@@ -122,7 +122,7 @@ front.__path__ = [{str(PACKAGE)!r}]
 sys.modules["easyedit_liveedit"] = front
 import torch
 from easyedit_liveedit.liveedit import LiveEditConfig, LiveEditNetwork
-net = LiveEditNetwork.from_config(16, LiveEditConfig(edit_layer=0, cross_attn_dim=8, num_heads=2))
+net = LiveEditNetwork(16, LiveEditConfig(edit_layer=0, cross_attn_dim=8, num_heads=2))
 h, masks = torch.randn(2, 5, 16), [torch.ones(2, 5, dtype=torch.bool)] * 3
 experts = net.make_experts(h, *masks)
 assert experts.U.shape == (2, 4, 16)

@@ -4,12 +4,16 @@
   model's output layer must show locality below 1 in the comparison's rows and in ``MultimodalEditor``'s metrics.
 - ``MultimodalEditor.edit_dataset(sequential_edit=False)`` undoes each method's edit before the next one: every
   edit of LiveEdit, MEND and SERAC meets the unedited state, while sequential editing accumulates.
+- LiveEdit's one undo (``EditUndo``) removes exactly the experts an edit added, from a library folder that already
+  holds experts, through every path that undoes (the editor API, EasyEdit main's call, ``keep_original_weight``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,8 +22,10 @@ from helpers import small_archives, toy_hparams
 
 from easyedit_liveedit import MultimodalEditor
 from easyedit_liveedit.bench.engine import Backbone, CompareSettings, MethodRun, compare
+from easyedit_liveedit.easyedit import scoring
 from easyedit_liveedit.easyedit.compat import baseline_fixes
-from easyedit_liveedit.easyedit.entry import attached_editor
+from easyedit_liveedit.easyedit.entry import apply_liveedit_to_multimodal_model, attached_editor, editor_for
+from easyedit_liveedit.liveedit import ExpertLibrary
 
 
 def _perturb_output_layer(model, tok, requests, hparams, **kwargs):
@@ -121,7 +127,7 @@ def test_single_editing_undoes_each_edit_before_the_next(small_world, archives, 
 
         def state():
             if method == "LiveEdit":
-                live = attached_editor(editor.model, editor.hparams)
+                live = attached_editor(editor.model)
                 return 0 if live is None else len(live.library)
             if method == "MEND":
                 return _digest(editor.model.get_parameter(n) for n in editor.hparams.inner_params)
@@ -134,3 +140,86 @@ def test_single_editing_undoes_each_edit_before_the_next(small_world, archives, 
         assert len(set(sequential)) == 3, sequential  # each edit changed what the next one meets
         if executor is not None and getattr(executor, "is_init", False):
             executor.reset_model()  # EasyEdit's executors keep the backbone they bound; let it go
+
+
+# ------------------------------------------------------------------------------- one undo, on a stored library
+def _arguments(records: list[dict]) -> dict:
+    """``MultimodalEditor.edit``'s arguments for MMEdit records (image paths under the world's image folder)."""
+    return {
+        "prompts": [r["src"] for r in records],
+        "targets": [r["alt"] for r in records],
+        "image": [r["image"] for r in records],
+        "rephrase_prompts": [r["rephrase"] for r in records],
+        "rephrase_image": [r["image_rephrase"] for r in records],
+    }
+
+
+@pytest.fixture
+def stored(small_world, archives, tmp_path, monkeypatch):
+    """A ``MultimodalEditor`` whose LiveEdit library is a folder (``library_path``) already holding three experts,
+    sealed in a shard file (edited by another editor and saved), and six requests of the eval split."""
+    from easyeditor import VQADataset
+
+    monkeypatch.chdir(tmp_path)  # MultimodalEditor writes logs/ into the working directory
+    records = json.loads(small_world.split("vqa_eval").read_text())
+    folder = tmp_path / "library"
+    with small_world.easyedit_patches():
+        maker = _editor(small_world, archives, "LiveEdit", "LiveEdit")
+        maker.edit(**_arguments(records[:3]), sequential_edit=True, verbose=False)
+        attached_editor(maker.model).save_library(folder)
+        editor = _editor(small_world, archives, "LiveEdit", "LiveEdit")
+        editor.hparams.library_path = str(folder)
+        live = editor_for(editor.model, editor.hparams)
+        ds = VQADataset(str(small_world.split("vqa_eval")), size=6, config=editor.hparams)
+    requests = [scoring.request_from_item(item) for item in ds]
+    yield editor, live, records, requests, folder
+    live.library.close()
+
+
+def _library_state(live, folder: Path) -> tuple:
+    """Ids, tensors and the bytes of every shard file; and the ids a fresh reader of the folder finds."""
+    shards = {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*"))}
+    reader = ExpertLibrary()
+    reader.load(folder, identity=live.identity())
+    state = {k: v.clone() for k, v in live.library.state_dict().items() if k != "next_id"}  # ids are never reused
+    return live.library.ids(), state, shards, reader.ids()
+
+
+def _same_state(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] and a[2] == b[2] and a[3] == b[3] and all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+
+
+def test_undo_removes_exactly_the_edits_experts_from_a_stored_library(small_world, stored):
+    """Guards LiveEdit's one undo on a library folder that already holds experts: after a non-sequential edit through
+    ``MultimodalEditor`` (undone after scoring), after the entry's returned ``weights_copy`` is called (EasyEdit main's
+    ``restore_after_edit``) and after ``keep_original_weight=True`` edits (each undone by the next call), the stored
+    experts are there with the same ids and tensors, in memory and for a fresh reader of the folder, and the shard
+    files are byte for byte what they were.
+
+    Seen failing when ``EditUndo.__call__`` ran ``self.editor.reset()`` instead of removing its ids (the three
+    stored experts and their shard file were gone); and on the code before ``EditUndo``, where the wheel's entry
+    returned ``{}`` (not callable) and ``keep_original_weight=True`` refused a library folder.
+    """
+    editor, live, records, requests, folder = stored
+    before = _library_state(live, folder)
+    assert before[0] == [0, 1, 2] and before[2]  # three stored experts, in a shard file
+
+    with small_world.easyedit_patches():
+        metrics, _, _ = editor.edit(**_arguments(records[3:5]), sequential_edit=False, verbose=False)
+    assert len(metrics) == 2
+    assert _same_state(_library_state(live, folder), before)
+
+    _, undo = apply_liveedit_to_multimodal_model(editor.model, editor.tok, [requests[3]], editor.hparams)
+    assert len(live.library) == 4 and callable(undo) and dict(undo) == {}  # no weight to copy back
+    undo()
+    undo()  # a second call finds nothing of its own left
+    assert _same_state(_library_state(live, folder), before)
+
+    apply_liveedit_to_multimodal_model(editor.model, editor.tok, [requests[4]], editor.hparams,
+                                       keep_original_weight=True)  # fmt: skip
+    assert len(live.library) == 4
+    _, undo = apply_liveedit_to_multimodal_model(editor.model, editor.tok, [requests[5]], editor.hparams,
+                                                 keep_original_weight=True)  # fmt: skip
+    assert len(live.library) == 4  # the first temporary edit was undone before this one
+    undo()
+    assert _same_state(_library_state(live, folder), before)

@@ -6,11 +6,11 @@ one ``MANIFEST.json`` holding, per method, the file's sha256 and bytes, what it 
 hparams without machine-specific paths, the train file's sha256, the validation size, the sha256 of every backbone
 file) and how (the command, the commit, the seconds, the steps).
 
-``unpack`` writes a shipped archive where the runner looks for it (EasyEdit's format, ``{"model": state_dict}``,
-with a provenance record of this machine) when everything it was trained from is byte-identical here: the same
-hparams, the same train file, the same backbone files. A weights file whose hash differs from the manifest's is
-refused with an error naming the file; a shipped archive trained from other inputs is left alone (the runner then
-trains one) with a warning naming what differs.
+``unpack`` writes a shipped archive where the runner looks for it (EasyEdit's format, ``{"model": state_dict}``, plus
+LiveEdit's trained config, which its loader checks; with a provenance record of this machine) when everything it was
+trained from is byte-identical here: the same hparams, the same train file, the same backbone files. A weights file
+whose hash differs from the manifest's is refused with an error naming the file; a shipped archive trained from other
+inputs is left alone (the runner then trains one) with a warning naming what differs.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..easyedit.archive import CONFIG_KEY
 from ..toyworld.layout import PROJECT_ROOT
 from . import archives
 
@@ -71,7 +72,8 @@ def ship(method: str, archive: Path, training: Any, train_json: Path, val_size: 
     """Copy the trained ``archive`` of ``method`` into ``dest`` (weights as safetensors) and record it in
     ``dest/MANIFEST.json``; returns the weights file. The archive's training record (``<archive>.training.json``,
     written by ``archives.train_archive``) gives the seconds and steps."""
-    state = torch.load(archive, map_location="cpu", weights_only=False)["model"]
+    checkpoint = torch.load(archive, map_location="cpu", weights_only=False)
+    state = checkpoint["model"]
     tensors = {k: v.contiguous().clone() for k, v in state.items() if k not in _NOT_TENSORS}
     dest.mkdir(parents=True, exist_ok=True)
     weights = dest / f"{method}.safetensors"
@@ -84,6 +86,9 @@ def ship(method: str, archive: Path, training: Any, train_json: Path, val_size: 
         "sha256": sha256(weights),
         "bytes": weights.stat().st_size,
         "trained_from": _inputs(training, train_json, val_size),
+        # LiveEdit's trained config: the archive's own, else the training hparams' (an archive written before configs
+        # were stored); None for the other methods
+        CONFIG_KEY: checkpoint.get(CONFIG_KEY) or (training.config_dict() if method == "LiveEdit" else None),
         "training": trained,
         "shipped_by": command,
         "commit": commit.strip(),
@@ -118,7 +123,7 @@ def unpack(method: str, training: Any, train_json: Path, val_size: int, archive:
     state: dict[str, Any] = dict(load_file(weights))
     state.update({key: None for key in _NOT_TENSORS if method != "LiveEdit"})
     archive.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": state, "shipped": entry["file"]}, archive)
+    torch.save({"model": state, CONFIG_KEY: entry[CONFIG_KEY], "shipped": entry["file"]}, archive)
     archives.provenance_path(archive).write_text(
         json.dumps(archives.provenance(training, train_json, val_size), indent=1, sort_keys=True) + "\n"
     )

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..easyedit.archive import load_archive
 from ..easyedit.editable import LiveEdit
 from .precision import gpu_like_autocast, set_precision
 from .report import RunReport
@@ -35,8 +36,7 @@ def build_liveedit(model: nn.Module, hparams: Any) -> tuple[LiveEdit, str]:
     editor = LiveEdit(model, hparams)
     archive = getattr(hparams, "archive", None)
     if archive and Path(archive).is_file():
-        state = torch.load(archive, map_location=next(model.parameters()).device, weights_only=True)
-        editor.load_state_dict(state["model"] if "model" in state else state)
+        load_archive(editor, archive, getattr(hparams, "source", None) or "the hparams")
         note = f"networks meta-trained ({archive})"
     else:
         note = "networks freshly initialised (no LiveEdit archive found)"

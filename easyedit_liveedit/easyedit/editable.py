@@ -8,7 +8,7 @@ class gives the method those names: it picks the backbone's adapter, turns EasyE
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
@@ -18,10 +18,8 @@ from ..liveedit import LiveEditConfig, LiveEditModel
 
 
 def liveedit_config(config: Any) -> LiveEditConfig:
-    """The method's config from a ``LiveEditConfig`` or from EasyEdit-style hparams (``.liveedit_config()``)."""
+    """The method's config alone, from a ``LiveEditConfig`` or LiveEdit hparams (which subclass it)."""
     if isinstance(config, LiveEditConfig):
-        return config
-    if hasattr(config, "liveedit_config"):
         return config.liveedit_config()
     raise TypeError(
         f"LiveEdit needs a LiveEditConfig or LiveEdit hparams (LiveEditMultimodalHparams), got {type(config).__name__}"
@@ -43,6 +41,8 @@ class LiveEdit(LiveEditModel):
         model = wrap_for_editing(model, processor)
         super().__init__(model, liveedit_config(config), adapter_for(model))
         self.hparams = config
+        # the undo of the last edit made with keep_original_weight=True, run by the next edit (``entry.EditUndo``)
+        self.temporary_edit: Callable[[], None] | None = None
 
     def forward(self, samples: dict[str, Any] | None = None, **inputs: Any) -> Any:
         """The routed forward on one batch: a dict (EasyEdit's BLIP-2 / MiniGPT-4 batches), or keyword tensors

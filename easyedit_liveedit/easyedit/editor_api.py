@@ -11,8 +11,8 @@ signatures with one behaviour on both targets, so code written for main runs unc
 - ``sequential_edit=False``: each request is edited, scored, then undone before the next one, so every request
   meets the unedited model. Undo restores what the edit may change: the weights a weight-editing method edits
   (its hparams' ``inner_params``, e.g. MEND's), the memory of an executor that keeps one (SERAC's ``alg``), and
-  LiveEdit's new experts. An edit that changed any other weight raises, naming it, instead of scoring a model it
-  cannot restore.
+  whatever a callable ``weights_copy`` undoes (LiveEdit's: exactly the edit's experts). An edit that changed any
+  other weight raises, naming it, instead of scoring a model it cannot restore.
 
 Scores come from EasyEdit's own ``compute_multimodal_edit_results`` and locality is the share of answer tokens
 whose argmax is unchanged from the genuinely unedited model, under EasyEdit's metric names. Image paths are read
@@ -34,9 +34,7 @@ from tqdm.auto import tqdm
 
 from . import compat, models, scoring, validate
 from .checkpoints import load_glue
-from .entry import attached_editor
 from .placement import input_device, to_device
-from .registration import MULTIMODAL_KEY
 
 LOG = logging.getLogger(__name__)
 
@@ -57,15 +55,14 @@ class _Checkpoint:
             # bound lazily by the first edit: bind it now, so that its unedited state (SERAC: an empty memory) exists
             self.executor.init_model(model, editor.tok, editor.hparams)
         self.alg = getattr(self.executor, "alg", None)
-        self.experts = set(self._liveedit().library.ids()) if self._liveedit() is not None else set()
 
-    def _liveedit(self) -> Any:
-        if self.editor.alg_name != MULTIMODAL_KEY:
-            return None
-        return attached_editor(self.editor.model, self.editor.hparams)
+    def restore(self, weights_copy: Any) -> None:
+        """Put back everything the edit changed; raises ``RuntimeError`` naming a weight it cannot restore.
 
-    def restore(self) -> None:
-        """Put back everything the edit changed; raises ``RuntimeError`` naming a weight it cannot restore."""
+        ``weights_copy`` is what the method's entry returned: called when it is callable, as EasyEdit main's
+        ``restore_after_edit`` does for its ``CALLABLE_RESTORE_ALGS`` (LiveEdit's ``EditUndo`` removes the edit's
+        experts).
+        """
         with torch.no_grad():
             for name, p in self.editor.model.named_parameters():
                 if name in self.weights:
@@ -77,10 +74,8 @@ class _Checkpoint:
                     )
         if self.executor is not None and hasattr(self.executor, "alg"):
             self.executor.alg = self.alg
-        liveedit = self._liveedit()
-        if liveedit is not None:
-            for expert_id in set(liveedit.library.ids()) - self.experts:
-                liveedit.remove(expert_id)
+        if callable(weights_copy):
+            weights_copy()
 
 
 def _opens_paths_as_given(editor: _TargetEditor) -> bool:
@@ -193,7 +188,7 @@ class MultimodalEditor(_TargetEditor):
             elapsed = perf_counter() - start
             post = scoring.score(edited_model, self.hparams, self.tok, request)
             if checkpoint is not None:
-                checkpoint.restore()
+                checkpoint.restore(weights_copy)
             metrics = {
                 "case_id": i,
                 "time": elapsed,

@@ -1,6 +1,8 @@
 """Editing and training hyper-parameters for LiveEdit, in EasyEdit's style (dataclass + ``from_hparams``).
 
-They subclass EasyEdit's ``HyperParams`` and build the method's own ``LiveEditConfig`` (``liveedit_config()``).
+They subclass EasyEdit's ``HyperParams`` and the method's own ``LiveEditConfig``, whose fields, defaults and validation
+are theirs: its fields are YAML keys here (its ``training`` fields, the loss weights, do nothing in an editing file),
+and ``liveedit_config()`` is the method's config alone.
 
 EasyEdit keeps editing YAMLs in ``hparams/<ALG>/<model>.yaml`` (with ``alg_name:``) and training YAMLs in
 ``hparams/TRAINING/<ALG>/<model>.yaml`` (with ``alg:``); ours use the same model and path keys as EasyEdit's
@@ -54,8 +56,8 @@ H = TypeVar("H", bound="_LiveEditHparamsBase")
 
 
 @dataclass(kw_only=True)
-class _LiveEditHparamsBase(HyperParams):
-    """Fields and validation shared by the editing and the training hparams."""
+class _LiveEditHparamsBase(LiveEditConfig, HyperParams):
+    """Fields and validation shared by the editing and the training hparams (the method's: ``LiveEditConfig``)."""
 
     # Model: the same keys as EasyEdit's MEND YAMLs for these backbones.
     name: str
@@ -67,16 +69,6 @@ class _LiveEditHparamsBase(HyperParams):
     # LLaVA: shard the backbone over the visible devices (device_map="auto"); LiveEdit's networks follow layer l_e
     model_parallel: bool = False
 
-    # LiveEdit: the paper's defaults for 7B-class backbones (LiveEditConfig says why).
-    edit_layer: int = 21  # decoder layer l_e whose output receives the experts (0-based)
-    cross_attn_dim: int = 1024  # d_m
-    num_heads: int = 8
-    rank: int = 4  # r, rank of each low-rank expert
-    lora_scale: float = 5.0  # s = 1 / (lora_scale * sqrt(r))
-    num_key_slots: int = 4  # k query slots of each routing key
-    num_sentinel_tokens: int = 32  # n_img tokens of the learned visual sentinel (BLIP-2 has 32 query tokens)
-    token_types: bool = False  # ours (False = the paper): image/prompt/answer embeddings in the expert generator
-    answer_embeddings: bool = False  # ours (False = the paper): the generator also reads the answer's input embeddings
     # Precision EasyEdit main loads its Hugging Face backbones in (`torch_dtype=hparams.dtype`) and casts their
     # inputs to; a YAML string, a torch.dtype once loaded. None (blip2, minigpt4) leaves it to EasyEdit.
     dtype: str | torch.dtype | None = None
@@ -116,7 +108,7 @@ class _LiveEditHparamsBase(HyperParams):
                 raise ValueError(f"{where}: key 'dtype' is {self.dtype!r}; expected one of {', '.join(DTYPES)}")
             self.dtype = getattr(torch, name)  # EasyEdit main passes it to from_pretrained and to tensor.to()
         try:  # the method's own config checks the method's keys
-            self.liveedit_config()
+            super().__post_init__()
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
 
@@ -148,11 +140,6 @@ class _LiveEditHparamsBase(HyperParams):
             raise ValueError(f"{source}: missing required key(s) {', '.join(map(repr, missing))}")
         values = {key: _coerce(key, value, hints[key], source) for key, value in config.items()}
         return cls(**values, source=source)
-
-    def liveedit_config(self) -> LiveEditConfig:
-        """The method's config: every ``LiveEditConfig`` field these hparams have (the others keep their default)."""
-        names = {f.name for f in dataclasses.fields(LiveEditConfig)}
-        return LiveEditConfig(**{name: getattr(self, name) for name in names if hasattr(self, name)})
 
     def check_paths(self, keys: tuple[str, ...] = PATH_KEYS) -> None:
         """Raise ``FileNotFoundError`` naming the key and YAML file for the first path that does not exist."""
@@ -215,7 +202,7 @@ class LiveEditMultimodalHparams(_LiveEditHparamsBase):
     batch_size: int = 1  # MultimodalEditor.edit sets it to 1 (one edit per call)
     max_length: int = 30
     # ours: a library folder (created if missing) holding the experts across runs; each edit is committed to it
-    # durably before the call returns, and a request already in it is not applied again (docs/library.md)
+    # durably before the call returns; re-edits replace, the same edit again changes nothing (docs/library.md)
     library_path: str | None = None
 
 
@@ -232,13 +219,6 @@ class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
     lr_decay_steps: int | None = 10000  # the learning rate is multiplied by lr_decay_rate after this many steps
     lr_decay_rate: float = 0.1
     grad_clip: float = 100.0
-    rel_lambda: float = 1.0
-    gen_lambda: float = 1.0
-    loc_lambda: float = 1.0
-    soft_route_lambda: float = 1.0
-    hard_route_lambda: float = 1.0
-    filter_lambda: float = 0.0  # ours: hard-filter calibration on every (input, edit) pair (losses.py); 0 = paper
-    routing_pairs: str = "authors"  # how the routing losses pair inputs with edits (liveedit/train_step.py)
     # ours: "editor" renders training questions as MultimodalEditor renders edits (questions.py); "dataset" keeps
     # the dataset's own rendering (VQADataset's template), as EasyEdit's trainers do
     questions: str = "editor"

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from ..liveedit.train_step import routed_accuracies
 from . import distributed, placement
+from .archive import CONFIG_KEY, check_config
 from .distributed import MetaStep, RankShard
 from .editable import LiveEdit
 from .models import build_backbone, is_sharded
@@ -102,7 +103,9 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
         self.archive = None
         if config.archive is not None:  # resume, as EasyEdit
             archive, config.archive = _utils.load_archive(str(config.archive))
+            check_config(archive, self.model.config, config.archive, config.source or "the training hparams")
             self.model.load_state_dict(archive.pop("model"))
+            archive.pop(CONFIG_KEY, None)
             opt_state = archive.pop("opt")
             if not config.eval_only:
                 self.opt.load_state_dict(opt_state)
@@ -184,9 +187,24 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
         return distributed.broadcast(stats, self.job) if self._synchronised else stats
 
     def save_state(self, stats: dict[str, float]) -> None:
-        """EasyEdit's checkpoint, written by rank 0 only; the other ranks wait until it is on disk."""
-        if self.job.is_main:
-            super().save_state(stats)
+        """EasyEdit's checkpoint (``BaseTrainer.save_state``: the same entries, the previous file kept as ``.bk``) with
+        the config the networks are trained with under ``archive.CONFIG_KEY``, which loading checks; written by rank 0
+        only, the other ranks wait until it is on disk."""
+        if self.job.is_main and not ((self.config.debug and not self.config.save) or self.config.eval_only):
+            archive = {
+                "model": self.model.state_dict(),
+                "opt": self.opt.state_dict(),
+                "lr_opt": None,  # LiveEdit learns no edit learning rates
+                "val_stats": stats,
+                "start_time": self.start_time,
+                "elapsed_time": _utils.time_delta_seconds(self.start_time),
+                "step": self.global_iter,
+                CONFIG_KEY: self.model.config.config_dict(),
+            }
+            LOG.info("Saving model to %s", self.save_path)
+            if os.path.exists(self.save_path):
+                os.rename(self.save_path, f"{self.save_path}.bk")
+            torch.save(archive, self.save_path)
         distributed.barrier(self.job)
 
     def echo(self, train_step: int, info_dict: dict[str, float], pretty: bool = False) -> None:

@@ -159,7 +159,28 @@ class ExpertLibrary:
 
     def has_key(self, key: str) -> bool:
         """Whether a live expert was committed under the edit key ``key`` (``add(..., keys=...)``)."""
-        return key_digest(key) in self._key_ids
+        return self.key_id(key) is not None
+
+    def key_id(self, key: str) -> int | None:
+        """The id of the live expert committed under the edit key ``key``, or None."""
+        return self._key_ids.get(key_digest(key))
+
+    def experts(self, expert_ids: Sequence[int]) -> Experts:
+        """Copies of the stored keys and factors of the live experts ``expert_ids``, in that order (storage dtype).
+
+        Raises:
+            KeyError: naming an id that is not a live expert.
+        """
+        rows = []
+        for expert_id in expert_ids:
+            row = self._row_of(expert_id)
+            if row is None:
+                raise KeyError(f"ExpertLibrary.experts: no expert with id {expert_id}")
+            rows.append(row)
+        order = torch.tensor(rows, dtype=torch.long)
+        unique, back = torch.unique(order, sorted=True, return_inverse=True)  # _gather takes sorted, unique rows
+        gathered = {name: self._gather(name, unique) for name in FACTORS}  # (n_unique, ...) each
+        return Experts(**{name: t[back.to(t.device)] for name, t in gathered.items()})  # (n, ...) in the order given
 
     def layout(self) -> dict[str, tuple[int, ...]]:
         """Per-expert shape of each stored tensor (empty until the first add or load fixes them)."""

@@ -60,7 +60,7 @@ class LiveEditModel(nn.Module):
         layer = adapter.decoder_layers(model)[config.edit_layer]
         weight = next(layer.parameters())
         device = weight.device  # the networks follow the edit layer (sharded backbones too)
-        self.net = LiveEditNetwork.from_config(adapter.hidden_size(model), config).to(device)
+        self.net = LiveEditNetwork(adapter.hidden_size(model), config).to(device)
         self.library = ExpertLibrary(dtype=library_dtype or weight.dtype)
         self.edit_layer = EditLayer(model, adapter, config.edit_layer, self.net)
 

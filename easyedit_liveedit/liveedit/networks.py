@@ -199,7 +199,12 @@ class ExpertGenerator(nn.Module):
         return self.answer_u is not None
 
     def forward(
-        self, h: Tensor, image_mask: Tensor, prompt_mask: Tensor, answer_mask: Tensor, answer_embeds: Tensor | None
+        self,
+        h: Tensor,
+        image_mask: Tensor,
+        prompt_mask: Tensor,
+        answer_mask: Tensor,
+        answer_embeds: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``h (B, T, d)``, the ``(B, T)`` masks whose union is ``H_e`` and, when the generator reads them, the
         input embeddings ``(B, T, d)`` (read at ``answer_mask``) -> ``U, V``, each ``(B, r, d)``."""
@@ -331,60 +336,32 @@ class LiveEditNetwork(nn.Module):
     (``input_keys``) and, after routing, ``apply_experts``. The backbone itself is never touched.
     """
 
-    def __init__(
-        self,
-        hidden_size: int,
-        cross_attn_dim: int = 1024,  # d_m in the paper; official configs use 1024 for 2.7B-7B backbones
-        num_heads: int = 8,
-        rank: int = 4,  # r: one fact needs very few directions
-        lora_scale: float = 5.0,  # s = 1 / (lora_scale * sqrt(r)) keeps fresh experts gentle
-        num_key_slots: int = 4,  # k query slots per key
-        num_sentinel_tokens: int = 32,  # n_img; the image-token count of the backbone is a good choice
-        token_types: bool = False,  # ours: image/prompt/answer embeddings in the generator (ExpertGenerator)
-        answer_embeddings: bool = False,  # ours: the generator also reads the answer's input embeddings
-    ) -> None:
-        super().__init__()
-        for name, value in (
-            ("hidden_size", hidden_size),
-            ("cross_attn_dim", cross_attn_dim),
-            ("num_heads", num_heads),
-            ("rank", rank),
-            ("num_key_slots", num_key_slots),
-            ("num_sentinel_tokens", num_sentinel_tokens),
-        ):
-            if value <= 0:
-                raise ValueError(f"LiveEditNetwork: {name} must be positive, got {value}")
-        if lora_scale <= 0:
-            raise ValueError(f"LiveEditNetwork: lora_scale must be positive, got {lora_scale}")
-        for name, dim in (("cross_attn_dim", cross_attn_dim), ("hidden_size", hidden_size)):
-            if dim % num_heads != 0:
-                raise ValueError(f"LiveEditNetwork: {name}={dim} must be divisible by num_heads={num_heads}")
-        self.hidden_size = hidden_size
-        self.cross_attn_dim = cross_attn_dim
-        self.rank = rank
-        self.num_key_slots = num_key_slots
-        self.generator = ExpertGenerator(
-            hidden_size, cross_attn_dim, num_heads, rank, lora_scale, token_types, answer_embeddings
-        )
-        self.edit_extractor = KeyExtractor(hidden_size, cross_attn_dim, num_heads, num_key_slots)
-        self.input_extractor = KeyExtractor(hidden_size, cross_attn_dim, num_heads, num_key_slots)
-        self.sentinel = nn.Parameter(torch.randn(num_sentinel_tokens, hidden_size))  # Theta, (n_img, d)
-        self.expert_norm = nn.LayerNorm(hidden_size)  # LN_r in front of every expert
+    def __init__(self, hidden_size: int, config: LiveEditConfig) -> None:
+        """The networks for a backbone of width ``hidden_size``, sized by ``config`` (which validated its own fields).
 
-    @classmethod
-    def from_config(cls, hidden_size: int, config: LiveEditConfig) -> LiveEditNetwork:
-        """The networks for a backbone of width ``hidden_size``, sized by ``config``."""
-        return cls(
-            hidden_size=hidden_size,
-            cross_attn_dim=config.cross_attn_dim,
-            num_heads=config.num_heads,
-            rank=config.rank,
-            lora_scale=config.lora_scale,
-            num_key_slots=config.num_key_slots,
-            num_sentinel_tokens=config.num_sentinel_tokens,
-            token_types=config.token_types,
-            answer_embeddings=config.answer_embeddings,
+        Raises:
+            ValueError: if ``hidden_size`` is not positive or not divisible by ``config.num_heads`` (the generator's
+                value heads split the hidden width).
+        """
+        super().__init__()
+        if hidden_size <= 0 or hidden_size % config.num_heads:
+            raise ValueError(
+                f"LiveEditNetwork: hidden_size={hidden_size} must be positive and divisible by num_heads="
+                f"{config.num_heads}"
+            )
+        self.hidden_size = hidden_size
+        self.config = config
+        dm, heads = config.cross_attn_dim, config.num_heads
+        self.cross_attn_dim = dm
+        self.rank = config.rank
+        self.num_key_slots = config.num_key_slots
+        self.generator = ExpertGenerator(
+            hidden_size, dm, heads, config.rank, config.lora_scale, config.token_types, config.answer_embeddings
         )
+        self.edit_extractor = KeyExtractor(hidden_size, dm, heads, config.num_key_slots)
+        self.input_extractor = KeyExtractor(hidden_size, dm, heads, config.num_key_slots)
+        self.sentinel = nn.Parameter(torch.randn(config.num_sentinel_tokens, hidden_size))  # Theta, (n_img, d)
+        self.expert_norm = nn.LayerNorm(hidden_size)  # LN_r in front of every expert
 
     def _prepare(self, h: Tensor, *masks: Tensor) -> Tensor:
         """Check mask shapes and cast ``h`` to the network's dtype (fp32; the backbone may run in fp16)."""
