@@ -27,8 +27,8 @@ Configurations: ``default`` (pretrained for a few minutes to >= 90% per question
 tests: a few dozen scans, a model a few times smaller, trained for ~30 steps, i.e. seconds; it answers near
 chance and exists to exercise code paths, not to be accurate).
 
-The scenes world (``scenes``, and ``scenes_small`` for unit tests; ``scenes.py``, ``scene_facts.py``,
-``scene_records.py``, ``scene_pretrain.py``, ``scene_world.py``) has E-VQA's structure, which a router needs:
+The scenes world (``scenes``, and ``scenes_small`` for unit tests; the ``scenes/`` subpackage, beside ``digits/``
+over the shared parts in this package) has E-VQA's structure, which a router needs:
 a subject is a 2x2 composite of four scans with an ink per digit and a paper colour, every eval edit has its
 own subject, ``image_rephrase`` renders the same content from other scans, and twelve question kinds ask about
 a cell's digit or ink, the paper, an ink's count or place, or a digit's ink. Same layout on disk, same
@@ -36,9 +36,10 @@ a cell's digit or ink, the paper, an ink's count or place, or a digit's ink. Sam
 """
 
 from ..easyedit.validate import validate_file, validate_records
-from .config import CONFIGS, DEFAULT, SCENES, SCENES_SMALL, SMALL, SceneWorldConfig, ToyWorldConfig
+from .digits.config import DEFAULT, SMALL, ToyWorldConfig
 from .layout import CACHE_ENV, Layout, cache_root
-from .world import EVAL_SPLITS, ToyWorld, build, load, probe_split
+from .scenes.config import SCENES, SCENES_SMALL, SceneWorldConfig
+from .world import CONFIGS, EVAL_SPLITS, ToyWorld, build, load, probe_split
 
 __all__ = [
     "CACHE_ENV",
