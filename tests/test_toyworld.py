@@ -39,8 +39,8 @@ def _records(world, name):
     return json.loads(world.split(name).read_text())
 
 
-def test_default_config_meets_the_required_sizes():
-    kinds, config = len(facts.VQA_KINDS), toyworld.DEFAULT
+def test_digits_config_meets_the_required_sizes():
+    kinds, config = len(facts.VQA_KINDS), toyworld.DIGITS
     assert kinds * (config.n_train_images - config.n_dev_images) >= 4000
     assert kinds * config.n_dev_images >= 1000  # the routing probe's 1,000 sequential edits, on dev
     assert kinds * config.n_eval_images >= 2000

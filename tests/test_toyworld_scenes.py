@@ -384,26 +384,32 @@ def _compose(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
-def test_the_harness_keeps_the_digits_world_as_default_and_selects_scenes_by_config():
-    """Guards the selection: no override composes the digits world; ``model=toy_scenes`` the scenes world, with
-    the toy YAMLs and archives of its own (``results/toy_scenes``)."""
-    default, scenes = _compose(), _compose("model=toy_scenes")
-    assert (default.model.name, default.model.toy_world) == ("toy", "default")
-    assert (scenes.model.name, scenes.model.toy_world, scenes.model.hparams_name) == (
-        "toy_scenes",
-        "scenes",
+def test_the_harness_defaults_to_the_scenes_world_and_selects_digits_by_config():
+    """Guards the selection: no override composes the scenes world (``model=toy``, archives under
+    ``results/toy``), as ``toyworld.load()`` and the toy YAMLs' paths do; ``model=toy_digits`` the digits world,
+    with the same toy YAMLs and archives of its own (``results/toy_digits``)."""
+    default, digits = _compose(), _compose("model=toy_digits")
+    assert (default.model.name, default.model.toy_world) == ("toy", "scenes") == ("toy", toyworld.DEFAULT_CONFIG)
+    assert default.run.archive_dir == "results/toy"
+    assert (digits.model.name, digits.model.toy_world, digits.model.hparams_name) == (
+        "toy_digits",
+        "digits",
         "toy-blip2",
     )
-    assert scenes.run.archive_dir == "results/toy_scenes" != default.run.archive_dir
-    assert isinstance(toyworld.CONFIGS[scenes.model.toy_world], toyworld.SceneWorldConfig)
+    assert digits.run.archive_dir == "results/toy_digits"
+    assert isinstance(toyworld.CONFIGS[default.model.toy_world], toyworld.SceneWorldConfig)
+    assert isinstance(toyworld.CONFIGS[digits.model.toy_world], toyworld.ToyWorldConfig)
+    for path in sorted(PROJECT_ROOT.glob("hparams/**/toy-blip2.yaml")):  # the YAMLs' own paths name the default
+        text = path.read_text()
+        assert ".cache/toyworld/scenes/opt" in text and ".cache/toyworld/digits" not in text, path
 
 
 def test_the_harness_edits_a_scenes_world_end_to_end(scene_world, tmp_path):
-    """``model=toy_scenes`` runs: the runner loads the scenes world, meta-trains LiveEdit on its train split (two
+    """``model=toy`` runs: the runner loads the scenes world, meta-trains LiveEdit on its train split (two
     steps) and scores edits of its eval split with EasyEdit's metric."""
     from easyedit_liveedit.bench.runner import Runner
 
-    cfg = _compose("command=edit", "method=LiveEdit", "model=toy_scenes", "model.toy_world=scenes_small",
+    cfg = _compose("command=edit", "method=LiveEdit", "model=toy", "model.toy_world=scenes_small",
                    "run.edits=[1,2]", "run.train_steps=2", "run.val_size=4", "run.probe_limit=4", "run.threads=1",
                    "run.progress=false", f"run.archive_dir={tmp_path / 'archives'}")  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:

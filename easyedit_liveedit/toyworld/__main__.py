@@ -1,6 +1,7 @@
 """``python -m easyedit_liveedit.toyworld [--config NAME] [--cache DIR] [--force]``: build and summarise.
 
-NAME is one of ``toyworld.CONFIGS``: ``default`` / ``small`` (the digits world) or ``scenes`` / ``scenes_small``.
+NAME is one of ``toyworld.CONFIGS``: ``scenes`` (the default) / ``scenes_small`` (the scenes world) or ``digits`` /
+``small`` (the digits world).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m easyedit_liveedit.toyworld", description=__doc__)
     parser.add_argument(
         "--config",
-        default="default",
-        help="default, scenes (benchmarks) or small, scenes_small (unit tests)",
+        default=None,
+        help="scenes (the default world), digits (a stress configuration) or scenes_small, small (unit tests)",
     )
     parser.add_argument(
         "--cache", default=None, help="cache root (default: $EASYEDIT_LIVEEDIT_CACHE or .cache/toyworld)"
@@ -29,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from . import build
+    from . import DEFAULT_CONFIG, build
 
-    world = build(args.config, cache=args.cache, force=args.force)
+    world = build(args.config or DEFAULT_CONFIG, cache=args.cache, force=args.force)
     manifest = world.manifest
     if args.json:
         print(json.dumps(manifest, indent=2))

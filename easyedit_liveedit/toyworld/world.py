@@ -23,7 +23,7 @@ import torch
 
 from . import backbone, serac
 from .digits import build as digits_build
-from .digits.config import DEFAULT, SMALL, ToyWorldConfig
+from .digits.config import DIGITS, SMALL, ToyWorldConfig
 from .layout import Layout, cache_root
 from .scenes import build as scenes_build
 from .scenes.config import SCENES, SCENES_SMALL, SceneWorldConfig
@@ -31,7 +31,8 @@ from .scenes.config import SCENES, SCENES_SMALL, SceneWorldConfig
 LOG = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-CONFIGS = {config.name: config for config in (DEFAULT, SMALL, SCENES, SCENES_SMALL)}
+CONFIGS = {config.name: config for config in (SCENES, SCENES_SMALL, DIGITS, SMALL)}
+DEFAULT_CONFIG = "scenes"  # the world every command uses unless told otherwise (`model=toy`)
 
 # Only the final scoring (the harness's `compare` / `edit`, and the world's own manifest, written once at build
 # time) reads these; probes, ablations and choices of settings read the dev split (vqa_dev, caption_dev).
@@ -128,7 +129,7 @@ def _is_current(layout: Layout, config: ToyWorldConfig | SceneWorldConfig) -> bo
 
 
 def build(
-    config: str | ToyWorldConfig | SceneWorldConfig = "default",
+    config: str | ToyWorldConfig | SceneWorldConfig = DEFAULT_CONFIG,
     cache: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
@@ -137,7 +138,7 @@ def build(
     """Build the toy world (data, tokenizers, pretrained backbone) unless an identical one is cached.
 
     Args:
-        config: a name in ``CONFIGS`` (``"default"``, ``"small"``, ``"scenes"``, ``"scenes_small"``), a
+        config: a name in ``CONFIGS`` (``"scenes"``, the default; ``"scenes_small"``, ``"digits"``, ``"small"``), a
             ``ToyWorldConfig`` (the digits world, ``digits/``) or a ``SceneWorldConfig`` (the scenes world,
             ``scenes/``).
         cache: cache root (default ``$EASYEDIT_LIVEEDIT_CACHE`` or ``<project>/.cache/toyworld``).
@@ -168,7 +169,9 @@ def build(
 
 
 def load(
-    config: str | ToyWorldConfig | SceneWorldConfig = "default", cache: str | Path | None = None, progress: bool = True
+    config: str | ToyWorldConfig | SceneWorldConfig = DEFAULT_CONFIG,
+    cache: str | Path | None = None,
+    progress: bool = True,
 ) -> ToyWorld:
     """The cached toy world, building it first if it is missing or out of date."""
     return build(config, cache=cache, force=False, progress=progress)

@@ -1,8 +1,8 @@
 """The digits world's configuration: the data split, the small BLIP-2-OPT and its pretraining schedule.
 
-One ``load_digits`` scan per subject. ``DEFAULT`` (near-duplicate subjects, pretrained to >= 90% per question
-kind) and ``SMALL`` (unit tests; a few dozen images, a model a few times smaller, seconds; it answers near chance
-and exists to exercise code paths).
+One ``load_digits`` scan per subject. ``DIGITS`` (a named stress configuration: near-duplicate subjects, pretrained
+to >= 90% per question kind) and ``SMALL`` (unit tests; a few dozen images, a model a few times smaller, seconds; it
+answers near chance and exists to exercise code paths).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ..config import WorldConfig
 class ToyWorldConfig(WorldConfig):
     """Everything that determines a built digits world; its fingerprint names the cache entry."""
 
-    name: str = "default"
+    name: str = "digits"
     seed: int = 0
     # --- data: disjoint pools of load_digits scans --------------------------------------------------------------
     n_train_images: int = 1000  # the train pool: pretraining's scans, of which the train split edits all but dev's
@@ -67,7 +67,7 @@ class ToyWorldConfig(WorldConfig):
             raise ValueError("ToyWorldConfig.patch_size: must divide image_size")
 
 
-DEFAULT = ToyWorldConfig()
+DIGITS = ToyWorldConfig()
 SMALL = ToyWorldConfig(
     name="small",
     n_train_images=40,
@@ -86,7 +86,7 @@ SMALL = ToyWorldConfig(
     qformer_intermediate=64,
     num_query_tokens=4,
     opt_hidden=32,
-    opt_layers=4,  # as many as the default, so the toy YAMLs (inner_params, edit_layer) fit both
+    opt_layers=4,  # as many as DIGITS, so the toy YAMLs (inner_params, edit_layer) fit both
     opt_heads=2,
     opt_ffn=64,
     steps=30,
