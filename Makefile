@@ -27,7 +27,7 @@ MAIN_TESTS := tests/test_registration.py tests/test_hparams.py tests/test_compat
 	tests/test_backbones_real_families.py tests/test_backbones_chat_vlm.py tests/test_compare_targets.py \
 	tests/test_nan_guard_toyworld.py tests/test_ike.py tests/test_examples.py
 
-.PHONY: setup setup-main demo compare test test-wheel test-main lint clean clean-main
+.PHONY: setup setup-main demo compare artifacts test test-wheel test-main lint clean clean-main
 
 setup: $(STAMP)
 
@@ -61,6 +61,12 @@ demo: $(STAMP)
 
 compare: $(STAMP)
 	$(BIN)/python -m easyedit_liveedit compare
+
+# The scenes world's shipped backbone (artifacts/scenes/backbone/, committed): builds the world unless the cache holds a
+# current one, then copies its backbone and writes MANIFEST.json (docs/toy-world.md, "Shipped backbone"). After a change
+# to the world or its pretraining, delete .cache/toyworld/scenes first (or add --force) so that it is built afresh.
+artifacts: $(STAMP)
+	$(BIN)/python -m easyedit_liveedit.toyworld --config scenes --ship
 
 # The wheel target: every test not marked slow; CI (CI=true) runs the slow ones too (they build and use the full
 # toy world).

@@ -1,7 +1,9 @@
 """The toy worlds: offline MMEdit benchmarks on real handwritten digits and a small pretrained BLIP-2-OPT built
 with EasyEdit's own ``Blip2OPT`` class, so EasyEdit's editor, trainer, datasets, metrics and MEND run on them
-unchanged on a CPU. ``load()`` returns a cached world (building it on first use); ``python -m
-easyedit_liveedit.toyworld`` builds it and prints a summary.
+unchanged on a CPU. ``load()`` returns a cached world, making it on first use: from the backbone shipped in the
+repository where there is one (``artifacts.py``: the data is rebuilt, the backbone copied and checked), else by
+building and pretraining it. ``python -m easyedit_liveedit.toyworld`` makes it and prints a summary (``--ship``
+ships its backbone).
 
 Two worlds, one subpackage each over the shared parts in this package; same layout on disk, same ``ToyWorld``
 handle, same EasyEdit entry points:

@@ -1,9 +1,12 @@
 """``build`` / ``load``: make (or reuse) a toy world in the cache and hand back what EasyEdit needs to run on it.
 
 Two worlds, each in its own subpackage: ``digits/`` (``ToyWorldConfig``) and ``scenes/`` (``SceneWorldConfig``);
-each has a ``build.build_into`` that writes a complete world into a folder. A world is rebuilt only when its folder
-is missing or was built from a different configuration (``WorldConfig.fingerprint``); building writes into a
-temporary folder that is renamed at the end, so an interrupted build never leaves a half-written world behind.
+each has a ``build.write_data`` (images and records, seconds) and a ``build.build_into`` that writes a complete
+world into a folder. A world is made only when its folder is missing or was built from a different configuration
+(``WorldConfig.fingerprint``): from the backbone shipped for that configuration (``artifacts.py``: data rebuilt,
+backbone copied and checked, no pretraining) where there is one, else from scratch. Either way the world is
+written into a temporary folder that is renamed at the end, so an interrupted build never leaves a half-written
+world behind.
 """
 
 from __future__ import annotations
@@ -21,16 +24,15 @@ from typing import Any
 
 import torch
 
-from . import backbone, serac
+from . import artifacts, backbone, serac
 from .digits import build as digits_build
 from .digits.config import DIGITS, SMALL, ToyWorldConfig
-from .layout import Layout, cache_root
+from .layout import FORMAT_VERSION, Layout, cache_root
 from .scenes import build as scenes_build
 from .scenes.config import SCENES, SCENES_SMALL, SceneWorldConfig
 
 LOG = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
 CONFIGS = {config.name: config for config in (SCENES, SCENES_SMALL, DIGITS, SMALL)}
 DEFAULT_CONFIG = "scenes"  # the world every command uses unless told otherwise (`model=toy`)
 
@@ -134,20 +136,27 @@ def build(
     force: bool = False,
     progress: bool = True,
     evaluate_limit: int | None = 100,
+    artifacts_root: str | Path | None = None,
 ) -> ToyWorld:
-    """Build the toy world (data, tokenizers, pretrained backbone) unless an identical one is cached.
+    """Make the toy world unless an identical one is cached: from its shipped backbone where there is one, else
+    from scratch (data, tokenizers, pretrained backbone).
 
     Args:
         config: a name in ``CONFIGS`` (``"scenes"``, the default; ``"scenes_small"``, ``"digits"``, ``"small"``), a
             ``ToyWorldConfig`` (the digits world, ``digits/``) or a ``SceneWorldConfig`` (the scenes world,
             ``scenes/``).
         cache: cache root (default ``$EASYEDIT_LIVEEDIT_CACHE`` or ``<project>/.cache/toyworld``).
-        force: rebuild even if a current build exists.
+        force: build from scratch even if a current build is cached or a shipped backbone exists.
         progress: show the pretraining progress bar.
         evaluate_limit: records per kind for the manifest's pre-edit accuracy (None: all).
+        artifacts_root: where shipped backbones are looked for (default: the project's ``artifacts/``;
+            ``artifacts.find``).
 
     Returns:
         The ``ToyWorld``; its files are at ``<cache>/<config.name>/``.
+
+    Invariants: a world installed from a shipped backbone holds the shipped files byte for byte and data that
+    hash as the shipped manifest records (else ``artifacts.ArtifactError``), and nothing is pretrained for it.
     """
     config = _resolve(config)
     root = (Path(cache) if cache is not None else cache_root()) / config.name
@@ -158,13 +167,26 @@ def build(
     started = time.perf_counter()
     work = Layout(root.with_name(f"{root.name}.building-{os.getpid()}"))
     shutil.rmtree(work.root, ignore_errors=True)
-    built = _world_module(config).build_into(config, work, progress, evaluate_limit)
-    manifest = {"format": FORMAT_VERSION, "fingerprint": config.fingerprint()} | built
-    manifest["build_seconds"] = round(time.perf_counter() - started, 1)
-    work.manifest.write_text(json.dumps(manifest, indent=2))
+    shipped = None if force else artifacts.find(config, artifacts_root)
+    try:
+        if shipped is not None:
+            # Only what takes seconds is rebuilt (images and records); the backbone is copied in and checked.
+            LOG.info("toy world %r: installing the shipped backbone from %s (data rebuilt here)", config.name, shipped)
+            _world_module(config).write_data(config, work)
+            artifacts.install(shipped, work)
+            manifest = json.loads(work.manifest.read_text())  # the shipped world's, with its measured figures
+        else:
+            LOG.info("toy world %r: building from scratch (data, tokenizers, pretraining)", config.name)
+            built = _world_module(config).build_into(config, work, progress, evaluate_limit)
+            manifest = {"format": FORMAT_VERSION, "fingerprint": config.fingerprint()} | built
+            manifest["build_seconds"] = round(time.perf_counter() - started, 1)
+            work.manifest.write_text(json.dumps(manifest, indent=2))
+    except BaseException:
+        shutil.rmtree(work.root, ignore_errors=True)  # never leave a half-made world behind
+        raise
     shutil.rmtree(root, ignore_errors=True)
     os.replace(work.root, root)
-    LOG.info("toy world %r built in %.1f s at %s", config.name, manifest["build_seconds"], root)
+    LOG.info("toy world %r ready in %.1f s at %s", config.name, time.perf_counter() - started, root)
     return ToyWorld(config, layout, manifest)
 
 
@@ -172,6 +194,7 @@ def load(
     config: str | ToyWorldConfig | SceneWorldConfig = DEFAULT_CONFIG,
     cache: str | Path | None = None,
     progress: bool = True,
+    artifacts_root: str | Path | None = None,
 ) -> ToyWorld:
-    """The cached toy world, building it first if it is missing or out of date."""
-    return build(config, cache=cache, force=False, progress=progress)
+    """The cached toy world, made first (from its shipped backbone where there is one) if missing or out of date."""
+    return build(config, cache=cache, force=False, progress=progress, artifacts_root=artifacts_root)
