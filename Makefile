@@ -63,9 +63,10 @@ compare: $(STAMP)
 	$(BIN)/python -m easyedit_liveedit compare
 
 # Everything the repository ships, rebuilt from scratch (long: the world's pretraining and three meta-trainings, once;
-# BENCHMARKS.md, "Shipped artifacts"): the default toy world's backbone, then the LiveEdit, MEND and SERAC archives.
+# BENCHMARKS.md, "Shipped artifacts"): the default toy world's backbone (artifacts/scenes/backbone/), then the
+# LiveEdit, MEND and SERAC archives trained on it (artifacts/scenes/archives/).
 artifacts: $(STAMP)
-	$(BIN)/python -m easyedit_liveedit.toyworld --force --ship
+	$(BIN)/python -m easyedit_liveedit.toyworld --config scenes --force --ship
 	$(BIN)/python -m easyedit_liveedit ship run.methods=[LiveEdit,MEND,SERAC] run.retrain=true
 
 # The wheel target: every test not marked slow; CI (CI=true) runs the slow ones too (they build and use the full

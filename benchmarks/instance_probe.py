@@ -1,4 +1,4 @@
-"""Do the toy backbone's image tokens describe the scan, or only its digit? (An MMEdit edit is about one image.)
+"""Do the digits world's image tokens describe the scan, or only its digit? (An MMEdit edit is about one image.)
 
 Usage (from the project root, after `make setup`):
     .venv/bin/python benchmarks/instance_probe.py [--layer 2] [--steps 3000] [--split vqa_dev]
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    world = toyworld.load("default", progress=False)
+    world = toyworld.load("digits", progress=False)
     hparams = world.apply_paths(LiveEditMultimodalHparams.from_hparams("hparams/LiveEdit/toy-blip2.yaml"))
     hparams.edit_layer = args.layer
     editor = LiveEdit(world.load_model(), hparams)

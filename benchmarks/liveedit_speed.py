@@ -3,7 +3,7 @@
 Usage (from the project root, after `make setup`):
     .venv/bin/python benchmarks/liveedit_speed.py [--archive PATH] [--experts 1000 100000] [--repeats 30]
 
-Measures, at batch 1 and batch 8 on the default toy world:
+Measures, at batch 1 and batch 8 on the default toy world (the scenes world):
 - edit latency: `LiveEdit.add_edits` (the backbone up to layer l_e + the expert generator) against one full
   forward pass of the unedited backbone on the same sample;
 - inference: a forward pass with N experts in the library against the unedited forward pass. The library is
@@ -126,8 +126,9 @@ def probe_arguments(doc: str, edits: int, argv: list[str] | None = None) -> argp
 
 
 def load_editor(archive: str | None = None) -> tuple[toyworld.ToyWorld, LiveEditMultimodalHparams, LiveEdit, str]:
-    """The default toy world, the toy editing YAML, and a ``LiveEdit`` with ``archive`` (default: the YAML's)."""
-    world = toyworld.load("default", progress=False)
+    """The default toy world (the one the toy YAMLs name), the toy editing YAML, and a ``LiveEdit`` with ``archive``
+    (default: the YAML's)."""
+    world = toyworld.load(progress=False)
     hparams = world.apply_paths(LiveEditMultimodalHparams.from_hparams("hparams/LiveEdit/toy-blip2.yaml"))
     editor = LiveEdit(world.load_model(), hparams)
     archive = archive or hparams.archive

@@ -12,7 +12,7 @@ Prints (and with ``--out`` writes) one JSON object:
   are outside the pretraining pool, ``m_loc`` subjects are never edited, and ``alt`` is another answer of the
   record's kind. Read from the records alone, no model.
 * ``retrieval``: for every subject of ``--split`` (E-VQA and E-IC), is the nearest canonical rendering to its
-  ``image_rephrase`` its own, among ALL that split's subjects (``toyworld.scene_world.retrieval``; no key is
+  ``image_rephrase`` its own, among ALL that split's subjects (``toyworld.scenes.retrieval``; no key is
   fitted), on the image tokens the OPT sees and on the hidden states of each OPT layer in ``--layers``.
 * ``pre_edit_accuracy``: per kind, the unedited backbone's accuracy on ``--split`` records (``src``,
   ``rephrase``, ``image_rephrase``), scored by EasyEdit's own metric code, plus its worst entry.
@@ -38,10 +38,13 @@ from liveedit_speed import split_option  # noqa: E402
 
 import easyedit_liveedit  # noqa: E402,F401  (applies the EasyEdit shims)
 from easyedit_liveedit import toyworld  # noqa: E402
-from easyedit_liveedit.toyworld import images, scene_facts  # noqa: E402
 from easyedit_liveedit.toyworld.evaluate import pre_edit_accuracy, worst_kind  # noqa: E402
-from easyedit_liveedit.toyworld.scene_world import retrieval, scan_pools  # noqa: E402
-from easyedit_liveedit.toyworld.scenes import Scene  # noqa: E402
+from easyedit_liveedit.toyworld.facts import text_facts  # noqa: E402
+from easyedit_liveedit.toyworld.scans import load_scans  # noqa: E402
+from easyedit_liveedit.toyworld.scenes import facts as scene_facts  # noqa: E402
+from easyedit_liveedit.toyworld.scenes.build import scan_pools  # noqa: E402
+from easyedit_liveedit.toyworld.scenes.retrieval import retrieval  # noqa: E402
+from easyedit_liveedit.toyworld.scenes.subjects import Scene  # noqa: E402
 
 
 def _records(world: toyworld.ToyWorld, name: str) -> list[dict]:
@@ -64,7 +67,7 @@ def structure(world: toyworld.ToyWorld) -> dict:
     """Counts and invariants read from the written records (nothing is taken from the builder's word; no model)."""
     names = [f"{kind}_{split}" for split in ("train", "dev", "eval") for kind in ("vqa", "caption")]
     splits = {name: _records(world, name) for name in names}
-    _, labels = images.load_scans()
+    _, labels = load_scans()
     pools = scan_pools(world.config, labels)
     held = {split: splits[f"vqa_{split}"] + splits[f"caption_{split}"] for split in ("train", "dev", "eval")}
     mloc_images = {r["m_loc"] for records in splits.values() for r in records}
@@ -115,9 +118,7 @@ def structure(world: toyworld.ToyWorld) -> dict:
             for r in vqa
         ),
         "loc_is_text_arithmetic": all(
-            r["loc"] in {scene_facts.arithmetic(a, b, t)[0] for a in range(10) for b in range(10) for t in range(4)}
-            for records in splits.values()
-            for r in records
+            r["loc"] in {fact["question"] for fact in text_facts()} for records in splits.values() for r in records
         ),
     }
 

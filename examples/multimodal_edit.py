@@ -1,8 +1,8 @@
 """LiveEdit in the shape of EasyEdit's own ``multimodal_edit.py``: one function per (method, backbone, data set, step).
 
 The same functions run on both EasyEdit targets (the PyPI wheel and EasyEdit's GitHub main) without a change: on the
-toy world by default (built offline into ``.cache/toyworld`` on first use), or on real data when the YAMLs point at
-a real backbone and ``world=None`` is passed with the MMEdit JSON files::
+toy world by default (the scenes world, built offline into ``.cache/toyworld/scenes`` on first use), or on real data
+when the YAMLs point at a real backbone and ``world=None`` is passed with the MMEdit JSON files::
 
     .venv/bin/python examples/multimodal_edit.py train_LiveEdit_Blip2OPT_VQA test_LiveEdit_Blip2OPT_VQA
     .venv/bin/python examples/multimodal_edit.py --world small edit_LiveEdit_Blip2OPT_VQA
@@ -126,7 +126,7 @@ def _test(
 
 # ----------------------------------------------------------------------------------------------- BLIP-2 OPT
 def train_LiveEdit_Blip2OPT_VQA(
-    world: str | None = "default",
+    world: str | None = toyworld.DEFAULT_CONFIG,
     hparams: str = TOY_TRAINING,
     train_json: str | None = None,
     val_json: str | None = None,
@@ -139,7 +139,7 @@ def train_LiveEdit_Blip2OPT_VQA(
 
 
 def train_LiveEdit_Blip2OPT_Caption(
-    world: str | None = "default",
+    world: str | None = toyworld.DEFAULT_CONFIG,
     hparams: str = TOY_TRAINING,
     train_json: str | None = None,
     val_json: str | None = None,
@@ -152,7 +152,7 @@ def train_LiveEdit_Blip2OPT_Caption(
 
 
 def test_LiveEdit_Blip2OPT_VQA(
-    world: str | None = "default",
+    world: str | None = toyworld.DEFAULT_CONFIG,
     hparams: str = TOY_EDITING,
     eval_json: str | None = None,
     size: int | None = 100,
@@ -163,7 +163,7 @@ def test_LiveEdit_Blip2OPT_VQA(
 
 
 def test_LiveEdit_Blip2OPT_Caption(
-    world: str | None = "default",
+    world: str | None = toyworld.DEFAULT_CONFIG,
     hparams: str = TOY_EDITING,
     eval_json: str | None = None,
     size: int | None = 100,
@@ -174,7 +174,7 @@ def test_LiveEdit_Blip2OPT_Caption(
 
 
 def edit_LiveEdit_Blip2OPT_VQA(
-    world: str | None = "default",
+    world: str | None = toyworld.DEFAULT_CONFIG,
     hparams: str = TOY_EDITING,
     eval_json: str | None = None,
     size: int = 2,
@@ -223,12 +223,12 @@ EXAMPLES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("examples", nargs="+", choices=sorted(EXAMPLES), help="functions to run, in order")
-    parser.add_argument("--world", default="default", choices=("default", "small"), help="the toy world to use")
+    parser.add_argument("--world", default=toyworld.DEFAULT_CONFIG, choices=("scenes", "small"), help="the toy world")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    # the small world's archives live apart from the default world's (the toy YAMLs name the default's)
-    results = {"default": {}, "small": {"results_dir": "results/toy-small"}}[args.world]
-    archive = {"default": {}, "small": {"archive": "results/toy-small/models/LiveEdit/blip2"}}[args.world]
+    # the small world's archives live apart from the scenes world's (the toy YAMLs name the scenes world's)
+    results = {"scenes": {}, "small": {"results_dir": "results/toy-small"}}[args.world]
+    archive = {"scenes": {}, "small": {"archive": "results/toy-small/models/LiveEdit/blip2"}}[args.world]
     for name in args.examples:
         print(f"== {name}")
         EXAMPLES[name](world=args.world, **(results if name.startswith("train") else archive))

@@ -5,8 +5,9 @@ Run from the project root (after `make setup`):
     .venv/bin/python examples/train_and_edit_toy.py            # trains first if the archive is missing
     .venv/bin/python examples/train_and_edit_toy.py --retrain
 
-The toy world (real handwritten digits, a small BLIP-2-OPT built by EasyEdit's own Blip2OPT) is built into
-.cache/toyworld on first use. Every step below is EasyEdit's own API; only `alg_name`/`alg` say LiveEdit.
+The toy world (the scenes world: 2x2 scenes of real handwritten digits, a small BLIP-2-OPT built by EasyEdit's own
+Blip2OPT) is built into .cache/toyworld/scenes on first use. Every step below is EasyEdit's own API; only
+`alg_name`/`alg` say LiveEdit.
 """
 
 from __future__ import annotations

@@ -97,6 +97,27 @@ def test_no_module_imports_itself_back():
     assert not cycles, cycles
 
 
+def test_each_toy_world_imports_the_shared_parts_and_never_the_other_world():
+    """Guards the toy worlds' layout: ``toyworld/digits`` and ``toyworld/scenes`` each build on the shared modules
+    of ``toyworld`` and never import each other, and no shared module imports a world except the dispatch
+    (``world.py``), so the tree shows which file serves which world. Seen failing with
+    ``from ..digits.pretrain import random_views`` added to ``scenes/pretrain.py``."""
+    worlds = ("digits", "scenes")
+    wrong = []
+    for module, imported in _graph().items():
+        parts = module.split(".")
+        if parts[:2] != ["easyedit_liveedit", "toyworld"] or len(parts) < 3:
+            continue
+        own = parts[2] if parts[2] in worlds else None  # None: a shared module
+        for target in imported:
+            other = target.split(".")
+            if other[:2] != ["easyedit_liveedit", "toyworld"] or len(other) < 3 or other[2] not in worlds:
+                continue
+            if (own is None and parts[2] != "world") or own not in (None, other[2]):
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, wrong
+
+
 def test_the_method_layer_imports_only_the_standard_library_and_torch():
     stdlib = set(sys.stdlib_module_names)
     for path in (PACKAGE / "liveedit").rglob("*.py"):

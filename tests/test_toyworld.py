@@ -1,4 +1,4 @@
-"""The toy world on its SMALL configuration: data, tokenizer, EasyEdit's datasets and metrics, caching."""
+"""The digits world on its SMALL configuration: data, tokenizer, EasyEdit's datasets and metrics, caching."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ import torch
 
 import easyedit_liveedit  # noqa: F401  (applies the EasyEdit shims)
 from easyedit_liveedit import toyworld
-from easyedit_liveedit.toyworld import facts, pretrain, records
-from easyedit_liveedit.toyworld.images import load_scans
+from easyedit_liveedit.toyworld import pretrain
+from easyedit_liveedit.toyworld.digits import facts
+from easyedit_liveedit.toyworld.digits.pretrain import instance_contrastive_loss
+from easyedit_liveedit.toyworld.facts import DIGIT_WORDS
 from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
 from easyedit_liveedit.toyworld.records import RECORD_FIELDS
+from easyedit_liveedit.toyworld.scans import Pools, load_scans
 
 MEND_TRAINING_YAML = PROJECT_ROOT / "hparams/TRAINING/MEND/toy-blip2.yaml"
 
@@ -36,8 +39,8 @@ def _records(world, name):
     return json.loads(world.split(name).read_text())
 
 
-def test_default_config_meets_the_required_sizes():
-    kinds, config = len(facts.VQA_KINDS), toyworld.DEFAULT
+def test_digits_config_meets_the_required_sizes():
+    kinds, config = len(facts.VQA_KINDS), toyworld.DIGITS
     assert kinds * (config.n_train_images - config.n_dev_images) >= 4000
     assert kinds * config.n_dev_images >= 1000  # the routing probe's 1,000 sequential edits, on dev
     assert kinds * config.n_eval_images >= 2000
@@ -75,16 +78,16 @@ def test_dev_scans_are_carved_from_the_train_pool():
     rest (the train split's scans), and the eval, m_loc and classification pools do not move."""
     _, labels = load_scans()
     sizes = (1000, 420, 177, 200)
-    without = records.Pools.split(labels, sizes, 0, n_dev=1)
-    pools = records.Pools.split(labels, sizes, 0, n_dev=200)
+    without = Pools.split(labels, sizes, 0, n_dev=1)
+    pools = Pools.split(labels, sizes, 0, n_dev=200)
     assert (pools.eval, pools.mloc, pools.cls) == (without.eval, without.mloc, without.cls)
     assert sorted(pools.train + pools.dev) == sorted(without.train + without.dev)
     assert not set(pools.train) & set(pools.dev) and len(pools.dev) == 200
     assert sorted(np.bincount(labels[pools.dev], minlength=10)) == [20] * 10
-    small = records.Pools.split(labels, (40, 20, 10, 10), 0, n_dev=8)
+    small = Pools.split(labels, (40, 20, 10, 10), 0, n_dev=8)
     assert len(set(labels[small.dev])) == 8  # dealt digit by digit: eight dev scans show eight digits
     with pytest.raises(ValueError, match="n_dev=40"):
-        records.Pools.split(labels, (40, 20, 10, 10), 0, n_dev=40)
+        Pools.split(labels, (40, 20, 10, 10), 0, n_dev=40)
 
 
 def test_probe_split_refuses_the_eval_split_and_names_the_dev_split():
@@ -102,8 +105,8 @@ def test_probe_split_refuses_the_eval_split_and_names_the_dev_split():
 
 def test_classification_prompt_lists_every_class(small_world):
     for record in _records(small_world, "classification"):
-        assert all(name in record["prompt"] for name in facts.DIGIT_WORDS)
-        assert record["answer"] == facts.DIGIT_WORDS[record["label"]]
+        assert all(name in record["prompt"] for name in DIGIT_WORDS)
+        assert record["answer"] == DIGIT_WORDS[record["label"]]
 
 
 def test_tokenizer_fits_easyedit(small_world):
@@ -211,13 +214,13 @@ def test_instance_contrast_is_symmetric_infonce_over_two_views(small_world, smal
     with torch.no_grad():
         head.weight.zero_()
         head.bias.fill_(1.0)
-    loss = pretrain.instance_contrastive_loss(small_model, head, images, torch.Generator().manual_seed(0), 0.1)
+    loss = instance_contrastive_loss(small_model, head, images, torch.Generator().manual_seed(0), 0.1)
     assert loss.item() == pytest.approx(math.log(6), rel=1e-5)
 
     torch.nn.init.normal_(head.weight)
     small_model.requires_grad_(True)
     try:
-        loss = pretrain.instance_contrastive_loss(small_model, head, images, torch.Generator().manual_seed(0), 0.1)
+        loss = instance_contrastive_loss(small_model, head, images, torch.Generator().manual_seed(0), 0.1)
         loss.backward()
         assert torch.isfinite(loss)
         assert small_model.query_tokens.grad is not None and small_model.query_tokens.grad.abs().sum() > 0

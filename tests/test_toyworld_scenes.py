@@ -20,11 +20,16 @@ import torch
 
 import easyedit_liveedit  # noqa: F401  (applies the EasyEdit shims)
 from easyedit_liveedit import toyworld
-from easyedit_liveedit.toyworld import images, pretrain, scene_facts, scene_pretrain, scenes
+from easyedit_liveedit.toyworld import pretrain
 from easyedit_liveedit.toyworld.evaluate import ImageLoader, pre_edit_accuracy, worst_kind
 from easyedit_liveedit.toyworld.layout import CACHE_ENV, PROJECT_ROOT
 from easyedit_liveedit.toyworld.records import RECORD_FIELDS
-from easyedit_liveedit.toyworld.scene_world import retrieval, scan_pools
+from easyedit_liveedit.toyworld.scans import load_scans
+from easyedit_liveedit.toyworld.scenes import facts as scene_facts
+from easyedit_liveedit.toyworld.scenes import pretrain as scene_pretrain
+from easyedit_liveedit.toyworld.scenes import subjects
+from easyedit_liveedit.toyworld.scenes.build import scan_pools
+from easyedit_liveedit.toyworld.scenes.retrieval import retrieval
 
 MEND_TRAINING_YAML = PROJECT_ROOT / "hparams/TRAINING/MEND/toy-blip2.yaml"
 
@@ -49,28 +54,28 @@ def _records(world, name):
 def test_distinct_scenes_keep_their_distance_and_refuse_the_impossible():
     """Guards the uniqueness of eval subjects: any two drawn contents differ in >= min_distance attributes."""
     rng = np.random.default_rng(0)
-    drawn = scenes.distinct_scenes(300, rng, min_distance=4)
+    drawn = subjects.distinct_scenes(300, rng, min_distance=4)
     table = np.array([s.attributes() for s in drawn])
     distance = (table[:, None] != table[None]).sum(-1) + 9 * np.eye(len(table), dtype=int)
     assert distance.min() >= 4
     with pytest.raises(ValueError, match="cannot place"):
-        scenes.distinct_scenes(2, np.random.default_rng(0), min_distance=9, taken=drawn)
+        subjects.distinct_scenes(2, np.random.default_rng(0), min_distance=9, taken=drawn)
 
 
 def test_render_composites_each_scan_in_its_cell_with_its_ink_on_the_paper():
     """Every cell holds its own scan in its own ink; pixels away from the digits are the paper colour."""
-    scans, labels = images.load_scans()
-    renderer = scenes.SceneRenderer(scans, 32, (14,), margin=1)
-    scene = scenes.Scene((0, 1, 2, 3), (0, 2, 3, 5), 1)  # red, blue, black, orange on yellow
+    scans, labels = load_scans()
+    renderer = subjects.SceneRenderer(scans, 32, (14,), margin=1)
+    scene = subjects.Scene((0, 1, 2, 3), (0, 2, 3, 5), 1)  # red, blue, black, orange on yellow
     chosen = tuple(int(np.flatnonzero(labels == d)[0]) for d in scene.digits)
     pixels = renderer.render(scene, chosen, np.random.default_rng(0)).astype(int)  # (32, 32, 3)
-    paper = np.array(scenes.PAPERS["yellow"])
+    paper = np.array(subjects.PAPERS["yellow"])
     assert (pixels[0, 0] == paper).all() and (pixels[15, 15] == paper).all()  # margins are paper
     for cell in range(4):
         block = pixels[(cell // 2) * 16 : (cell // 2) * 16 + 16, (cell % 2) * 16 : (cell % 2) * 16 + 16]
         distance = np.abs(block - paper).sum(-1)
         darkest = block.reshape(-1, 3)[distance.argmax()]
-        ink = np.array(scenes.INKS[scenes.INK_NAMES[scene.inks[cell]]])
+        ink = np.array(subjects.INKS[subjects.INK_NAMES[scene.inks[cell]]])
         assert np.abs(darkest - ink).max() <= 40, (cell, darkest, ink)  # the strongest stroke is the cell's ink
         ink_mass = renderer.ink(chosen[cell], 14).sum()
         assert distance.sum() > 0.5 * ink_mass * np.abs(ink - paper).sum()  # the scan's ink is all there
@@ -81,12 +86,12 @@ def test_written_pngs_load_as_exactly_the_tensors_pretraining_renders(tmp_path):
     (its resize is the identity, its normalisation is ``to_tensor``'s); writing is reproducible."""
     from PIL import Image
 
-    scans, labels = images.load_scans()
-    renderer = scenes.SceneRenderer(scans, 32, (13, 14), margin=1)
-    pool = scenes.ScanPool(range(300), labels)
-    contents = scenes.distinct_scenes(3, np.random.default_rng(0), 3)
-    written = scenes.write_subjects("t", contents, pool, renderer, tmp_path / "a", seed=0)
-    again = scenes.write_subjects("t", contents, pool, renderer, tmp_path / "b", seed=0)
+    scans, labels = load_scans()
+    renderer = subjects.SceneRenderer(scans, 32, (13, 14), margin=1)
+    pool = subjects.ScanPool(range(300), labels)
+    contents = subjects.distinct_scenes(3, np.random.default_rng(0), 3)
+    written = subjects.write_subjects("t", contents, pool, renderer, tmp_path / "a", seed=0)
+    again = subjects.write_subjects("t", contents, pool, renderer, tmp_path / "b", seed=0)
     loader = ImageLoader(tmp_path / "a", 32)
     for subject, twin in zip(written, again, strict=True):
         for path in (subject.image, subject.image_rephrase):
@@ -105,7 +110,7 @@ def test_kinds_phrasings_and_answers_meet_the_counts():
     assert len(scene_facts.answer_space()) >= 30
     rng = np.random.default_rng(1)
     for _ in range(200):
-        scene = scenes.sample_scene(rng)
+        scene = subjects.sample_scene(rng)
         for kind in scene_facts.SCENE_KINDS:
             params = kind.params(scene)
             assert params, kind.name
@@ -116,7 +121,7 @@ def test_kinds_phrasings_and_answers_meet_the_counts():
 
 
 def test_answers_are_functions_of_the_content():
-    scene = scenes.Scene((7, 2, 5, 4), (0, 0, 3, 2), 2)  # red 7, red 2 / black 5, blue 4, on grey
+    scene = subjects.Scene((7, 2, 5, 4), (0, 0, 3, 2), 2)  # red 7, red 2 / black 5, blue 4, on grey
     kind = scene_facts.KIND_BY_NAME
     assert kind["digit"].answer(scene, 3) == "four"
     assert kind["double"].answer(scene, 0) == "fourteen"
@@ -135,13 +140,13 @@ def test_answers_are_functions_of_the_content():
 # --- the built world --------------------------------------------------------------------------------------------
 def test_every_eval_edit_has_its_own_subject_and_held_out_scans(scene_world):
     config = scene_world.config
-    _, labels = images.load_scans()
+    _, labels = load_scans()
     pools = scan_pools(config, labels)
     train = _records(scene_world, "vqa_train") + _records(scene_world, "caption_train")
     evaluation = _records(scene_world, "vqa_eval") + _records(scene_world, "caption_eval")
     assert len(evaluation) == config.n_eval_subjects + config.n_caption_eval_subjects
     assert len({r["subject"] for r in evaluation}) == len({r["image"] for r in evaluation}) == len(evaluation)
-    contents = np.array([scenes.Scene.from_json(r["scene"]).attributes() for r in evaluation])
+    contents = np.array([subjects.Scene.from_json(r["scene"]).attributes() for r in evaluation])
     distance = (contents[:, None] != contents[None]).sum(-1) + 9 * np.eye(len(contents), dtype=int)
     assert distance.min() >= config.min_distance
     for record in train + evaluation:
@@ -156,14 +161,14 @@ def test_every_eval_edit_has_its_own_subject_and_held_out_scans(scene_world):
     for record in _records(scene_world, "vqa_eval") + _records(scene_world, "vqa_dev"):
         kind = scene_facts.KIND_BY_NAME[record["kind"]]
         param = tuple(record["param"]) if isinstance(record["param"], list) else record["param"]
-        assert kind.answer(scenes.Scene.from_json(record["scene"]), param) == record["pred"]
+        assert kind.answer(subjects.Scene.from_json(record["scene"]), param) == record["pred"]
         assert record["alt"] in kind.answers
 
 
 def test_tokenizer_keeps_every_prompt_a_prefix(scene_world):
     tok = scene_world.tokenizer()
     assert tok.padding_side == "right" and tok("\n", add_special_tokens=False).input_ids
-    scene = scenes.Scene((0, 1, 2, 3), (0, 1, 2, 3), 0)
+    scene = subjects.Scene((0, 1, 2, 3), (0, 1, 2, 3), 0)
     for kind in scene_facts.SCENE_KINDS:
         for template in range(len(kind.templates)):
             for param in kind.every_param:
@@ -222,7 +227,7 @@ def test_query_heads_loss_is_three_uniform_cross_entropies_when_the_heads_are_ze
     for module in (heads.digit, heads.ink, heads.paper):
         torch.nn.init.zeros_(module.weight)
         torch.nn.init.zeros_(module.bias)
-    scene_list = [scenes.Scene((1, 2, 3, 4), (0, 1, 2, 3), 1), scenes.Scene((5, 6, 7, 7), (5, 5, 3, 2), 3)]
+    scene_list = [subjects.Scene((1, 2, 3, 4), (0, 1, 2, 3), 1), subjects.Scene((5, 6, 7, 7), (5, 5, 3, 2), 3)]
     loss = heads.loss(torch.randn(2, 4, 8), scene_list)
     assert loss.item() == pytest.approx(math.log(10) + math.log(6) + math.log(4), rel=1e-6)
     with pytest.raises(ValueError, match="num_query_tokens"):
@@ -246,7 +251,7 @@ def test_content_contrast_is_symmetric_infonce_over_pairs():
 
 def test_ask_draws_every_kind_in_both_prompt_formats():
     rng = np.random.default_rng(0)
-    scene = scenes.sample_scene(rng)
+    scene = subjects.sample_scene(rng)
     asked = [scene_pretrain.ask(scene, rng, caption_rate=0.1) for _ in range(2000)]
     assert {q.kind for q in asked} == {k.name for k in scene_facts.SCENE_KINDS} | {"caption", "classification"}
     formats = {q.prompt.startswith("Question: ") for q in asked}
@@ -261,12 +266,12 @@ def test_every_kind_points_at_the_cell_its_answer_comes_from():
         for param in kind.every_param:
             pointed_matters = False
             for _ in range(50):
-                scene = scenes.sample_scene(rng)
+                scene = subjects.sample_scene(rng)
                 cell = kind.cell(scene, param)
                 for other in range(4):
                     digits, inks = list(scene.digits), list(scene.inks)
                     digits[other], inks[other] = (digits[other] + 1) % 10, (inks[other] + 1) % 6
-                    changed = scenes.Scene(tuple(digits), tuple(inks), scene.paper)
+                    changed = subjects.Scene(tuple(digits), tuple(inks), scene.paper)
                     differs = kind.answer(changed, param) != kind.answer(scene, param)
                     if other == cell:
                         pointed_matters |= differs
@@ -287,13 +292,13 @@ def test_dev_subjects_are_carved_from_the_train_pool_and_held_out_from_training(
     """Guards the dev split: its own subjects (as distinct as eval's), built from dev scans only, which no train
     record and no pretraining step (the train pool) uses."""
     config = scene_world.config
-    _, labels = images.load_scans()
+    _, labels = load_scans()
     pools = scan_pools(config, labels)
     train = _records(scene_world, "vqa_train") + _records(scene_world, "caption_train")
     dev = _records(scene_world, "vqa_dev") + _records(scene_world, "caption_dev")
     assert len(dev) == config.n_dev_subjects + config.n_caption_dev_subjects
     assert len({r["subject"] for r in dev}) == len({r["image"] for r in dev}) == len(dev)
-    contents = np.array([scenes.Scene.from_json(r["scene"]).attributes() for r in dev])
+    contents = np.array([subjects.Scene.from_json(r["scene"]).attributes() for r in dev])
     distance = (contents[:, None] != contents[None]).sum(-1) + 9 * np.eye(len(contents), dtype=int)
     assert distance.min() >= config.min_distance
     dev_scans = {s for r in dev for s in r["scans"] + r["rephrase_scans"]}
@@ -379,26 +384,32 @@ def _compose(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
-def test_the_harness_keeps_the_digits_world_as_default_and_selects_scenes_by_config():
-    """Guards the selection: no override composes the digits world; ``model=toy_scenes`` the scenes world, with
-    the toy YAMLs and archives of its own (``results/toy_scenes``)."""
-    default, scenes = _compose(), _compose("model=toy_scenes")
-    assert (default.model.name, default.model.toy_world) == ("toy", "default")
-    assert (scenes.model.name, scenes.model.toy_world, scenes.model.hparams_name) == (
-        "toy_scenes",
-        "scenes",
+def test_the_harness_defaults_to_the_scenes_world_and_selects_digits_by_config():
+    """Guards the selection: no override composes the scenes world (``model=toy``, archives under
+    ``results/toy``), as ``toyworld.load()`` and the toy YAMLs' paths do; ``model=toy_digits`` the digits world,
+    with the same toy YAMLs and archives of its own (``results/toy_digits``)."""
+    default, digits = _compose(), _compose("model=toy_digits")
+    assert (default.model.name, default.model.toy_world) == ("toy", "scenes") == ("toy", toyworld.DEFAULT_CONFIG)
+    assert default.run.archive_dir == "results/toy"
+    assert (digits.model.name, digits.model.toy_world, digits.model.hparams_name) == (
+        "toy_digits",
+        "digits",
         "toy-blip2",
     )
-    assert scenes.run.archive_dir == "results/toy_scenes" != default.run.archive_dir
-    assert isinstance(toyworld.CONFIGS[scenes.model.toy_world], toyworld.SceneWorldConfig)
+    assert digits.run.archive_dir == "results/toy_digits"
+    assert isinstance(toyworld.CONFIGS[default.model.toy_world], toyworld.SceneWorldConfig)
+    assert isinstance(toyworld.CONFIGS[digits.model.toy_world], toyworld.ToyWorldConfig)
+    for path in sorted(PROJECT_ROOT.glob("hparams/**/toy-blip2.yaml")):  # the YAMLs' own paths name the default
+        text = path.read_text()
+        assert ".cache/toyworld/scenes/opt" in text and ".cache/toyworld/digits" not in text, path
 
 
 def test_the_harness_edits_a_scenes_world_end_to_end(scene_world, tmp_path):
-    """``model=toy_scenes`` runs: the runner loads the scenes world, meta-trains LiveEdit on its train split (two
+    """``model=toy`` runs: the runner loads the scenes world, meta-trains LiveEdit on its train split (two
     steps) and scores edits of its eval split with EasyEdit's metric."""
     from easyedit_liveedit.bench.runner import Runner
 
-    cfg = _compose("command=edit", "method=LiveEdit", "model=toy_scenes", "model.toy_world=scenes_small",
+    cfg = _compose("command=edit", "method=LiveEdit", "model=toy", "model.toy_world=scenes_small",
                    "run.edits=[1,2]", "run.train_steps=2", "run.val_size=4", "run.probe_limit=4", "run.threads=1",
                    "run.progress=false", f"run.archive_dir={tmp_path / 'archives'}")  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:

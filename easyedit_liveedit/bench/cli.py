@@ -34,8 +34,8 @@ LOG = logging.getLogger(__name__)
 USAGE = (
     "usage: easyedit-liveedit {" + ",".join((*COMMANDS, "methods")) + "} [group=option ...] [key=value ...] "
     "[--multirun]\n"
-    "  groups: method=LiveEdit|MEND|SERAC|IKE  model=toy|blip2|minigpt4|llava  data=toy_evqa|toy_eic|mmedit  "
-    "run=default|quick\n"
+    "  groups: method=LiveEdit|MEND|SERAC|IKE  model=toy|toy_digits|blip2|minigpt4|llava  "
+    "data=toy_evqa|toy_eic|mmedit  run=default|quick\n"
     "  e.g.   easyedit-liveedit compare run=quick   (or --quick)\n"
     "         easyedit-liveedit edit method=MEND data=toy_eic run.edits=[10]\n"
     "  --cfg job prints the composed configuration; --help shows Hydra's help."

@@ -9,7 +9,7 @@ Groups:
 
 * ``method``: an editor and its EasyEdit hparams YAMLs (``hparams/<ALG>/<model>.yaml`` for editing,
   ``hparams/TRAINING/<ALG>/<model>.yaml`` for meta-training), plus per-key overrides of those YAMLs.
-* ``model``: a backbone (``toy``, ``toy_scenes``, ``blip2``, ``minigpt4``, ``llava``): which hparams file name it
+* ``model``: a backbone (``toy``, ``toy_digits``, ``blip2``, ``minigpt4``, ``llava``): which hparams file name it
   uses and, for a toy backbone, which toy world to build or load.
 * ``data``: the MMEdit records (toy E-VQA, toy E-IC, or MMEdit/VLKEB JSON files for real backbones).
 * ``run``: edit counts, seed, output and archive folders, training length, threads (``default``, ``quick``).
@@ -46,9 +46,9 @@ class MethodConfig:
 class ModelConfig:
     """A backbone."""
 
-    name: str = MISSING  # toy | toy_scenes | blip2 | minigpt4 | llava
+    name: str = MISSING  # toy (the scenes world) | toy_digits | blip2 | minigpt4 | llava
     hparams_name: str = MISSING  # the <model> of hparams/<ALG>/<model>.yaml
-    toy_world: str | None = None  # a toyworld.CONFIGS name (default, small, scenes, scenes_small); null: real backbone
+    toy_world: str | None = None  # a toyworld.CONFIGS name (scenes, scenes_small, digits, small); null: real backbone
 
 
 @dataclass

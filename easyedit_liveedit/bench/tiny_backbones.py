@@ -25,7 +25,7 @@ from torch import nn
 
 from ..easyedit.checkpoints import GLUE
 from ..toyworld.backbone import construct, write_fresh_backbone
-from ..toyworld.config import SMALL
+from ..toyworld.digits.config import SMALL
 from ..toyworld.easyedit_shims import vision_tower_builder
 from ..toyworld.layout import Layout
 from ..toyworld.tokenizer import train_opt_tokenizer, train_qformer_vocab

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..easyedit.compat import cuda_to_cpu
-from .config import ToyWorldConfig
+from .config import WorldConfig
 from .easyedit_shims import blip2_checkpoint, image_processor_size, skip_qformer_checkpoint, vision_tower_builder
 from .layout import Layout
 from .tokenizer import load_opt_tokenizer
@@ -27,7 +27,7 @@ from .vision import VisionConfig, build_vision_tower
 LOG = logging.getLogger(__name__)
 
 
-def write_fresh_backbone(config: ToyWorldConfig, layout: Layout, vocab_size: int, qformer_vocab_size: int) -> None:
+def write_fresh_backbone(config: WorldConfig, layout: Layout, vocab_size: int, qformer_vocab_size: int) -> None:
     """Write randomly initialised OPT and Q-Former folders and the ViT config (before pretraining).
 
     The tokenizer files must already be in ``layout.opt`` / ``layout.qformer``; this adds configs and weights.
@@ -106,6 +106,13 @@ def construct(layout: Layout, num_query_token: int) -> torch.nn.Module:
             qformer_name_or_path=str(layout.qformer),
         )
     return model.float()  # the wheel loads OPT in fp16; the toy backbone trains and runs in fp32 on the CPU
+
+
+def load_trained(layout: Layout, image_size: int, num_query_token: int) -> torch.nn.Module:
+    """The trained backbone in ``layout``, built by EasyEdit's own ``Blip2OPT`` constructor call, in eval mode."""
+    with easyedit_patches(layout, image_size):
+        model = construct(layout, num_query_token)
+    return model.eval()
 
 
 def save_trained(model: torch.nn.Module, layout: Layout) -> None:

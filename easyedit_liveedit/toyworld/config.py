@@ -1,11 +1,9 @@
-"""Sizes of the toy worlds: the data split, the small BLIP-2-OPT and its pretraining schedule.
+"""What every world configuration shares: a fingerprint that names its cache entry, and field checks.
 
-Two worlds, each with a full and a test-sized configuration:
-
-* the digits world (``ToyWorldConfig``): one ``load_digits`` scan per subject. ``default`` (pretrained to >= 90%
-  per question kind) and ``small`` (unit tests; a few dozen images, a model a few times smaller, seconds).
-* the scenes world (``SceneWorldConfig``, E-VQA's structure: every eval edit has its own subject, and a
-  subject's other rendering is retrievable among all of them): ``scenes`` and ``scenes_small`` (unit tests).
+Each world has its own configuration dataclass (``digits.config.ToyWorldConfig``, ``scenes.config.SceneWorldConfig``),
+a frozen dataclass of sizes, model widths and pretraining schedule that derives from ``WorldConfig``. A built world
+is reused only while its configuration's fingerprint is unchanged (``world.build``), and shipped artifacts are used
+only for the fingerprint they were built from (``artifacts.py``).
 """
 
 from __future__ import annotations
@@ -13,230 +11,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 
 
-class _Fingerprinted:
-    """A world configuration whose cache entry is reused only for the same configuration."""
+class WorldConfig:
+    """Base of a world's configuration dataclass: the fingerprint and the checks every field gets.
+
+    Model fields every world has (read by ``backbone.write_fresh_backbone``): ``seed``, ``image_size``,
+    ``patch_size``, ``vit_*``, ``qformer_*``, ``num_query_tokens``, ``opt_*``; and ``threads``, ``name``.
+    """
 
     def fingerprint(self) -> str:
-        """A short hash of every field."""
+        """A short hash of every field (names and values, not the class), so moving a class keeps it."""
         text = json.dumps(dataclasses.asdict(self), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
-
-@dataclass(frozen=True)
-class ToyWorldConfig(_Fingerprinted):
-    """Everything that determines the built toy world; its hash names the cache entry."""
-
-    name: str = "default"
-    seed: int = 0
-    # --- data: disjoint pools of load_digits scans --------------------------------------------------------------
-    n_train_images: int = 1000  # the train pool: pretraining's scans, of which the train split edits all but dev's
-    n_dev_images: int = 200  # carved from the train pool: the dev split (1,000 VQA edits); never meta-trained on
-    n_eval_images: int = 420  # edited in the eval split; never seen in pretraining
-    n_mloc_images: int = 177  # unrelated images for `m_loc`; never edited, never seen in pretraining
-    n_cls_images: int = 200  # held-out labelled images for the EMT-style classification split
-    image_size: int = 32  # the processor's size; EasyEdit's 364 is overridden (easyedit_shims.image_processor_size)
-    png_size: int = 64  # side of the written PNG files
-    # --- model: ViT -> Q-Former -> OPT, all small -----------------------------------------------------------------
-    patch_size: int = 8
-    vit_width: int = 64
-    vit_layers: int = 2
-    vit_heads: int = 4
-    qformer_hidden: int = 64
-    qformer_layers: int = 2
-    qformer_heads: int = 4
-    qformer_intermediate: int = 128
-    num_query_tokens: int = 4
-    opt_hidden: int = 64
-    opt_layers: int = 4
-    opt_heads: int = 4
-    opt_ffn: int = 256
-    # --- pretraining ----------------------------------------------------------------------------------------------
-    steps: int = 3500
-    batch_size: int = 24  # image questions per step
-    text_batch_size: int = 8  # text-only questions per step
-    lr: float = 2e-3
-    warmup: int = 200
-    aux_weight: float = 1.0  # digit classifier on the Q-Former output: stand-in for BLIP-2 stage 1
-    # Instance contrast between two random views of each scan: stand-in for stage 1's image-text contrastive
-    # learning, which makes image tokens describe *this* image (an MMEdit edit is about one image, not a class).
-    instance_weight: float = 1.0
-    instance_batch: int = 32  # scans per contrastive batch (each seen through two fresh views)
-    instance_temperature: float = 0.1
-    # One intra-op thread: these matrices are too small to split, and on a shared 2-core machine a second
-    # thread per process measured ~8x slower per op under contention.
-    threads: int = 1
-
-    def __post_init__(self) -> None:
+    def check_fields(self) -> None:
+        """Every int field a non-negative int, every float field a non-negative number (names the field)."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.type == "int" and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"ToyWorldConfig.{field.name}: expected a non-negative int, got {value!r}")
-        total = self.n_train_images + self.n_eval_images + self.n_mloc_images + self.n_cls_images
-        if total > 1797:
-            raise ValueError(f"ToyWorldConfig: the image pools need {total} scans, load_digits has 1797")
-        if not 0 < self.n_dev_images < self.n_train_images:
-            raise ValueError("ToyWorldConfig.n_dev_images: expected a positive number below n_train_images")
-        if self.image_size % self.patch_size:
-            raise ValueError("ToyWorldConfig.patch_size: must divide image_size")
-
-
-DEFAULT = ToyWorldConfig()
-SMALL = ToyWorldConfig(
-    name="small",
-    n_train_images=40,
-    n_dev_images=8,
-    n_eval_images=20,
-    n_mloc_images=10,
-    n_cls_images=10,
-    image_size=16,
-    png_size=16,
-    vit_width=32,
-    vit_layers=1,
-    vit_heads=2,
-    qformer_hidden=32,
-    qformer_layers=2,
-    qformer_heads=2,
-    qformer_intermediate=64,
-    num_query_tokens=4,
-    opt_hidden=32,
-    opt_layers=4,  # as many as the default, so the toy YAMLs (inner_params, edit_layer) fit both
-    opt_heads=2,
-    opt_ffn=64,
-    steps=30,
-    batch_size=16,
-    text_batch_size=8,
-    warmup=5,
-)
-
-
-def _check_fields(config) -> None:
-    """Every int field non-negative; every tuple of ints positive (names the field)."""
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if field.type == "int" and (not isinstance(value, int) or value < 0):
-            raise ValueError(f"{type(config).__name__}.{field.name}: expected a non-negative int, got {value!r}")
-        if field.type == "float" and (not isinstance(value, int | float) or value < 0):
-            raise ValueError(f"{type(config).__name__}.{field.name}: expected a non-negative number, got {value!r}")
-
-
-@dataclass(frozen=True)
-class SceneWorldConfig(_Fingerprinted):
-    """Everything that determines a built scenes world (``scenes.py``); its hash names the cache entry.
-
-    Sizes were chosen on a dev split carved from the train pool's scans (never on the eval split): 32-pixel
-    scenes with 16-pixel cells and 8-pixel patches (four patches per cell, so a patch never mixes two cells),
-    digits drawn 13 or 14 pixels wide (less jitter read better: 0.973 per cell after 10,000 vision steps
-    against 0.968 with 11-14), and the digits world's model sizes.
-    """
-
-    name: str = "scenes"
-    seed: int = 0
-    # --- data: disjoint pools of load_digits scans (1,797 in all) -------------------------------------------------
-    n_train_scans: int = 1000  # the train pool: the dev scans, then the scans of train subjects and pretraining
-    n_dev_scans: int = 150  # carved from the train pool: dev subjects are composed of these; never trained on
-    n_eval_scans: int = 400  # eval subjects (VQA and caption); never seen in pretraining
-    n_mloc_scans: int = 197  # never-edited subjects that `m_loc` asks about
-    n_cls_scans: int = 200  # the EMT-style classification split
-    # --- subjects: one edit per subject -----------------------------------------------------------------------------
-    n_train_subjects: int = 6000  # E-VQA train edits
-    n_eval_subjects: int = 2016  # E-VQA eval edits (168 per kind)
-    n_caption_train_subjects: int = 1000  # E-IC train edits
-    n_caption_eval_subjects: int = 400  # E-IC eval edits
-    n_dev_subjects: int = 1008  # E-VQA dev edits (84 per kind), for probes and choices; carved from the train split
-    n_caption_dev_subjects: int = 200  # E-IC dev edits
-    n_mloc_subjects: int = 400
-    n_cls_subjects: int = 200
-    min_distance: int = 3  # held-out contents differ in at least this many of their nine attributes
-    # --- rendering --------------------------------------------------------------------------------------------------
-    image_size: int = 32  # the processor's size and the PNG's (so EasyEdit's resize is the identity)
-    digit_sizes: tuple[int, ...] = (13, 14)  # a scan is upscaled to one of these, then placed in its cell
-    margin: int = 1  # pixels kept free at each cell's edge
-    # --- model: ViT -> Q-Former -> OPT (the field names backbone.write_fresh_backbone reads) ------------------------
-    patch_size: int = 8
-    vit_width: int = 64
-    vit_layers: int = 2
-    vit_heads: int = 4
-    qformer_hidden: int = 64
-    qformer_layers: int = 2
-    qformer_heads: int = 4
-    qformer_intermediate: int = 128
-    num_query_tokens: int = 4  # one per cell (the per-cell heads of stage 1 give token i cell i's meaning)
-    opt_hidden: int = 64
-    opt_layers: int = 4
-    opt_heads: int = 4
-    opt_ffn: int = 256
-    # --- pretraining (scene_pretrain.py) -------------------------------------------------------------------------
-    vision_steps: int = 10000  # stage 1: ViT + Q-Former with the per-cell heads only (no LM; ~20 ms a step)
-    vision_batch_size: int = 16  # scenes per stage-1 step (each rendered twice)
-    # Stage 2: everything, answers + text + the stage-1 losses. On a dev split, 6,000 steps left three kinds at
-    # 0.84-0.89 and still rising; 9,000 fit the 30-minute build on a 2-core machine.
-    steps: int = 9000
-    batch_size: int = 16  # scenes per stage-2 step (each rendered twice, one question per rendering)
-    text_batch_size: int = 8  # text-only questions per step
-    caption_rate: float = 1 / 13  # share of captions among the image questions
-    lr: float = 2e-3
-    warmup: int = 200
-    aux_weight: float = 1.0  # the per-cell heads in stage 2
-    contrast_weight: float = 1.0  # two renderings of one scene must find each other in the batch
-    contrast_temperature: float = 0.1
-    # Pointing: the attention of one LM layer (mean over its heads) is taught to look, from the position that
-    # predicts the answer, at the image token of the cell the question is about (scene_pretrain.py).
-    pointing_weight: float = 1.0
-    pointing_layer: int = 2
-    # One intra-op thread, as the digits world (small matrices; a shared 2-core machine).
-    threads: int = 1
-
-    def __post_init__(self) -> None:
-        _check_fields(self)
-        total = self.n_train_scans + self.n_eval_scans + self.n_mloc_scans + self.n_cls_scans
-        if total > 1797:
-            raise ValueError(f"SceneWorldConfig: the scan pools need {total} scans, load_digits has 1797")
-        if not 0 < self.n_dev_scans < self.n_train_scans:
-            raise ValueError("SceneWorldConfig.n_dev_scans: expected a positive number below n_train_scans")
-        if self.image_size % 2 or (self.image_size // 2) % self.patch_size:
-            raise ValueError("SceneWorldConfig.patch_size: must divide the cell (image_size / 2)")
-        if not self.digit_sizes or max(self.digit_sizes) + 2 * self.margin > self.image_size // 2:
-            raise ValueError("SceneWorldConfig.digit_sizes: each size plus two margins must fit a cell")
-        if self.num_query_tokens != 4:
-            raise ValueError("SceneWorldConfig.num_query_tokens: the scenes world has one query token per cell (4)")
-        if self.pointing_layer >= self.opt_layers:
-            raise ValueError("SceneWorldConfig.pointing_layer: must be a layer of the OPT (< opt_layers)")
-        if not 1 <= self.min_distance <= 9:
-            raise ValueError("SceneWorldConfig.min_distance: expected 1-9 (of nine attributes)")
-
-
-SCENES = SceneWorldConfig()
-SCENES_SMALL = SceneWorldConfig(
-    name="scenes_small",
-    n_train_scans=200,
-    n_dev_scans=50,
-    n_eval_scans=100,
-    n_mloc_scans=50,
-    n_cls_scans=50,
-    n_train_subjects=48,
-    n_eval_subjects=24,
-    n_caption_train_subjects=8,
-    n_caption_eval_subjects=6,
-    n_dev_subjects=24,
-    n_caption_dev_subjects=6,
-    n_mloc_subjects=10,
-    n_cls_subjects=6,
-    vit_width=32,
-    vit_layers=1,
-    vit_heads=2,
-    qformer_hidden=32,
-    qformer_heads=2,
-    qformer_intermediate=64,
-    opt_hidden=32,
-    opt_heads=2,
-    opt_ffn=64,
-    vision_steps=10,
-    vision_batch_size=4,
-    steps=20,
-    batch_size=4,
-    warmup=5,
-)
-CONFIGS = {"default": DEFAULT, "small": SMALL, "scenes": SCENES, "scenes_small": SCENES_SMALL}
+                raise ValueError(f"{type(self).__name__}.{field.name}: expected a non-negative int, got {value!r}")
+            if field.type == "float" and (not isinstance(value, int | float) or value < 0):
+                raise ValueError(f"{type(self).__name__}.{field.name}: expected a non-negative number, got {value!r}")

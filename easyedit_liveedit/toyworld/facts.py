@@ -1,14 +1,11 @@
-"""What the toy world's model knows: question kinds about a digit image, captions, and text-only arithmetic.
+"""What both worlds' models know without an image: number words and text-only arithmetic (T-Locality).
 
-Every answer is a pure function of a digit label (0-9) or of two operands, so the ground truth is never in
-doubt, and every question kind has several phrasings so that a paraphrase (T-Generality) is a real test:
-the model meets all phrasings in pretraining, each tied to the same answer.
+Every sum of two digits in four phrasings; the answer is a number word. ``loc`` questions are drawn from these
+facts, pretraining teaches all of them in every phrasing (so a paraphrase is a real test), and each world's
+question kinds (``digits.facts``, ``scenes.facts``) answer with these number words.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
 
 NUMBER_WORDS = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
@@ -16,124 +13,7 @@ NUMBER_WORDS = (
 ).split()
 DIGIT_WORDS = NUMBER_WORDS[:10]
 
-
-@dataclass(frozen=True)
-class QuestionKind:
-    """A kind of question about a digit image: its phrasings, its answer space and its answer function."""
-
-    name: str
-    templates: tuple[str, ...]  # paraphrases of one question; all are asked in pretraining
-    answers: tuple[str, ...]  # the answer space a counterfactual `alt` is drawn from
-    answer: Callable[[int], str]  # digit label -> correct answer
-
-    def __post_init__(self) -> None:
-        if len(self.templates) < 2:
-            raise ValueError(f"question kind {self.name!r}: needs at least two phrasings for `rephrase`")
-        for digit in range(10):
-            if self.answer(digit) not in self.answers:
-                raise ValueError(f"question kind {self.name!r}: answer for digit {digit} is outside `answers`")
-
-
-def _digit(d: int) -> str:
-    return DIGIT_WORDS[d]
-
-
-def _parity(d: int) -> str:
-    return "even" if d % 2 == 0 else "odd"
-
-
-def _successor(d: int) -> str:
-    return NUMBER_WORDS[d + 1]
-
-
-def _above_four(d: int) -> str:
-    return "yes" if d > 4 else "no"
-
-
-def _double(d: int) -> str:
-    return NUMBER_WORDS[2 * d]
-
-
-VQA_KINDS: tuple[QuestionKind, ...] = (
-    QuestionKind(
-        "digit",
-        (
-            "what digit is shown in the image?",
-            "which digit is written here?",
-            "what number does this picture show?",
-            "name the digit in the image.",
-        ),
-        tuple(DIGIT_WORDS),
-        _digit,
-    ),
-    QuestionKind(
-        "parity",
-        (
-            "is the digit odd or even?",
-            "is the number in the picture even or odd?",
-            "what is the parity of the digit shown?",
-            "is this digit an odd or an even number?",
-        ),
-        ("odd", "even"),
-        _parity,
-    ),
-    QuestionKind(
-        "successor",
-        (
-            "what number comes after the digit shown?",
-            "which number follows the digit in the image?",
-            "what is the next number after this digit?",
-            "what do you get by counting one past the digit in the picture?",
-        ),
-        tuple(NUMBER_WORDS[1:11]),
-        _successor,
-    ),
-    QuestionKind(
-        "above_four",
-        (
-            "is the digit greater than four?",
-            "is the number shown bigger than four?",
-            "does the image show a digit above four?",
-            "is this digit larger than four?",
-        ),
-        ("yes", "no"),
-        _above_four,
-    ),
-    QuestionKind(
-        "double",
-        (
-            "what is twice the digit shown?",
-            "what do you get when you double the digit in the image?",
-            "what is the digit in the picture times two?",
-            "how much is two times this digit?",
-        ),
-        tuple(NUMBER_WORDS[0:19:2]),
-        _double,
-    ),
-)
-KIND_BY_NAME = {kind.name: kind for kind in VQA_KINDS}
-
-# E-IC: a caption prompt is completed by the caption (CaptionDataset joins `src` and `alt` with one space).
-CAPTION_PROMPTS = (
-    "a picture of",
-    "this image shows",
-    "the photo contains",
-    "here we see",
-)
-
-
-def caption(digit: int) -> str:
-    """The caption of a digit image."""
-    return f"a handwritten {DIGIT_WORDS[digit]}"
-
-
-# EMT-style classification: the prompt lists every class name, the answer is one of them.
-CLASSIFICATION_PROMPTS = (
-    "which of " + ", ".join(DIGIT_WORDS[:-1]) + " or " + DIGIT_WORDS[-1] + " is shown in the image?",
-    "classify the image as one of " + ", ".join(DIGIT_WORDS) + ".",
-)
-
-# Text-only knowledge (T-Locality): sums of two digits, four phrasings each; answers are number words.
+# Sums of two digits, four phrasings each; answers are number words.
 ARITHMETIC_TEMPLATES = (
     "what is {a} plus {b}?",
     "how much is {a} plus {b}?",
@@ -148,12 +28,20 @@ def arithmetic(a: int, b: int, template: int) -> tuple[str, str]:
     return question, NUMBER_WORDS[a + b]
 
 
-def all_text() -> list[str]:
-    """Every string the toy world can produce (the tokenizers' training corpus)."""
-    lines = [t for kind in VQA_KINDS for t in kind.templates]
-    lines += [a for kind in VQA_KINDS for a in kind.answers]
-    lines += list(CAPTION_PROMPTS) + [caption(d) for d in range(10)] + list(CLASSIFICATION_PROMPTS)
-    lines += [" ".join(arithmetic(a, b, t)) for a in range(10) for b in range(10) for t in range(4)]
-    lines += [f"Question: {t} Short answer: " for kind in VQA_KINDS for t in kind.templates]
-    lines += [" ".join(NUMBER_WORDS)]
-    return lines
+def text_facts() -> list[dict]:
+    """Every text-only fact in every phrasing, in a fixed order: ``question``, ``answer``, ``a``, ``b``, ``template``.
+
+    The ``text_facts`` split of both worlds, their pretraining's text examples and part of their tokenizers' corpus.
+    """
+    return [
+        {"question": q, "answer": answer, "a": a, "b": b, "template": t}
+        for a in range(10)
+        for b in range(10)
+        for t in range(len(ARITHMETIC_TEMPLATES))
+        for q, answer in [arithmetic(a, b, t)]
+    ]
+
+
+def text_lines() -> list[str]:
+    """Every text-only fact as one line "question answer" (part of both worlds' tokenizer corpus)."""
+    return [f"{fact['question']} {fact['answer']}" for fact in text_facts()]

@@ -2,15 +2,17 @@
 
 <cache>/<config name>/
     manifest.json            configuration, fingerprint, sizes, pretraining time and accuracy
-    images/digits/NNNN.png   canonical views (hparams `coco_image` = images/)
-    images/views/NNNN.png    the other view of the same scan (`rephrase_image` = images/)
-    data/vqa_{train,eval}.json, data/caption_{train,eval}.json   MMEdit E-VQA / E-IC records
+    images/scenes/*.png      canonical renderings (scenes world; the digits world: images/digits/NNNN.png), hparams
+                             `coco_image` = images/
+    images/views/*.png       the subject's other rendering or view (`rephrase_image` = images/)
+    data/{vqa,caption}_{train,dev,eval}.json                      MMEdit E-VQA / E-IC records
     data/classification.json, data/text_facts.json               EMT-style probe, text-only knowledge
     opt/                     OPT config + weights (save_pretrained) + GPT-2 style tokenizer (`name`)
     qformer/                 BERT config + weights + WordPiece vocab.txt (`qformer_name_or_path`)
     vision/                  ToyViT config.json + model.safetensors (`state_dict_file`)
     blip2.safetensors        the full Blip2OPT state (`qformer_checkpoint`, loaded by easyedit_shims.blip2_checkpoint)
     serac-scope-bert/        SERAC's scope classifier (`cls_name`), written on first use (toyworld/serac.py)
+    installed-from.json      only in a world installed from a shipped backbone: its MANIFEST.json (artifacts.py)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CACHE_ENV = "EASYEDIT_LIVEEDIT_CACHE"
+FORMAT_VERSION = 2  # of a built world's folder; a world of another format is rebuilt
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -74,3 +77,7 @@ class Layout:
     @property
     def scope_classifier(self) -> Path:
         return self.root / "serac-scope-bert"
+
+    @property
+    def installed_from(self) -> Path:
+        return self.root / "installed-from.json"

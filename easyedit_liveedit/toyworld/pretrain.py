@@ -1,37 +1,26 @@
-"""CPU pretraining of the toy BLIP-2-OPT so that it genuinely answers before any edit.
+"""What both worlds' pretraining shares: teacher-forced examples in EasyEdit's two prompt formats, the pieces of
+``Blip2OPT.forward`` they run, EasyEdit's token accuracy, and one clipped AdamW stage with its schedule.
 
-What the model sees, per step (a seeded stream, so a run is reproducible on the same machine):
-* image questions about the *train* pool only (canonical view or the other view), every kind and phrasing, in
-  both prompt formats EasyEdit uses: the VQA template of ``VQADataset`` ("Question: {} Short answer: {answer}")
-  and the bare "{question} {answer}" of ``MultimodalEditor``'s metric; captions and the classification prompt;
-* text-only arithmetic facts in all four phrasings (the paraphrases make T-Locality/T-Generality meaningful).
-
-Loss: the teacher-forced answer loss of ``Blip2OPT`` (prompt tokens masked, exactly as its ``forward`` does)
-plus two auxiliary terms standing in for BLIP-2's first training stage (image-text representation learning):
-a digit classifier on the mean Q-Former output (without it the LM learns to ignore the image) and an
-instance contrast between two random views of each scan (without it the image tokens encode little beyond the
-digit class; measured: a linear key on layer-2 image tokens then finds a held-out scan from its other view for
-only 14% of 420 scans, while an MMEdit edit, and so LiveEdit's visual router, is about one scan). The heads are
-thrown away after pretraining; they are not part of the saved model.
+The answer loss is ``Blip2OPT``'s own (prompt tokens masked, exactly as its ``forward`` does): the image tokens
+(``image_prefix``: ViT -> ln_vision -> Q-Former -> opt_proj) are prepended to the embedded text and get no loss.
+Each world (``digits.pretrain``, ``scenes.pretrain``) decides what the model sees and which auxiliary losses stand
+in for BLIP-2's first stage.
 """
 
 from __future__ import annotations
 
-import logging
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import facts
-from .config import ToyWorldConfig
-
-LOG = logging.getLogger(__name__)
+from .facts import text_facts
 
 VQA_TEMPLATE = "Question: {} Short answer: "  # VQADataset.prompt
 
@@ -45,29 +34,9 @@ class Example:
     answer: str
 
 
-def image_examples(slot: int, label: int) -> list[Example]:
-    """Every question the toy world asks about one image, in both of EasyEdit's prompt formats."""
-    out = []
-    for kind in facts.VQA_KINDS:
-        for question in kind.templates:
-            out.append(Example(slot, VQA_TEMPLATE.format(question), kind.answer(label)))
-            out.append(Example(slot, question, kind.answer(label)))
-    for prompt in facts.CAPTION_PROMPTS:
-        out.append(Example(slot, prompt, facts.caption(label)))
-    for prompt in facts.CLASSIFICATION_PROMPTS:
-        out.append(Example(slot, prompt, facts.DIGIT_WORDS[label]))
-        out.append(Example(slot, VQA_TEMPLATE.format(prompt), facts.DIGIT_WORDS[label]))
-    return out
-
-
 def text_examples() -> list[Example]:
-    """Every arithmetic fact in every phrasing."""
-    return [
-        Example(-1, *facts.arithmetic(a, b, t))
-        for a in range(10)
-        for b in range(10)
-        for t in range(len(facts.ARITHMETIC_TEMPLATES))
-    ]
+    """Every arithmetic fact in every phrasing, as text-only examples (``facts.text_facts`` order)."""
+    return [Example(-1, fact["question"], fact["answer"]) for fact in text_facts()]
 
 
 class Encoder:
@@ -109,25 +78,6 @@ class Encoder:
         for row, (_, prompt_len) in enumerate(encoded):
             labels[row, :prompt_len] = -100
         return ids, mask, labels
-
-
-def random_views(images: torch.Tensor, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
-    """Show a fraction ``p`` of the batch through a fresh random view of the ``images.render_view`` family.
-
-    The written views are one fixed transform per scan; drawing new ones each step (rotation 0-15 degrees
-    either way, scale 0.85-1, shift up to one source pixel) teaches the model that a view keeps the subject,
-    which is what M-Generality (``image_rephrase``) asks of held-out scans.
-    """
-    n = images.shape[0]
-    angle = torch.deg2rad(torch.rand(n, generator=generator) * 30.0 - 15.0)
-    scale = 0.85 + 0.15 * torch.rand(n, generator=generator)
-    shift = (torch.rand(n, 2, generator=generator) * 2.0 - 1.0) * (2.0 / 8.0)  # one source pixel of 8, in [-1, 1]
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (B, H, W, 2): output -> input
-    moved = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    keep = (torch.rand(n, generator=generator) >= p).view(n, 1, 1, 1)
-    return torch.where(keep, images, moved)
 
 
 def image_prefix(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,171 +127,59 @@ def answer_accuracy(
     return correct / max(total, 1)
 
 
-def instance_contrastive_loss(
-    model: nn.Module, head: nn.Module, images: torch.Tensor, generator: torch.Generator, temperature: float
-) -> torch.Tensor:
-    """InfoNCE between two random views of each image: each view must pick its own scan out of the batch.
-
-    The stand-in for BLIP-2 stage 1's image-text contrastive learning, which is what makes a real VLM's image
-    tokens describe *this* image rather than only its class. Without it the toy's image tokens collapse to the
-    digit class (two scans of one digit look alike at every layer), while an MMEdit edit is about one scan.
-    """
-    views = torch.cat([random_views(images, generator, p=1.0), random_views(images, generator, p=1.0)])
-    query_out, _ = image_prefix(model, views)  # (2n, n_query, d_q)
-    z = F.normalize(head(query_out.flatten(1)), dim=-1)  # (2n, d_z)
-    first, second = z.chunk(2)
-    logits = first @ second.T / temperature  # (n, n): row i's positive is column i
-    target = torch.arange(len(images))
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+def warmup_cosine(step: int, steps: int, peak: float, warmup: int) -> float:
+    """The learning rate at ``step`` of ``steps``: linear warm-up to ``peak``, then cosine decay to 5% of it."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    done = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
 
 
-@dataclass
-class _Run:
-    """Everything the optimisation loop of ``pretrain`` works with (one seeded stream of batches)."""
-
-    model: nn.Module
-    config: ToyWorldConfig
-    encoder: Encoder
-    examples: list[Example]
-    texts: list[Example]
-    labels_by_slot: torch.Tensor
-    train_images: torch.Tensor  # (2n, 3, S, S): canonical views, then the written other views
-    heads: nn.ModuleDict  # auxiliary heads (digit classifier, instance projection); discarded afterwards
-    optimizer: torch.optim.Optimizer
-    heldout_images: torch.Tensor | None
-    heldout: list[Example]
-
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to 5% of the peak."""
-        c = self.config
-        if step < c.warmup:
-            return c.lr * (step + 1) / c.warmup
-        done = (step - c.warmup) / max(1, c.steps - c.warmup)
-        return c.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
-
-    def loss(self, rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
-        """One step's loss: image answers + text answers + digit classifier + instance contrast."""
-        c = self.config
-        batch = [self.examples[i] for i in rng.integers(len(self.examples), size=c.batch_size)]
-        slots = [e.image for e in batch]
-        query_out, prefix = image_prefix(self.model, random_views(self.train_images[slots], generator))
-        _, answer_loss = lm_logits_and_loss(self.model, prefix, *self.encoder.batch(batch))
-        aux_loss = F.cross_entropy(self.heads["digit"](query_out.mean(dim=1)), self.labels_by_slot[slots])
-        text_batch = [self.texts[i] for i in rng.integers(len(self.texts), size=c.text_batch_size)]
-        _, text_loss = lm_logits_and_loss(self.model, None, *self.encoder.batch(text_batch))
-        loss = answer_loss + text_loss + c.aux_weight * aux_loss
-        if c.instance_weight > 0:
-            n_scans = len(self.labels_by_slot) // 2
-            scans = torch.from_numpy(rng.choice(n_scans, size=min(c.instance_batch, n_scans), replace=False))
-            contrast = instance_contrastive_loss(
-                self.model, self.heads["instance"], self.train_images[scans], generator, c.instance_temperature
-            )
-            loss = loss + c.instance_weight * contrast
-        return loss
-
-
-def pretrain(
-    model: nn.Module,
-    tok,
-    config: ToyWorldConfig,
-    train_images: torch.Tensor,
-    train_labels: list[int],
-    heldout_images: torch.Tensor | None = None,
-    heldout_labels: list[int] | None = None,
-    progress: bool = True,
-) -> dict:
-    """Train every part of the toy backbone on the train pool; returns timing and held-out accuracy.
+def train_stage(
+    name: str,
+    steps: int,
+    loss_fn: Callable[[], torch.Tensor],
+    params: list[nn.Parameter],
+    lr: float,
+    warmup: int,
+    progress: bool,
+    load: list[float],
+) -> tuple[float, float]:
+    """One stage's clipped AdamW loop (weight decay 0.01, gradient norm 1, ``warmup_cosine``) over ``params``.
 
     Args:
-        model: a fresh ``Blip2OPT`` from ``backbone.construct``.
-        tok: the OPT-side tokenizer.
-        config: sizes and schedule (``steps``, ``batch_size``, ``text_batch_size``, ``lr``, ``warmup``, the
-            auxiliary weights).
-        train_images: (2 * n, 3, S, S): the n train scans' canonical views, then their other views.
-        train_labels: the n labels.
-        heldout_images, heldout_labels: optional held-out scans whose accuracy the progress bar reports.
+        name: shown on the progress bar.
+        steps: optimiser steps; each calls ``loss_fn`` once for the step's loss (it draws its own batch).
+        params: what the optimiser updates and the clip covers.
+        lr, warmup: the schedule's peak and warm-up steps.
         progress: show a tqdm progress bar.
+        load: 1-minute load averages are appended every 250 steps (on a shared machine the wall time means
+            little without them; ``load_summary``).
 
     Returns:
-        ``{"steps", "seconds", "cpu_seconds", "final_loss", "threads"}`` (+ ``"heldout_digit_accuracy"``).
+        (seconds, the last step's loss).
     """
-    torch.manual_seed(config.seed)
-    n = len(train_labels)
-    for param in model.parameters():  # Blip2OPT freezes its ViT; the toy ViT is trained from scratch here
-        param.requires_grad_(True)
-    width = model.query_tokens.shape[-1]
-    heads = nn.ModuleDict(
-        {
-            "digit": nn.Linear(width, 10),
-            "instance": nn.Linear(model.query_tokens.shape[1] * width, width),
-        }
-    )
-    params = list(model.parameters()) + list(heads.parameters())
-    heldout = []
-    if heldout_images is not None and heldout_labels is not None:
-        heldout = [
-            Example(i, facts.VQA_KINDS[0].templates[0], facts.VQA_KINDS[0].answer(y))
-            for i, y in enumerate(heldout_labels)
-        ]
-    run = _Run(
-        model=model,
-        config=config,
-        encoder=Encoder(tok),
-        examples=[e for slot in range(2 * n) for e in image_examples(slot, train_labels[slot % n])],
-        texts=text_examples(),
-        labels_by_slot=torch.tensor([train_labels[slot % n] for slot in range(2 * n)]),
-        train_images=train_images,
-        heads=heads,
-        optimizer=torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01),
-        heldout_images=heldout_images,
-        heldout=heldout,
-    )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        result = _loop(run, progress)
-    finally:
-        torch.set_num_threads(threads)
-    result["threads"] = config.threads
-    LOG.info("pretraining: %s", result)
-    return result
-
-
-def _loop(run: _Run, progress: bool) -> dict:
-    """The optimisation loop of ``pretrain``: seeded batches, clipped AdamW steps, held-out accuracy."""
-    config, model = run.config, run.model
-    rng = np.random.default_rng([config.seed, 4])
-    generator = torch.Generator().manual_seed(config.seed)
-    params = [p for group in run.optimizer.param_groups for p in group["params"]]
-    start, cpu_start = time.perf_counter(), time.process_time()
-    loss_value = float("nan")
-    bar = tqdm(range(config.steps), desc="pretraining toy BLIP-2", disable=not progress, mininterval=1.0)
-    model.train()
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    start, loss_value = time.perf_counter(), float("nan")
+    bar = tqdm(range(steps), desc=f"pretraining ({name})", disable=not progress, mininterval=1.0)
     for step in bar:
-        for group in run.optimizer.param_groups:
-            group["lr"] = run.lr_at(step)
-        loss = run.loss(rng, generator)
-        run.optimizer.zero_grad(set_to_none=True)
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_cosine(step, steps, lr, warmup)
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        run.optimizer.step()
+        optimizer.step()
         loss_value = float(loss.detach())
-        if run.heldout and (step + 1) % 500 == 0:
-            acc = answer_accuracy(model, run.encoder, run.heldout_images, run.heldout)
-            bar.set_postfix(loss=f"{loss_value:.3f}", heldout_digit=f"{acc:.3f}")
-            model.train()
-        elif step % 20 == 0:
+        if step % 50 == 0:
             bar.set_postfix(loss=f"{loss_value:.3f}")
-    seconds = time.perf_counter() - start
-    model.eval()
-    result = {
-        "steps": config.steps,
-        "seconds": round(seconds, 1),
-        "cpu_seconds": round(time.process_time() - cpu_start, 1),  # what the loop costs on an idle machine
-        "final_loss": round(loss_value, 4),
-    }
-    if run.heldout:
-        result["heldout_digit_accuracy"] = round(
-            answer_accuracy(model, run.encoder, run.heldout_images, run.heldout), 4
-        )
-    return result
+        if step % 250 == 0:
+            load.append(os.getloadavg()[0])
+    return time.perf_counter() - start, loss_value
+
+
+def load_summary(load: list[float]) -> dict | None:
+    """Mean and max of the sampled 1-minute load averages (2.0 fills a 2-core machine); None if none was taken."""
+    if not load:
+        return None
+    return {"mean": round(float(np.mean(load)), 2), "max": round(float(np.max(load)), 2)}

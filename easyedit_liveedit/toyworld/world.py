@@ -1,8 +1,12 @@
 """``build`` / ``load``: make (or reuse) a toy world in the cache and hand back what EasyEdit needs to run on it.
 
-A world is rebuilt only when its folder is missing or was built from a different configuration
-(``ToyWorldConfig.fingerprint``); building writes into a temporary folder that is renamed at the end, so an
-interrupted build never leaves a half-written world behind.
+Two worlds, each in its own subpackage: ``digits/`` (``ToyWorldConfig``) and ``scenes/`` (``SceneWorldConfig``);
+each has a ``build.write_data`` (images and records, seconds) and a ``build.build_into`` that writes a complete
+world into a folder. A world is made only when its folder is missing or was built from a different configuration
+(``WorldConfig.fingerprint``): from the backbone shipped for that configuration (``artifacts.py``: data rebuilt,
+backbone copied and checked, no pretraining) where there is one, else from scratch. Either way the world is
+written into a temporary folder that is renamed at the end, so an interrupted build never leaves a half-written
+world behind.
 """
 
 from __future__ import annotations
@@ -14,23 +18,23 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..easyedit.validate import validate_file
-from . import backbone, facts, images, records, scene_world, serac
-from .config import CONFIGS, SceneWorldConfig, ToyWorldConfig
-from .evaluate import ImageLoader, pre_edit_accuracy
-from .layout import Layout, cache_root
-from .pretrain import pretrain
-from .tokenizer import train_opt_tokenizer, train_qformer_vocab
+from . import artifacts, backbone, serac
+from .digits import build as digits_build
+from .digits.config import DIGITS, SMALL, ToyWorldConfig
+from .layout import FORMAT_VERSION, Layout, cache_root
+from .scenes import build as scenes_build
+from .scenes.config import SCENES, SCENES_SMALL, SceneWorldConfig
 
 LOG = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+CONFIGS = {config.name: config for config in (SCENES, SCENES_SMALL, DIGITS, SMALL)}
+DEFAULT_CONFIG = "scenes"  # the world every command uses unless told otherwise (`model=toy`)
 
 # Only the final scoring (the harness's `compare` / `edit`, and the world's own manifest, written once at build
 # time) reads these; probes, ablations and choices of settings read the dev split (vqa_dev, caption_dev).
@@ -93,9 +97,7 @@ class ToyWorld:
 
     def load_model(self) -> torch.nn.Module:
         """The pretrained backbone, built by EasyEdit's own ``Blip2OPT`` constructor call, in eval mode."""
-        with self.easyedit_patches():
-            model = backbone.construct(self.layout, self.config.num_query_tokens)
-        return model.eval()
+        return backbone.load_trained(self.layout, self.config.image_size, self.config.num_query_tokens)
 
     def tokenizer(self):
         """The OPT-side tokenizer (``GPT2Tokenizer``)."""
@@ -116,115 +118,45 @@ def _resolve(config: str | ToyWorldConfig | SceneWorldConfig) -> ToyWorldConfig 
     return CONFIGS[config]
 
 
-def _is_current(layout: Layout, config: ToyWorldConfig) -> bool:
+def _world_module(config: ToyWorldConfig | SceneWorldConfig):
+    """The subpackage module that writes this world: ``write_data`` (images and records) and ``build_into``."""
+    return scenes_build if isinstance(config, SceneWorldConfig) else digits_build
+
+
+def _is_current(layout: Layout, config: ToyWorldConfig | SceneWorldConfig) -> bool:
     if not layout.manifest.is_file():
         return False
     manifest = json.loads(layout.manifest.read_text())
     return manifest.get("fingerprint") == config.fingerprint() and manifest.get("format") == FORMAT_VERSION
 
 
-def _write_data(config: ToyWorldConfig, layout: Layout) -> tuple[records.Pools, Any]:
-    """Images, MMEdit records, the classification split and the text facts; returns pools and labels."""
-    scans, labels = images.load_scans()
-    sizes = (config.n_train_images, config.n_eval_images, config.n_mloc_images, config.n_cls_images)
-    pools = records.Pools.split(labels, sizes, config.seed, config.n_dev_images)
-    every = pools.train + pools.dev + pools.eval + pools.mloc + pools.cls
-    paths = images.write_images(scans, every, layout.images, config.png_size, config.seed)
-    for split, pool in (("train", pools.train), ("dev", pools.dev), ("eval", pools.eval)):
-        records.write_json(
-            records.vqa_records(pool, labels, paths, pools.mloc, config.seed), layout.split(f"vqa_{split}")
-        )
-        caption = records.caption_records(pool, labels, paths, pools.mloc, config.seed)
-        records.write_json(caption, layout.split(f"caption_{split}"))
-    records.write_json(records.classification_records(pools.cls, labels, paths), layout.split("classification"))
-    records.write_json(records.text_fact_records(), layout.split("text_facts"))
-    for name in ("vqa_train", "vqa_dev", "vqa_eval", "caption_train", "caption_dev", "caption_eval"):
-        validate_file(layout.split(name), layout.images)
-    return pools, labels
-
-
-def _image_tensor(layout: Layout, relative: list[str], image_size: int) -> torch.Tensor:
-    loader = ImageLoader(layout.images, image_size)
-    return torch.stack([loader(path) for path in relative])
-
-
-def _build_digits_into(config: ToyWorldConfig, work: Layout, progress: bool, evaluate_limit: int | None) -> dict:
-    """Write a complete digits world into ``work``; returns its manifest without format, fingerprint and time."""
-    pools, labels = _write_data(config, work)
-    corpus = facts.all_text()
-    train_opt_tokenizer(corpus, work.opt)
-    qformer_vocab = train_qformer_vocab(corpus, work.qformer)
-    tok = backbone.load_tokenizer(work)
-    backbone.write_fresh_backbone(config, work, len(tok), qformer_vocab)
-    model = backbone.construct(work, config.num_query_tokens)
-
-    # Pretraining sees the whole train pool, its dev scans included: canonical views, then the other views. Unlike
-    # the scenes world's, the digits world's dev scans are held out from meta-training only, so that its backbone
-    # stays the one every figure of the digits world was measured on (without them, 800 scans, double's
-    # image_rephrase fell from 0.98 to 0.87 on the eval split; BENCHMARKS.md, "Toy world").
-    pretraining_pool = sorted(pools.train + pools.dev)
-    relative = [f"digits/{i:04d}.png" for i in pretraining_pool] + [f"views/{i:04d}.png" for i in pretraining_pool]
-    train_images = _image_tensor(work, relative, config.image_size)
-    heldout_images = _image_tensor(work, [f"digits/{i:04d}.png" for i in pools.eval], config.image_size)
-    result = pretrain(
-        model,
-        tok,
-        config,
-        train_images,
-        [int(labels[i]) for i in pretraining_pool],
-        heldout_images,
-        [int(labels[i]) for i in pools.eval],
-        progress=progress,
-    )
-    backbone.save_trained(model, work)
-
-    # Measure through EasyEdit's own constructor + metric on the saved files (what every user will load).
-    world = ToyWorld(config, work, {})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        accuracy = pre_edit_accuracy(world.load_model(), tok, work, config.image_size, limit=evaluate_limit)
-    finally:
-        torch.set_num_threads(threads)
-    return {
-        "config": asdict(config),
-        "sizes": {
-            "images": {k: len(getattr(pools, k)) for k in ("train", "dev", "eval", "mloc", "cls")},
-            "vqa_train": len(json.loads(work.split("vqa_train").read_text())),
-            "vqa_dev": len(json.loads(work.split("vqa_dev").read_text())),
-            "vqa_eval": len(json.loads(work.split("vqa_eval").read_text())),
-            "caption_train": len(pools.train),
-            "caption_dev": len(pools.dev),
-            "caption_eval": len(pools.eval),
-            "classification": len(pools.cls),
-            "text_facts": len(json.loads(work.split("text_facts").read_text())),
-            "opt_vocab": len(tok),
-            "parameters": sum(p.numel() for p in model.parameters()),
-        },
-        "pretraining": result,
-        "pre_edit_accuracy": accuracy,
-    }
-
-
 def build(
-    config: str | ToyWorldConfig | SceneWorldConfig = "default",
+    config: str | ToyWorldConfig | SceneWorldConfig = DEFAULT_CONFIG,
     cache: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
     evaluate_limit: int | None = 100,
+    artifacts_root: str | Path | None = None,
 ) -> ToyWorld:
-    """Build the toy world (data, tokenizers, pretrained backbone) unless an identical one is cached.
+    """Make the toy world unless an identical one is cached: from its shipped backbone where there is one, else
+    from scratch (data, tokenizers, pretrained backbone).
 
     Args:
-        config: a name in ``CONFIGS`` (``"default"``, ``"small"``, ``"scenes"``, ``"scenes_small"``), a
-            ``ToyWorldConfig`` (digits world) or a ``SceneWorldConfig`` (scenes world, built by ``scene_world``).
+        config: a name in ``CONFIGS`` (``"scenes"``, the default; ``"scenes_small"``, ``"digits"``, ``"small"``), a
+            ``ToyWorldConfig`` (the digits world, ``digits/``) or a ``SceneWorldConfig`` (the scenes world,
+            ``scenes/``).
         cache: cache root (default ``$EASYEDIT_LIVEEDIT_CACHE`` or ``<project>/.cache/toyworld``).
-        force: rebuild even if a current build exists.
+        force: build from scratch even if a current build is cached or a shipped backbone exists.
         progress: show the pretraining progress bar.
         evaluate_limit: records per kind for the manifest's pre-edit accuracy (None: all).
+        artifacts_root: where shipped backbones are looked for (default: the project's ``artifacts/``;
+            ``artifacts.find``).
 
     Returns:
         The ``ToyWorld``; its files are at ``<cache>/<config.name>/``.
+
+    Invariants: a world installed from a shipped backbone holds the shipped files byte for byte and data that
+    hash as the shipped manifest records (else ``artifacts.ArtifactError``), and nothing is pretrained for it.
     """
     config = _resolve(config)
     root = (Path(cache) if cache is not None else cache_root()) / config.name
@@ -235,21 +167,34 @@ def build(
     started = time.perf_counter()
     work = Layout(root.with_name(f"{root.name}.building-{os.getpid()}"))
     shutil.rmtree(work.root, ignore_errors=True)
-    if isinstance(config, SceneWorldConfig):
-        built = scene_world.build_into(config, work, progress, evaluate_limit)
-    else:
-        built = _build_digits_into(config, work, progress, evaluate_limit)
-    manifest = {"format": FORMAT_VERSION, "fingerprint": config.fingerprint()} | built
-    manifest["build_seconds"] = round(time.perf_counter() - started, 1)
-    work.manifest.write_text(json.dumps(manifest, indent=2))
+    shipped = None if force else artifacts.find(config, artifacts_root)
+    try:
+        if shipped is not None:
+            # Only what takes seconds is rebuilt (images and records); the backbone is copied in and checked.
+            LOG.info("toy world %r: installing the shipped backbone from %s (data rebuilt here)", config.name, shipped)
+            _world_module(config).write_data(config, work)
+            artifacts.install(shipped, work)
+            manifest = json.loads(work.manifest.read_text())  # the shipped world's, with its measured figures
+        else:
+            LOG.info("toy world %r: building from scratch (data, tokenizers, pretraining)", config.name)
+            built = _world_module(config).build_into(config, work, progress, evaluate_limit)
+            manifest = {"format": FORMAT_VERSION, "fingerprint": config.fingerprint()} | built
+            manifest["build_seconds"] = round(time.perf_counter() - started, 1)
+            work.manifest.write_text(json.dumps(manifest, indent=2))
+    except BaseException:
+        shutil.rmtree(work.root, ignore_errors=True)  # never leave a half-made world behind
+        raise
     shutil.rmtree(root, ignore_errors=True)
     os.replace(work.root, root)
-    LOG.info("toy world %r built in %.1f s at %s", config.name, manifest["build_seconds"], root)
+    LOG.info("toy world %r ready in %.1f s at %s", config.name, time.perf_counter() - started, root)
     return ToyWorld(config, layout, manifest)
 
 
 def load(
-    config: str | ToyWorldConfig | SceneWorldConfig = "default", cache: str | Path | None = None, progress: bool = True
+    config: str | ToyWorldConfig | SceneWorldConfig = DEFAULT_CONFIG,
+    cache: str | Path | None = None,
+    progress: bool = True,
+    artifacts_root: str | Path | None = None,
 ) -> ToyWorld:
-    """The cached toy world, building it first if it is missing or out of date."""
-    return build(config, cache=cache, force=False, progress=progress)
+    """The cached toy world, made first (from its shipped backbone where there is one) if missing or out of date."""
+    return build(config, cache=cache, force=False, progress=progress, artifacts_root=artifacts_root)

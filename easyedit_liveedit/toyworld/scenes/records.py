@@ -1,7 +1,7 @@
 """MMEdit records for the scenes world: E-VQA and E-IC JSON as EasyEdit's ``VQADataset`` / ``CaptionDataset``
-read them, plus the EMT-style classification split.
+read them (``toyworld/records.py``), plus the EMT-style classification split.
 
-One record per subject: each subject (a scene, ``scenes.Subject``) is edited by exactly one record, so no two
+One record per subject: each subject (a scene, ``subjects.Subject``) is edited by exactly one record, so no two
 edits of a split share a subject and none can contradict another. A VQA record asks one question kind about
 one named cell (``param``: 0-3 for top left, top right, bottom left, bottom right; None for the paper);
 ``rephrase`` asks the same question in another phrasing; ``image_rephrase`` is the subject's other rendering;
@@ -18,18 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import scene_facts
-from .records import RECORD_FIELDS, text_fact_records, write_json
-from .scenes import Scene, Subject, distinct_scenes
-
-__all__ = [
-    "RECORD_FIELDS",
-    "caption_records",
-    "classification_records",
-    "text_fact_records",
-    "vqa_records",
-    "write_json",
-]
+from ..facts import DIGIT_WORDS
+from ..records import text_locality
+from . import facts
+from .subjects import Scene, Subject, distinct_scenes
 
 
 def _two_phrasings(rng: np.random.Generator, n: int) -> tuple[int, int]:
@@ -53,10 +45,9 @@ def _provenance(subject: Subject) -> dict:
 
 def _localities(rng: np.random.Generator, kind: str, mloc: Sequence[Subject]) -> dict:
     """``loc``: a text-only arithmetic fact; ``m_loc``: another kind's question about a never-edited subject."""
-    a, b = (int(v) for v in rng.integers(0, 10, size=2))
-    loc, loc_ans = scene_facts.arithmetic(a, b, int(rng.integers(len(scene_facts.ARITHMETIC_TEMPLATES))))
+    loc, loc_ans = text_locality(rng)
     other = _pick(rng, mloc)
-    other_kind = _pick(rng, [k for k in scene_facts.SCENE_KINDS if k.name != kind])
+    other_kind = _pick(rng, [k for k in facts.SCENE_KINDS if k.name != kind])
     param = _pick(rng, other_kind.params(other.scene))
     question = other_kind.question(int(rng.integers(len(other_kind.templates))), param)
     return {
@@ -80,7 +71,7 @@ def vqa_records(subjects: Sequence[Subject], mloc: Sequence[Subject], seed: int,
         The records in subject order.
     """
     rng = np.random.default_rng([seed, 2, salt])
-    kinds = scene_facts.SCENE_KINDS
+    kinds = facts.SCENE_KINDS
     deal = np.concatenate([rng.permutation(len(kinds)) for _ in range(-(-len(subjects) // len(kinds)))])
     records = []
     for subject, kind_index in zip(subjects, deal, strict=False):
@@ -109,13 +100,13 @@ def caption_records(
     rng = np.random.default_rng([seed, 3, salt])
     records = []
     for subject in subjects:
-        src, rephrase = _two_phrasings(rng, len(scene_facts.CAPTION_PROMPTS))
+        src, rephrase = _two_phrasings(rng, len(facts.CAPTION_PROMPTS))
         other: Scene = distinct_scenes(1, rng, min_distance, taken=[subject.scene])[0]
         record = {
-            "src": scene_facts.CAPTION_PROMPTS[src],
-            "pred": scene_facts.caption(subject.scene),
-            "alt": scene_facts.caption(other),
-            "rephrase": scene_facts.CAPTION_PROMPTS[rephrase],
+            "src": facts.CAPTION_PROMPTS[src],
+            "pred": facts.caption(subject.scene),
+            "alt": facts.caption(other),
+            "rephrase": facts.CAPTION_PROMPTS[rephrase],
             "image": subject.image,
             "image_rephrase": subject.image_rephrase,
         }
@@ -127,14 +118,14 @@ def caption_records(
 
 def classification_records(subjects: Sequence[Subject]) -> list[dict]:
     """EMT-style probe: held-out subjects, a prompt that lists the class names, the top left digit as answer."""
-    cell = scene_facts.CLASSIFICATION_CELL
+    cell = facts.CLASSIFICATION_CELL
     return [
         {
             "image": subject.image,
-            "prompt": scene_facts.CLASSIFICATION_PROMPTS[0],
-            "answer": scene_facts.DIGIT_WORDS[subject.scene.digits[cell]],
+            "prompt": facts.CLASSIFICATION_PROMPTS[0],
+            "answer": DIGIT_WORDS[subject.scene.digits[cell]],
             "label": subject.scene.digits[cell],
-            "classes": list(scene_facts.DIGIT_WORDS),
+            "classes": list(DIGIT_WORDS),
             "subject": subject.id,
         }
         for subject in subjects

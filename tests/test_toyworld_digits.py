@@ -1,4 +1,4 @@
-"""The pretrained DEFAULT toy backbone genuinely answers: >= 90% on held-out questions of every kind (slow)."""
+"""The pretrained ``digits`` backbone genuinely answers: >= 90% on held-out questions of every kind (slow)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from easyedit_liveedit.toyworld.evaluate import pre_edit_accuracy, worst_kind
 
 
 @pytest.mark.slow
-def test_default_backbone_answers_every_kind():
-    built = toyworld.load("default")  # builds into the cache on first use (minutes), then loads
-    world = toyworld.load("default")
+def test_digits_backbone_answers_every_kind():
+    built = toyworld.load("digits")  # builds into the cache on first use (minutes), then loads
+    world = toyworld.load("digits")
     assert world.manifest == built.manifest  # the second load reuses the cached build
     model = world.load_model()
     threads = torch.get_num_threads()

@@ -1,7 +1,7 @@
-"""What the scenes world's model knows: twelve question kinds about a 2x2 scene, captions, and (shared with the
-digits world) text-only arithmetic.
+"""What the scenes world's model knows: twelve question kinds about a 2x2 scene and captions (the text-only
+arithmetic both worlds share is in ``toyworld/facts.py``).
 
-Every answer is a pure function of the scene's content (``scenes.Scene``) and the question's parameter (a
+Every answer is a pure function of the scene's content (``subjects.Scene``) and the question's parameter (a
 cell, or none for the paper), so the truth is never in doubt and both renderings of a subject share it. Each
 kind has four phrasings (T-Generality rephrases with another one, same parameter).
 
@@ -11,7 +11,7 @@ compounds readings or searches the scene by content: a cell is read right ~97% o
 of the four digits?" would be right ~88% of the time, below the world's >= 90% per kind; and kinds that find a
 cell by its ink or digit ("where is the red digit?", "what colour is the seven?", "how many red digits?",
 "is the top left digit red?") were measured on a dev split at 0.45-0.82 after the whole pretraining budget
-(the small LM learns lookups by position quickly, by content or by comparison not), see ``scene_pretrain``.
+(the small LM learns lookups by position quickly, by content or by comparison not), see ``scenes.pretrain``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .facts import ARITHMETIC_TEMPLATES, DIGIT_WORDS, NUMBER_WORDS, arithmetic
-from .scenes import INK_NAMES, PAPER_NAMES, POSITIONS, Scene
+from ..facts import DIGIT_WORDS, NUMBER_WORDS, text_lines
+from .subjects import INK_NAMES, PAPER_NAMES, POSITIONS, Scene
 
 Param = Any  # a cell index 0-3, or None (the paper)
 
@@ -44,7 +44,7 @@ class SceneKind:
     answers: tuple[str, ...]  # the answer space a counterfactual ``alt`` is drawn from
     answer: Callable[[Scene, Param], str]
     # The cell whose content answers the question, given the named one (None for the paper). Pretraining points
-    # one attention head of the LM at its image token (scene_pretrain.py).
+    # one attention head of the LM at its image token (``scenes/pretrain.py``).
     cell: Callable[[Scene, Param], int | None]
     every_param: tuple[Param, ...] = (0, 1, 2, 3)
     # How often pretraining asks this kind, relative to the others (chosen on a dev split of train scans):
@@ -272,15 +272,13 @@ def all_text() -> list[str]:
                 question = kind.question(template, param)
                 lines += [question, f"Question: {question} Short answer: "]
     lines += list(CAPTION_PROMPTS) + [caption(example)] + list(CLASSIFICATION_PROMPTS)
-    lines += [" ".join(arithmetic(a, b, t)) for a in range(10) for b in range(10) for t in range(4)]
+    lines += text_lines()
     lines += [" ".join(NUMBER_WORDS), " ".join(INK_NAMES), " ".join(PAPER_NAMES), " ".join(POSITIONS)]
     lines += [number_word(n) for n in range(30)]
     return lines
 
 
 __all__ = [
-    "ARITHMETIC_TEMPLATES",
-    "DIGIT_WORDS",
     "CAPTION_PROMPTS",
     "CLASSIFICATION_CELL",
     "CLASSIFICATION_PROMPTS",
@@ -289,7 +287,6 @@ __all__ = [
     "SceneKind",
     "all_text",
     "answer_space",
-    "arithmetic",
     "caption",
     "number_word",
 ]

@@ -1,43 +1,25 @@
-"""Real images for the toy world: scikit-learn's handwritten digits, upscaled and written as PNG files.
+"""The digits world's images: each ``load_digits`` scan (``scans.py``) upscaled and written as PNG files.
 
-``load_digits`` ships 1,797 real 8x8 grey-level scans of handwritten digits (UCI "optdigits", 43 writers).
-Each becomes an RGB PNG of ``size`` x ``size`` pixels (bicubic upscaling, dark ink on a white page).
+Each scan becomes an RGB PNG of ``size`` x ``size`` pixels (bicubic upscaling, dark ink on a white page).
 
 "Another view of the same subject" (``image_rephrase``) is the same scan seen through a small deterministic
 geometric transform: a rotation of +-10..15 degrees, a scale of 0.85..1.0 and a shift of at most one source
 pixel, drawn per image from a seeded generator. The digit, writer and stroke are unchanged, so every
 question about the image has the same answer on both views, yet the pixels differ (the model cannot match
 the view by memorised pixels). Pretraining shows the model train scans through fresh views of the same
-family (``pretrain.random_views``), never the eval scans or their views.
+family (``digits.pretrain.random_views``), never the eval scans or their views.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Digit:
-    """One scan: its index in ``load_digits`` and its label."""
-
-    index: int
-    label: int
-
-
-def load_scans() -> tuple[np.ndarray, np.ndarray]:
-    """The 1,797 digit scans as float arrays in [0, 1] (ink = 1), shape (N, 8, 8), and their labels."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64)
 
 
 def _to_page(scan: np.ndarray) -> Image.Image:

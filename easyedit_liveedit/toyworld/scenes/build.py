@@ -1,8 +1,9 @@
 """Build the scenes world: subjects, MMEdit records, tokenizers and the pretrained backbone, in one folder.
 
-The same on-disk layout and the same ``ToyWorld`` handle as the digits world (``world.build`` dispatches here
-for a ``SceneWorldConfig``), so EasyEdit's datasets, editor, trainer and metrics, and everything built on the
-toy world, read it unchanged. Splits, all drawn from disjoint pools of ``load_digits`` scans:
+The same on-disk layout (``toyworld/layout.py``) and the same ``ToyWorld`` handle as the digits world
+(``world.build`` dispatches here for a ``SceneWorldConfig``), so EasyEdit's datasets, editor, trainer and metrics,
+and everything built on the toy world, read it unchanged. Splits, all drawn from disjoint pools of ``load_digits``
+scans:
 
 * ``vqa_train`` / ``caption_train``: subjects from the train pool (the only scans pretraining sees);
 * ``vqa_dev`` / ``caption_dev``: subjects from the dev scans, carved out of the train pool (in no train record,
@@ -18,27 +19,27 @@ Train subjects are distinct among themselves.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from collections import Counter, defaultdict
-from collections.abc import Sequence
 from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from ..easyedit.validate import validate_file
-from . import backbone, images, scene_facts, scene_records
+from ...easyedit.validate import validate_file
+from .. import backbone
+from ..evaluate import pre_edit_accuracy
+from ..facts import text_facts
+from ..layout import Layout
+from ..records import write_json
+from ..scans import Pools, load_scans
+from ..tokenizer import train_opt_tokenizer, write_word_vocab
+from . import facts, records
 from .config import SceneWorldConfig
-from .evaluate import ImageLoader, pre_edit_accuracy
-from .layout import Layout
-from .pretrain import image_prefix
-from .records import Pools
-from .scene_pretrain import pretrain_scenes
-from .scenes import ScanPool, SceneRenderer, Subject, distinct_scenes, write_subjects
-from .tokenizer import train_opt_tokenizer, write_word_vocab
+from .pretrain import pretrain_scenes
+from .retrieval import retrieval
+from .subjects import ScanPool, SceneRenderer, Subject, distinct_scenes, write_subjects
 
 LOG = logging.getLogger(__name__)
 
@@ -86,61 +87,21 @@ def _write_subjects(config: SceneWorldConfig, layout: Layout, scans: np.ndarray,
 
 def write_data(config: SceneWorldConfig, layout: Layout) -> dict[str, list[Subject]]:
     """Images, MMEdit records, the classification split and the text facts; returns the subjects by split."""
-    scans, labels = images.load_scans()
+    scans, labels = load_scans()
     pools = scan_pools(config, labels)
     subjects = _write_subjects(config, layout, scans, labels, pools)
     for salt, split in enumerate(("train", "eval", "dev")):
-        vqa = scene_records.vqa_records(subjects[split], subjects["mloc"], config.seed, salt)
-        scene_records.write_json(vqa, layout.split(f"vqa_{split}"))
-        caption = scene_records.caption_records(
+        vqa = records.vqa_records(subjects[split], subjects["mloc"], config.seed, salt)
+        write_json(vqa, layout.split(f"vqa_{split}"))
+        caption = records.caption_records(
             subjects[f"caption_{split}"], subjects["mloc"], config.seed, salt, config.min_distance
         )
-        scene_records.write_json(caption, layout.split(f"caption_{split}"))
-    scene_records.write_json(scene_records.classification_records(subjects["cls"]), layout.split("classification"))
-    scene_records.write_json(scene_records.text_fact_records(), layout.split("text_facts"))
+        write_json(caption, layout.split(f"caption_{split}"))
+    write_json(records.classification_records(subjects["cls"]), layout.split("classification"))
+    write_json(text_facts(), layout.split("text_facts"))
     for name in ("vqa_train", "vqa_eval", "vqa_dev", "caption_train", "caption_eval", "caption_dev"):
         validate_file(layout.split(name), layout.images)
     return subjects
-
-
-@torch.no_grad()
-def retrieval(model: torch.nn.Module, layout: Layout, image_size: int, split: str, layers: Sequence[int] = ()) -> dict:
-    """Top-1 of each subject's ``image_rephrase`` among the canonical renderings of all subjects of ``split``.
-
-    ``split`` is ``eval`` (the world's final figure, written once into its manifest) or ``dev`` (what probes
-    read): its E-VQA and E-IC subjects together. Nearest neighbour (Euclidean) on the image tokens the OPT sees
-    (the Q-Former output after ``opt_proj``), flattened over the query tokens and mean-pooled, and on the hidden
-    states at the image positions of each OPT layer in ``layers``. No key is fitted.
-    """
-    model.eval()
-    records = [r for kind in ("vqa", "caption") for r in json.loads(layout.split(f"{kind}_{split}").read_text())]
-    loader = ImageLoader(layout.images, image_size)  # EasyEdit's processor
-    features: dict[str, list[list[torch.Tensor]]] = defaultdict(lambda: [[], []])
-    for start in range(0, len(records), 256):
-        chunk = records[start : start + 256]
-        for side, key in enumerate(("image", "image_rephrase")):
-            pixels = torch.stack([loader(r[key]) for r in chunk])
-            _, tokens = image_prefix(model, pixels)  # (B, n_query, d_opt): what Blip2OPT feeds the OPT
-            features["opt_proj_flat"][side].append(tokens.flatten(1))
-            features["opt_proj_mean"][side].append(tokens.mean(1))
-            if not layers:
-                continue
-            mask = torch.ones(tokens.shape[:2], dtype=torch.long)
-            # Image tokens come first and OPT is causal, so their hidden states do not depend on any text.
-            hidden = model.opt_model.model.decoder(
-                inputs_embeds=tokens, attention_mask=mask, output_hidden_states=True, return_dict=True
-            ).hidden_states  # embeddings, then each layer's output
-            for layer in layers:
-                features[f"opt_layer{layer}_flat"][side].append(hidden[layer + 1].flatten(1))
-    out = {"split": split, "subjects": len(records), "metric": "nearest neighbour, Euclidean, no fitted key"}
-    for name, (keys, queries) in features.items():
-        keys, queries = torch.cat(keys), torch.cat(queries)  # (n, D)
-        hits = torch.cdist(queries, keys).argmin(1) == torch.arange(len(keys))
-        out[name] = round(float(hits.float().mean()), 4)
-        if name == "opt_proj_flat":
-            misses = Counter(r["kind"] for r, hit in zip(records, hits.tolist(), strict=True) if not hit)
-            out["opt_proj_flat_misses_by_kind"] = dict(misses)
-    return out
 
 
 def build_into(config: SceneWorldConfig, work: Layout, progress: bool, evaluate_limit: int | None) -> dict:
@@ -154,22 +115,21 @@ def build_into(config: SceneWorldConfig, work: Layout, progress: bool, evaluate_
     started, load_at_start = time.perf_counter(), os.getloadavg()
     subjects = write_data(config, work)
     data_seconds = time.perf_counter() - started
-    corpus = scene_facts.all_text()
+    corpus = facts.all_text()
     train_opt_tokenizer(corpus, work.opt)
     qformer_vocab = write_word_vocab(corpus, work.qformer)  # deterministic (the trainer's vocabulary is not)
     tok = backbone.load_tokenizer(work)
     backbone.write_fresh_backbone(config, work, len(tok), qformer_vocab)
     model = backbone.construct(work, config.num_query_tokens)
 
-    scans, labels = images.load_scans()
+    scans, labels = load_scans()
     pools = scan_pools(config, labels)
     result = pretrain_scenes(
         model, tok, config, ScanPool(pools.train, labels), renderer_for(config, scans), progress=progress
     )
     backbone.save_trained(model, work)
 
-    with backbone.easyedit_patches(work, config.image_size):
-        trained = backbone.construct(work, config.num_query_tokens).eval()
+    trained = backbone.load_trained(work, config.image_size, config.num_query_tokens)
     threads, evaluate_start = torch.get_num_threads(), time.perf_counter()
     torch.set_num_threads(config.threads)
     try:
@@ -189,9 +149,9 @@ def build_into(config: SceneWorldConfig, work: Layout, progress: bool, evaluate_
             "vqa_dev": len(subjects["dev"]),
             "caption_dev": len(subjects["caption_dev"]),
             "classification": len(subjects["cls"]),
-            "text_facts": len(scene_records.text_fact_records()),
-            "kinds": len(scene_facts.SCENE_KINDS),
-            "answers": len(scene_facts.answer_space()),
+            "text_facts": len(text_facts()),
+            "kinds": len(facts.SCENE_KINDS),
+            "answers": len(facts.answer_space()),
             "opt_vocab": len(tok),
             "parameters": sum(p.numel() for p in model.parameters()),
         },

@@ -1,5 +1,5 @@
 """CPU pretraining of the scenes world's BLIP-2-OPT, in two stages, on scenes composed on the fly from the
-train pool's scans.
+train pool's scans (the pieces both worlds share are in ``toyworld/pretrain.py``).
 
 Stage 1 (vision, the stand-in for BLIP-2's first stage): the ViT and the Q-Former learn to read each cell.
 Query token ``i`` carries cell ``i``: throw-away linear heads read the digit and the ink of cell ``i`` from
@@ -16,7 +16,7 @@ attention of one layer (``pointing_layer``, mean over its heads) to look, from t
 answer, at the image token of the cell the question is about: the LM must find "the digit beside the top
 left" among four image tokens before it can read it.
 
-Each step renders fresh scenes (contents drawn by ``scenes.sample_scene``, scans from the train pool only), so
+Each step renders fresh scenes (contents drawn by ``subjects.sample_scene``, scans from the train pool only), so
 the model never sees an eval scan and never memorises a fixed set of images. The heads are discarded; they are
 not part of the saved model.
 """
@@ -24,8 +24,6 @@ not part of the saved model.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from dataclasses import dataclass
 
@@ -33,11 +31,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from . import scene_facts
-from .pretrain import VQA_TEMPLATE, Encoder, Example, answer_accuracy, image_prefix, lm_logits_and_loss
-from .scenes import INK_NAMES, PAPER_NAMES, ScanPool, Scene, SceneRenderer, sample_scene
+from ..facts import DIGIT_WORDS
+from ..pretrain import (
+    VQA_TEMPLATE,
+    Encoder,
+    Example,
+    image_prefix,
+    lm_logits_and_loss,
+    load_summary,
+    text_examples,
+    train_stage,
+)
+from . import facts
+from .subjects import INK_NAMES, PAPER_NAMES, ScanPool, Scene, SceneRenderer, sample_scene
 
 LOG = logging.getLogger(__name__)
 
@@ -53,7 +60,7 @@ def to_tensor(pixels: list[np.ndarray]) -> torch.Tensor:
     return (x - mean) / std
 
 
-_WEIGHTS = np.array([kind.pretraining_weight for kind in scene_facts.SCENE_KINDS])
+_WEIGHTS = np.array([kind.pretraining_weight for kind in facts.SCENE_KINDS])
 KIND_PROBABILITIES = _WEIGHTS / _WEIGHTS.sum()  # a constant of the kinds, not state
 
 
@@ -75,14 +82,14 @@ def ask(scene: Scene, rng: np.random.Generator, caption_rate: float) -> Question
     probe's wording), else a kind drawn by its ``pretraining_weight`` with one of its parameters and phrasings.
     """
     if rng.random() < caption_rate:
-        prompt = scene_facts.CAPTION_PROMPTS[int(rng.integers(len(scene_facts.CAPTION_PROMPTS)))]
-        return Question("caption", prompt, scene_facts.caption(scene), None)
+        prompt = facts.CAPTION_PROMPTS[int(rng.integers(len(facts.CAPTION_PROMPTS)))]
+        return Question("caption", prompt, facts.caption(scene), None)
     if rng.random() < 1 / 13:
-        prompt = scene_facts.CLASSIFICATION_PROMPTS[int(rng.integers(len(scene_facts.CLASSIFICATION_PROMPTS)))]
-        cell = scene_facts.CLASSIFICATION_CELL
-        kind, answer = "classification", scene_facts.DIGIT_WORDS[scene.digits[cell]]
+        prompt = facts.CLASSIFICATION_PROMPTS[int(rng.integers(len(facts.CLASSIFICATION_PROMPTS)))]
+        cell = facts.CLASSIFICATION_CELL
+        kind, answer = "classification", DIGIT_WORDS[scene.digits[cell]]
     else:
-        chosen = scene_facts.SCENE_KINDS[int(rng.choice(len(scene_facts.SCENE_KINDS), p=KIND_PROBABILITIES))]
+        chosen = facts.SCENE_KINDS[int(rng.choice(len(facts.SCENE_KINDS), p=KIND_PROBABILITIES))]
         params = chosen.params(scene)
         param = params[int(rng.integers(len(params)))]
         kind, cell = chosen.name, chosen.cell(scene, param)
@@ -183,40 +190,6 @@ def _answer_loss_and_attention(
     return out.loss, out.attentions[layer]
 
 
-def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 5% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    done = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
-
-
-def _stage(
-    name: str, steps: int, loss_fn, params: list, lr: float, warmup: int, progress: bool, load: list[float]
-) -> tuple[float, float]:
-    """One stage's clipped AdamW loop; returns (seconds, last loss) and appends 1-minute load averages to ``load``.
-
-    The load average is sampled every 250 steps: on a shared machine the wall time means little without it.
-    """
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    start, loss_value = time.perf_counter(), float("nan")
-    bar = tqdm(range(steps), desc=f"pretraining ({name})", disable=not progress, mininterval=1.0)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(step, steps, lr, warmup)
-        loss = loss_fn()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        loss_value = float(loss.detach())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss_value:.3f}")
-        if step % 250 == 0:
-            load.append(os.getloadavg()[0])
-    return time.perf_counter() - start, loss_value
-
-
 def pretrain_scenes(model: nn.Module, tok, config, pool: ScanPool, renderer: SceneRenderer, progress: bool = True):
     """Pretrain every part of the toy backbone on scenes of the train pool; returns timing and losses.
 
@@ -238,12 +211,7 @@ def pretrain_scenes(model: nn.Module, tok, config, pool: ScanPool, renderer: Sce
     heads = QueryHeads(model.query_tokens.shape[-1], model.query_tokens.shape[1])
     stream = SceneStream(pool, renderer, np.random.default_rng([config.seed, 4]))
     encoder = Encoder(tok)
-    texts = [
-        Example(-1, *scene_facts.arithmetic(a, b, t))
-        for a in range(10)
-        for b in range(10)
-        for t in range(len(scene_facts.ARITHMETIC_TEMPLATES))
-    ]
+    texts = text_examples()
     rng = np.random.default_rng([config.seed, 5])
 
     def vision_loss() -> torch.Tensor:
@@ -281,10 +249,10 @@ def pretrain_scenes(model: nn.Module, tok, config, pool: ScanPool, renderer: Sce
     cpu_start, load = time.process_time(), []
     try:
         model.train()
-        vision_seconds, _ = _stage(
+        vision_seconds, _ = train_stage(
             "vision", config.vision_steps, vision_loss, vision_params, config.lr, config.warmup, progress, load
         )
-        joint_seconds, final = _stage(
+        joint_seconds, final = train_stage(
             "joint",
             config.steps,
             joint_loss,
@@ -306,9 +274,7 @@ def pretrain_scenes(model: nn.Module, tok, config, pool: ScanPool, renderer: Sce
         "final_loss": round(final, 4),
         "threads": config.threads,
         # 1-minute load average during pretraining (sampled every 250 steps); 2.0 fills a 2-core machine.
-        "load_average": {"mean": round(float(np.mean(load)), 2), "max": round(float(np.max(load)), 2)}
-        if load
-        else None,
+        "load_average": load_summary(load),
     }
     LOG.info("pretraining: %s", result)
     return result
@@ -318,7 +284,6 @@ __all__ = [
     "Question",
     "QueryHeads",
     "SceneStream",
-    "answer_accuracy",
     "ask",
     "pointing_loss",
     "pretrain_scenes",
