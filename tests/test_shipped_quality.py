@@ -17,18 +17,19 @@ from safetensors.torch import load_file
 from easyedit_liveedit.bench import shipped
 from easyedit_liveedit.easyedit.hparams import LiveEditMultimodalHparams
 from easyedit_liveedit.liveedit.networks import LiveEditNetwork
+from easyedit_liveedit.toyworld.artifacts import ARTIFACTS_ROOT
 from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
 
-MANIFESTS = sorted(shipped.ARTIFACTS.glob("*/*/MANIFEST.json"))
+MANIFESTS = sorted(ARTIFACTS_ROOT.glob("*/*/MANIFEST.json"))
 
 
 def test_the_default_world_ships_its_backbone_and_three_archives():
-    shipped_files = {path.relative_to(shipped.ARTIFACTS).as_posix() for path in MANIFESTS}
+    shipped_files = {path.relative_to(ARTIFACTS_ROOT).as_posix() for path in MANIFESTS}
     assert "scenes/archives/MANIFEST.json" in shipped_files
     assert set(json.loads((shipped.folder("scenes") / "MANIFEST.json").read_text())) == {"LiveEdit", "MEND", "SERAC"}
 
 
-@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.parent.relative_to(shipped.ARTIFACTS).as_posix())
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.parent.relative_to(ARTIFACTS_ROOT).as_posix())
 def test_every_shipped_file_matches_its_manifest(manifest):
     """Seen failing with one byte of the shipped LiveEdit weights changed."""
     entries = json.loads(manifest.read_text())

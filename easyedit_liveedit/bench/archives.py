@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .. import toyworld
 from ..easyedit import LiveEditMultimodalTrainer, compat, distributed
 from ..easyedit.hparams import PATH_KEYS
+from ..toyworld.artifacts import git_commit
 
 LOG = logging.getLogger(__name__)
 
@@ -325,7 +326,7 @@ def train_archive(
     seconds = time.perf_counter() - started
     if job.is_main:
         provenance_path(path).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        how = {"seconds": round(seconds, 1), "steps": config.max_iters, "command": " ".join(sys.argv)}
+        how = {"seconds": round(seconds, 1), "steps": config.max_iters, "command": " ".join(sys.argv), **git_commit()}
         path.with_name(path.name + ".training.json").write_text(json.dumps(how, indent=1) + "\n")
     LOG.info("%s archive trained (%d steps, %.0f s): %s", method, config.max_iters, seconds, path)
     return path

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..easyedit.archive import CONFIG_KEY
-from ..toyworld.layout import PROJECT_ROOT
+from ..toyworld.artifacts import ARTIFACTS_ROOT, MANIFEST, git_commit
 from . import archives
 
 LOG = logging.getLogger(__name__)
 
-ARTIFACTS = PROJECT_ROOT / "artifacts"
 # Keys of a training archive EasyEdit's executors read besides the weights; MEND/SERAC's ``model_config`` (the
 # backbone's config object) is only compared and logged by their ``load_state_dict``, so it ships as None.
 _NOT_TENSORS = ("model_config",)
@@ -39,7 +37,7 @@ _NOT_TENSORS = ("model_config",)
 
 def folder(world: str) -> Path:
     """Where the archives of toy world ``world`` ship: ``artifacts/<world>/archives``."""
-    return ARTIFACTS / world / "archives"
+    return ARTIFACTS_ROOT / world / "archives"
 
 
 def sha256(path: Path) -> str:
@@ -79,8 +77,7 @@ def ship(method: str, archive: Path, training: Any, train_json: Path, val_size: 
     weights = dest / f"{method}.safetensors"
     save_file(tensors, weights)
     trained = archives.training_record(archive)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
-    manifest = _read(dest / "MANIFEST.json")
+    manifest = _read(dest / MANIFEST)
     manifest[method] = {
         "file": weights.name,
         "sha256": sha256(weights),
@@ -91,9 +88,9 @@ def ship(method: str, archive: Path, training: Any, train_json: Path, val_size: 
         CONFIG_KEY: checkpoint.get(CONFIG_KEY) or (training.config_dict() if method == "LiveEdit" else None),
         "training": trained,
         "shipped_by": command,
-        "commit": commit.strip(),
+        "shipped_at": git_commit(),
     }
-    (dest / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     LOG.info("%s: shipped %s (%d bytes)", method, weights, weights.stat().st_size)
     return weights
 
@@ -105,7 +102,7 @@ def unpack(method: str, training: Any, train_json: Path, val_size: int, archive:
     Raises:
         ValueError: naming the file, if the shipped weights are missing or their sha256 is not the manifest's.
     """
-    entry = _read(source / "MANIFEST.json").get(method)
+    entry = _read(source / MANIFEST).get(method)
     if entry is None:
         return False
     weights = source / entry["file"]

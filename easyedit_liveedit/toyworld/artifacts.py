@@ -89,7 +89,7 @@ def _data_files(layout: Layout) -> list[Path]:
     return sorted(p.relative_to(layout.root) for p in layout.data.glob("*.json"))
 
 
-def _git_commit() -> dict:
+def git_commit() -> dict:
     """``{"git_commit", "git_dirty"}`` of the project checkout (None where git or the checkout is missing)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
@@ -132,7 +132,7 @@ def ship(world, dest_dir: str | Path, command: str, seconds: float) -> Path:
         "fingerprint": config.fingerprint(),
         "world_format": FORMAT_VERSION,
         "command": command,
-        **_git_commit(),
+        **git_commit(),
         "seconds": round(float(seconds), 1),
         "files": _entries(staging, files),  # hashed as copied: what the repository holds
         "data": _entries(layout.root, _data_files(layout)),
