@@ -42,7 +42,7 @@ def test_every_shipped_file_matches_its_manifest(manifest):
 
 def test_the_shipped_liveedit_weights_fit_the_editing_yaml():
     hparams = LiveEditMultimodalHparams.from_hparams(PROJECT_ROOT / "hparams/LiveEdit/toy-blip2.yaml")
-    net = LiveEditNetwork.from_config(64, hparams.liveedit_config())  # the toy OPT's width
+    net = LiveEditNetwork(64, hparams.liveedit_config())  # the toy OPT's width
     net.load_state_dict(load_file(shipped.folder("scenes") / "LiveEdit.safetensors"))  # strict: names and shapes
 
 
