@@ -27,7 +27,7 @@ from helpers import ARCHIVE_RUN, EDITS, dies, rows_of, small_archives, small_run
 
 import easyedit_liveedit  # noqa: F401  (registers LiveEdit, applies the EasyEdit shims)
 from easyedit_liveedit.bench import archives
-from easyedit_liveedit.bench.emt_probe import classification_accuracy, load_records, normalise
+from easyedit_liveedit.bench.emt_probe import answer_joiner, classification_accuracy, load_records, normalise
 from easyedit_liveedit.bench.engine import (
     Backbone,
     CompareSettings,
@@ -242,6 +242,38 @@ def test_probe_accuracy_is_exact_label_match(small_world):
     half = answers[: len(answers) // 2] + wrong[len(answers) // 2 :]
     result = classification_accuracy(_Oracle(tok, half, len(tok)), tok, records, loader, batch_size=3)
     assert math.isclose(result.accuracy, (len(answers) // 2) / len(answers))
+
+
+class _AnswersAfterTheSpace:
+    """Predicts the label only at the position of the joining space (as the toy backbone, trained on edits rendered
+    question, space, answer, does), and the space everywhere else."""
+
+    def __init__(self, tok, answers: list[str]) -> None:
+        self.tok, self.space = tok, tok(" ", add_special_tokens=False).input_ids[-1]
+        self.ids = [tok(a, add_special_tokens=False).input_ids[0] for a in answers]
+        self.calls = 0
+
+    def __call__(self, samples):
+        texts = samples["text_input"]
+        ids = self.ids[self.calls : self.calls + len(texts)]
+        self.calls += len(texts)
+        tokens = [self.tok(t).input_ids for t in texts]
+        logits = torch.zeros(len(texts), 4 + max(map(len, tokens)), len(self.tok))  # 4 image tokens first
+        for b, row in enumerate(tokens):
+            for j, token in enumerate(row):
+                logits[b, 4 + j, ids[b] if token == self.space else self.space] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_probe_reads_the_answer_where_the_editor_renders_it(small_world):
+    """Guards that the probe asks for the answer after the joining space the toy tokenizer keeps apart, where every
+    edit and metric puts it. Seen failing with generation started right after the question (accuracy 0.0)."""
+    tok = small_world.tokenizer()
+    records = load_records(small_world.split("classification"))
+    loader = ImageLoader(small_world.layout.images, small_world.config.image_size)
+    oracle = _AnswersAfterTheSpace(tok, [r["answer"] for r in records])
+    assert classification_accuracy(oracle, tok, records, loader, batch_size=4).accuracy == 1.0
+    assert answer_joiner(tok, records[0]["prompt"], "five") == " "
 
 
 # ------------------------------------------------------------------------------------- SERAC's memory

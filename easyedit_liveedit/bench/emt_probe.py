@@ -7,7 +7,11 @@ as a drop in this accuracy, even when the edited records themselves look fine.
 
 Judging needs no external model: the model answers greedily (argmax, one token at a time, at most as many
 tokens as the longest class name has), the answer is cut at the first stop token, normalised (lower case,
-punctuation and repeated spaces removed), and counts as right only if it equals the normalised label.
+punctuation and repeated spaces removed), and counts as right only if it equals the normalised label. The answer
+starts where EasyEdit's rendering of an edit puts it (``prepare_multimodal_edit``: question, one space, answer): a
+tokenizer that keeps that space as a token of its own (the toy world's) gets it before the first answer token, as
+every edit and every metric presents it; one that merges it into the answer's first token (GPT-2's BPE, LLaMA's)
+gets nothing more.
 
 The model is called exactly as EasyEdit's metric code calls it, ``model(samples)`` with ``image``,
 ``text_input``, ``labels`` and ``prompts_len``, so the probe works for any edited model an EasyEdit executor
@@ -83,6 +87,14 @@ def _next_tokens(model: Callable, tok: Any, images: torch.Tensor, texts: list[st
     return picked.argmax(-1).tolist(), bool(torch.isfinite(picked).all())
 
 
+def answer_joiner(tok: Any, prompt: str, answer: str) -> str:
+    """The text EasyEdit's rendering puts between ``prompt`` and an answer as tokens of its own: ``" "`` for a
+    tokenizer that keeps the joining space apart, ``""`` for one that merges it into the answer's first token."""
+    ids = tok(prompt + " " + answer).input_ids
+    between = ids[len(tok(prompt).input_ids) : len(ids) - len(tok(answer, add_special_tokens=False).input_ids)]
+    return tok.decode(between)
+
+
 def classification_accuracy(
     model: Callable,
     tok: Any,
@@ -114,10 +126,12 @@ def classification_accuracy(
         images = torch.stack([load_image(r["image"]) for r in batch])  # (B, 3, H, W)
         prompts = [r["prompt"] for r in batch]
         prompts_len = [len(tok.encode(p)) for p in prompts]  # as prepare_multimodal_edit counts the prompt
+        joins = [answer_joiner(tok, r["prompt"], r.get("classes", [r["answer"]])[0]) for r in batch]
         generated: list[list[int]] = [[] for _ in batch]
         done = [False] * len(batch)
         for _ in range(max_new_tokens):
-            texts = [p + (" " + tok.decode(g).strip() if g else "") for p, g in zip(prompts, generated, strict=True)]
+            texts = [p + (" " + tok.decode(g).strip() if g else j) for p, g, j in zip(prompts, generated, joins,
+                                                                                     strict=True)]  # fmt: skip
             next_ids, ok = _next_tokens(model, tok, images, texts, prompts_len)
             finite &= ok
             for i, token in enumerate(next_ids):
