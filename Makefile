@@ -25,9 +25,9 @@ MAIN_TESTS := tests/test_registration.py tests/test_hparams.py tests/test_compat
 	tests/test_compat_devices.py tests/test_compat_toyworld.py tests/test_compat_baselines.py \
 	tests/test_trainer.py tests/test_easyedit_path.py tests/test_scoring_and_undo.py tests/test_main_editor.py \
 	tests/test_backbones_real_families.py tests/test_backbones_chat_vlm.py tests/test_compare_targets.py \
-	tests/test_nan_guard_toyworld.py tests/test_ike.py tests/test_examples.py
+	tests/test_nan_guard_toyworld.py tests/test_ike.py tests/test_examples.py tests/test_shipped_quality.py
 
-.PHONY: setup setup-main demo compare artifacts test test-wheel test-main lint clean clean-main
+.PHONY: setup setup-main demo compare artifacts test test-wheel test-main test-rebuild lint clean clean-main
 
 setup: $(STAMP)
 
@@ -69,17 +69,21 @@ artifacts: $(STAMP)
 	$(BIN)/python -m easyedit_liveedit.toyworld --config scenes --force --ship
 	$(BIN)/python -m easyedit_liveedit ship run.methods=[LiveEdit,MEND,SERAC] run.retrain=true
 
-# The wheel target: every test not marked slow; CI (CI=true) runs the slow ones too (they build and use the full
-# toy world).
+# The wheel target: every test not marked slow or rebuild; CI (CI=true) runs the slow ones too (they use the shipped
+# toy backbone and archives: nothing is pretrained or meta-trained from scratch).
 test-wheel: $(STAMP)
-	EASYEDIT_TARGET=wheel $(BIN)/python -m pytest -m "not slow"
-	@if [ -n "$$CI" ]; then EASYEDIT_TARGET=wheel $(BIN)/python -m pytest -m slow; fi
+	EASYEDIT_TARGET=wheel $(BIN)/python -m pytest -m "not slow and not rebuild"
+	@if [ -n "$$CI" ]; then EASYEDIT_TARGET=wheel $(BIN)/python -m pytest -m "slow and not rebuild"; fi
+
+# The tests that pretrain a toy backbone from scratch (the digits world; long, not in CI).
+test-rebuild: $(STAMP)
+	EASYEDIT_TARGET=wheel $(BIN)/python -m pytest -m rebuild
 
 # The EasyEdit-main target: the focused session above, in .venv-main with the checkout on PYTHONPATH.
 test-main: setup-main
 	@if [ "$$(cat $(VENV_MAIN)/requirements-built-from.txt)" != "$$(cat $(MAIN)/requirements.txt)" ]; then \
 		echo "test-main: $(VENV_MAIN) was built from another requirements.txt; run make clean-main"; exit 2; fi
-	EASYEDIT_TARGET=main $(MAIN_PYTHON) -m pytest -m "not slow" $(MAIN_TESTS)
+	EASYEDIT_TARGET=main $(MAIN_PYTHON) -m pytest -m "not slow and not rebuild" $(MAIN_TESTS)
 
 # Both targets, then one summary line per target; fails if either failed. Without EASYEDIT_MAIN (or with one that
 # is not a checkout of EasyEdit) the main target is reported as NOT RUN with the reason.
