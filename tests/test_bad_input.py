@@ -114,7 +114,7 @@ def _same(a: tuple, b: tuple) -> bool:
     return a[0] == b[0] and a[2] == b[2] and all(torch.equal(a[1][k], b[1][k]) for k in a[1])
 
 
-def test_bad_input_through_the_editor_api_changes_nothing(small_world, editing):
+def test_bad_input_through_the_editor_api_changes_nothing(small_world, editing, request):
     """Guards: through ``MultimodalEditor.edit`` / ``edit_dataset`` and the registered entry, a missing, empty or
     wrongly typed field, a missing / truncated / non-image file, a prompt longer than the model reads and a NaN in
     an image tensor each raise an error naming the argument or request and the field, before anything is edited:
@@ -124,8 +124,10 @@ def test_bad_input_through_the_editor_api_changes_nothing(small_world, editing):
     before = _snapshot(liveedit, folder)
     images = Path(hparams.coco_image)
     data = (images / records[2]["image"]).read_bytes()
-    (images / "cut.png").write_bytes(data[: len(data) // 3])
-    (images / "notes.png").write_text("a text file")
+    cut, notes = images / "cut.png", images / "notes.png"  # bad files in the session's world: removed afterwards
+    request.addfinalizer(lambda: [path.unlink(missing_ok=True) for path in (cut, notes)])
+    cut.write_bytes(data[: len(data) // 3])
+    notes.write_text("a text file")
     good = _arguments(records[2:4])
     long_prompt = " ".join(["what digit is shown in the image?"] * 40)
     cases = {

@@ -110,7 +110,8 @@ def test_torchrun_meta_trains_the_toy_world_with_one_writer(small_world, tmp_pat
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     archive = results / "models" / "LiveEdit" / "blip2"
-    assert sorted(p.name for p in archive.parent.iterdir()) == ["blip2", "blip2.provenance.json"]
+    written = sorted(p.name for p in archive.parent.iterdir())
+    assert written == ["blip2", "blip2.provenance.json", "blip2.training.json"]
     assert output.count("Saving model to") == 1 and "[rank 1] INFO" not in output and "[rank 0] INFO" in output
     assert output.count("LiveEdit archive:") == 1 and "(2 process(es))" in output
     saved = torch.load(archive, weights_only=True)
