@@ -67,3 +67,38 @@ def test_a_100_edit_liveedit_sequence_from_the_shipped_artifacts_keeps_its_quali
     assert row.status == "ok", row.status
     assert row.metrics["rewrite_acc"] >= 0.9, row.metrics
     assert row.metrics["multimodal_locality_acc"] >= 0.95, row.metrics
+
+
+@pytest.mark.slow
+def test_routing_leaves_other_subjects_exactly_unedited_and_edits_the_edited_ones():
+    """Routing end to end on the default world with the shipped archive: after edits about four distinct subjects, a
+    question about a never-edited subject (each record's ``m_loc``) gets exactly the unedited model's logits, and the
+    edited questions do not. Seen failing with the hard filter's bar lowered so that every expert fires."""
+    from easyeditor.evaluate import prepare_multimodal_edit
+
+    from easyedit_liveedit import LiveEdit, toyworld
+    from easyedit_liveedit.toyworld.evaluate import ImageLoader
+
+    torch.set_num_threads(1)
+    world = toyworld.load(progress=False)
+    hparams = world.apply_paths(
+        LiveEditMultimodalHparams.from_hparams(PROJECT_ROOT / "hparams/LiveEdit/toy-blip2.yaml")
+    )
+    editor = LiveEdit(world.load_model(), hparams).eval()
+    editor.load_state_dict(load_file(shipped.folder("scenes") / "LiveEdit.safetensors"))
+    records = json.loads(world.split("vqa_eval").read_text())[:4]
+    load, tok = ImageLoader(world.layout.images, world.config.image_size), world.tokenizer()
+
+    def batch(fields: tuple[str, str, str]) -> dict:
+        image, question, answer = fields
+        made = [prepare_multimodal_edit(hparams, tok, r[answer], r[question], load(r[image])[None]) for r in records]
+        return {"image": torch.cat([s["image"] for s in made]), "text_input": [s["text_input"][0] for s in made],
+                "prompts_len": [s["prompts_len"][0] for s in made], "labels": [""] * len(made)}  # fmt: skip
+
+    edits, unrelated = batch(("image", "src", "alt")), batch(("m_loc", "m_loc_q", "m_loc_a"))
+    assert len({r["image"] for r in records}) == len(records)  # four distinct subjects
+    with torch.no_grad():
+        editor.add_edits(edits)
+        assert torch.equal(editor(unrelated).logits, editor.model(unrelated).logits)
+        changed = (editor(edits).logits - editor.model(edits).logits).abs().flatten(1).amax(1)  # (4,)
+    assert bool((changed > 1e-3).all()), changed

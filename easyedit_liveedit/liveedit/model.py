@@ -1,8 +1,9 @@
 """``LiveEditModel``: a frozen vision-language backbone, LiveEdit's networks and an expert library.
 
 - An edit (``add_edits``) runs the edit sample teacher-forced up to layer ``l_e`` only (the decoder is cut
-  there), turns those hidden states into one expert per sample and stores it: one partial forward pass, no
-  gradient step, and no backbone weight ever changes.
+  there), turns those hidden states (with ``answer_embeddings``, also the answer tokens' input embeddings, seen by
+  the language model's pre-hook in the same pass) into one expert per sample and stores it: one partial forward
+  pass, no gradient step, and no backbone weight ever changes.
 - Answering (``forward``, ``generate``) routes each input against the library at layer ``l_e`` and adds the
   chosen experts' residual there; generation routes once on the prompt and reuses it for every new token.
 - Meta-training (``forward_with_experts``) mixes a given set of fresh experts with learned soft weights.
