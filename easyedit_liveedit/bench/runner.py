@@ -215,7 +215,11 @@ class Runner:
             LOG.info("%s: using the archive %s", name, archive)
             return True
         LOG.warning(
-            "%s: the archive %s was trained from other inputs (changed: %s); training it again", name, archive, changes
+            "%s: the archive %s was trained from other inputs (changed: %s); a shipped archive that fits, or a new "
+            "training, replaces it",
+            name,
+            archive,
+            changes,
         )
         return False
 

@@ -42,4 +42,4 @@ def write_json(records: list[dict], path: Path) -> None:
     """Write records as one JSON list (the layout ``BaseDataset`` reads)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(records, indent=1))
-    LOG.info("wrote %d records to %s", len(records), path)
+    LOG.debug("wrote %d records to %s", len(records), path)

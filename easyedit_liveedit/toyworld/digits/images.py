@@ -83,5 +83,5 @@ def write_images(
         render(scans[index], size).save(folder / image_path)
         render_view(scans[index], size, view_transform(rng)).save(folder / view_path)
         paths[index] = (image_path, view_path)
-    LOG.info("wrote %d images and their views under %s", len(indices), folder)
+    LOG.debug("wrote %d images and their views under %s", len(indices), folder)
     return paths

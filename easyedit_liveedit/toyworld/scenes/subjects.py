@@ -231,5 +231,5 @@ def write_subjects(
         Image.fromarray(renderer.render(scene, scans, rng)).save(folder / image)
         Image.fromarray(renderer.render(scene, others, rng)).save(folder / view)
         subjects.append(Subject(name, scene, scans, others, image, view))
-    LOG.info("wrote %d %s subjects (two renderings each) under %s", len(subjects), prefix, folder)
+    LOG.debug("wrote %d %s subjects (two renderings each) under %s", len(subjects), prefix, folder)
     return subjects
