@@ -10,6 +10,7 @@ import torch
 from helpers import VAL_SIZE, small_archives, toy_hparams
 
 from easyedit_liveedit.bench import archives, shipped
+from easyedit_liveedit.toyworld.artifacts import sha256
 
 METHODS = ("LiveEdit", "MEND", "SERAC")
 
@@ -48,7 +49,7 @@ def test_a_shipped_archive_unpacks_to_the_trained_weights(small_world, shipped_d
     fresh = archives.provenance(training, small_world.split("vqa_train"), VAL_SIZE)
     assert archives.provenance_changes(json.loads(archives.provenance_path(target).read_text()), fresh) is None
     entry = json.loads((dest / "MANIFEST.json").read_text())[method]
-    assert entry["sha256"] == shipped.sha256(dest / entry["file"]) and entry["shipped_by"] == "pytest"
+    assert entry["sha256"] == sha256(dest / entry["file"]) and entry["shipped_by"] == "pytest"
 
 
 def test_an_altered_shipped_file_is_refused_by_name(small_world, shipped_dir, tmp_path):

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from easyedit_liveedit.bench import shipped
 from easyedit_liveedit.easyedit.hparams import LiveEditMultimodalHparams
 from easyedit_liveedit.liveedit.networks import LiveEditNetwork
-from easyedit_liveedit.toyworld.artifacts import ARTIFACTS_ROOT
+from easyedit_liveedit.toyworld.artifacts import ARTIFACTS_ROOT, sha256
 from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
 
 MANIFESTS = sorted(ARTIFACTS_ROOT.glob("*/*/MANIFEST.json"))
@@ -37,7 +37,7 @@ def test_every_shipped_file_matches_its_manifest(manifest):
     assert files
     for entry in files:
         path = manifest.parent / (entry.get("file") or entry["path"])
-        assert shipped.sha256(path) == entry["sha256"], path
+        assert sha256(path) == entry["sha256"], path
 
 
 def test_the_shipped_liveedit_weights_fit_the_editing_yaml():

@@ -15,7 +15,6 @@ inputs is left alone (the runner then trains one) with a warning naming what dif
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..easyedit.archive import CONFIG_KEY
-from ..toyworld.artifacts import ARTIFACTS_ROOT, MANIFEST, git_commit
+from ..toyworld.artifacts import ARTIFACTS_ROOT, MANIFEST, git_commit, sha256
 from . import archives
 
 LOG = logging.getLogger(__name__)
@@ -38,11 +37,6 @@ _NOT_TENSORS = ("model_config",)
 def folder(world: str) -> Path:
     """Where the archives of toy world ``world`` ship: ``artifacts/<world>/archives``."""
     return ARTIFACTS_ROOT / world / "archives"
-
-
-def sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _inputs(training: Any, train_json: Path, val_size: int) -> dict[str, Any]:

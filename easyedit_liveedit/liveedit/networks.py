@@ -208,8 +208,12 @@ class ExpertGenerator(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """``h (B, T, d)``, the ``(B, T)`` masks whose union is ``H_e`` and, when the generator reads them, the
         input embeddings ``(B, T, d)`` (read at ``answer_mask``) -> ``U, V``, each ``(B, r, d)``."""
-        if self.reads_answer_embeddings and answer_embeds is None:
-            raise ValueError("this expert generator reads the answer tokens' input embeddings (answer_embeddings)")
+        if self.reads_answer_embeddings and (answer_embeds is None or answer_embeds.shape != h.shape):
+            got = None if answer_embeds is None else tuple(answer_embeds.shape)
+            raise ValueError(
+                f"answer_embeddings: expected the input embeddings {tuple(h.shape)} of the edit samples, got {got} "
+                "(the language model's input embeddings must have the hidden width)"
+            )
         masks = (image_mask, prompt_mask, answer_mask)
         factors = []
         for phi, norm, types, answer, attn in (
@@ -405,16 +409,8 @@ class LiveEditNetwork(nn.Module):
             ``Experts`` with ``psi, phi (B, k, d_m)`` and ``U, V (B, r, d)``.
         """
         h = self._prepare(h, image_mask, prompt_mask, answer_mask)
-        if self.generator.reads_answer_embeddings:
-            if answer_embeds is None or answer_embeds.shape != h.shape:
-                got = None if answer_embeds is None else tuple(answer_embeds.shape)
-                raise ValueError(
-                    f"answer_embeddings: expected the input embeddings {tuple(h.shape)} of the edit samples, got "
-                    f"{got} (the language model's input embeddings must have the hidden width)"
-                )
-            answer_embeds = answer_embeds.to(h.dtype)
-        else:
-            answer_embeds = None
+        if answer_embeds is not None:
+            answer_embeds = answer_embeds.to(h.dtype)  # the backbone may run in fp16; the networks run in fp32
         psi, phi = self.edit_keys(h, image_mask, prompt_mask)
         U, V = self.generator(h, image_mask, prompt_mask, answer_mask, answer_embeds)  # H_e = [h_v; h_p; h_o]
         return Experts(psi=psi, phi=phi, U=U, V=V)
