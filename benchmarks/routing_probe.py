@@ -6,12 +6,13 @@ Usage (from the project root, after `make setup`):
 The library holds the experts of the first N records of `--split` (default vqa_dev; the eval split is refused),
 one edit per record (expert id = record index).
 For each of those records it routes three inputs and reports, per input kind:
-- `edit` (the edit's own question and image), `image_rephrase` (the same question, the other view of the scan):
+- `edit` (the edit's own question and image), `rephrase` (the paraphrased question, same image), `image_rephrase`
+  (the same question, the other view of the scan):
   how often the record's own expert passes the hard filter, how often it also carries the largest soft weight,
   its mean weight, and how many experts fire in all;
 - `m_loc` (a question of another kind about a scan of another digit, which no expert should touch): how often any
   expert fires, and how many.
-For every input it also splits the experts that pass the hard filter although their edit shows another scan
+On the digits world, for every input it also splits the experts that pass the hard filter although their edit shows another scan
 (`stray`) by whether that scan shows the same digit: the share of such experts that pass, per group.
 
 Then it scores reliability (`rel`), text generality (`t_gen`) and image generality (`m_gen`) with EasyEdit's own
@@ -41,8 +42,8 @@ def samples_of(world, hparams, records: list[dict], kind: str) -> list[dict]:
 
     load = ImageLoader(world.layout.images, world.config.image_size)
     tok = world.tokenizer()
-    fields = {"edit": ("src", "alt", "image"), "image_rephrase": ("src", "alt", "image_rephrase"),
-              "m_loc": ("m_loc_q", "m_loc_a", "m_loc")}[kind]  # fmt: skip
+    fields = {"edit": ("src", "alt", "image"), "rephrase": ("rephrase", "alt", "image"),
+              "image_rephrase": ("src", "alt", "image_rephrase"), "m_loc": ("m_loc_q", "m_loc_a", "m_loc")}[kind]  # fmt: skip
     prompt, target, image = fields
     return [prepare_multimodal_edit(hparams, tok, r[target], r[prompt], load(r[image])) for r in records]
 
@@ -98,7 +99,8 @@ def accuracies(editor, experts, world, hparams, records: list[dict]) -> dict[str
 
     load = ImageLoader(world.layout.images, world.config.image_size)
     tok = world.tokenizer()
-    scans = torch.tensor([int(scan_of(r["image"]).split(".")[0]) for r in records])
+    names = [scan_of(r["image"]) for r in records]
+    scans = torch.tensor([names.index(n) for n in names])  # one number per scan
     parts = {"rel": ("src", "image"), "t_gen": ("rephrase", "image"), "m_gen": ("src", "image_rephrase")}
     scores: dict[str, dict[str, list[float]]] = {
         m: {p: [] for p in parts} for m in ("routed", "scan_filter", "own_expert")
@@ -128,12 +130,13 @@ def main(argv: list[str] | None = None) -> None:
         experts = Experts(*(torch.cat([getattr(e, f) for e in made]) for f in ("psi", "phi", "U", "V")))
         editor.reset()
         own = editor.library.add(experts)
-        for kind, image in (("edit", "image"), ("image_rephrase", "image_rephrase"), ("m_loc", "m_loc")):
+        kinds = (("edit", "image"), ("rephrase", "image"), ("image_rephrase", "image_rephrase"), ("m_loc", "m_loc"))
+        for kind, image in kinds:
             samples = samples_of(world, hparams, records, kind)
             reports = [row for start in range(0, len(samples), 8)
                        for row in editor.routing_report(batch_of(samples[start : start + 8]))]  # fmt: skip
             results[kind] = summary(reports, None if kind == "m_loc" else own)
-            if kind != "m_loc":  # an M-Loc scan's digit is not in its record
+            if kind != "m_loc" and "label" in records[0]:  # digits world; an M-Loc scan's digit is not in its record
                 results[kind] |= stray_rates(reports, records, image)
         results["accuracy"] = accuracies(editor, experts, world, hparams, records)
     print(json.dumps(results, indent=2))

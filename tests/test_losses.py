@@ -9,12 +9,14 @@ import torch
 
 from easyedit_liveedit.liveedit.losses import (
     answer_cross_entropy,
+    filter_negatives_loss,
     hard_filter_calibration_loss,
     hard_routing_in_scope_loss,
     hard_routing_out_scope_loss,
     liveedit_loss,
     locality_kl,
     soft_routing_absolute_loss,
+    soft_routing_negatives_loss,
     soft_routing_relative_loss,
 )
 
@@ -153,6 +155,42 @@ def test_hard_filter_calibration_loss_by_hand():
     expected = total / 9
     loss = hard_filter_calibration_loss(t(IN), t(EDIT), t(SENT), torch.tensor(in_scope))
     assert loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+# stored negatives' validity for the three inputs above against the three EDIT keys used as a store
+VALID = [[True, False, True], [True, True, True], [False, False, True]]
+
+
+def softplus(x: float) -> float:
+    return math.log(1.0 + math.exp(x))
+
+
+def test_filter_negatives_loss_by_hand_counts_the_hardest_valid_stored_edits():
+    hardest = 2
+    total = 0.0
+    for i in range(3):
+        margins = sorted((sim(IN[i], EDIT[q]) - sim(IN[i], SENT[i]) for q in range(3) if VALID[i][q]), reverse=True)
+        margins += [-math.inf] * (hardest - len(margins))  # fewer valid than ``hardest``: the rest count 0
+        total += sum(softplus(m) if m > -math.inf else 0.0 for m in margins[:hardest]) / hardest
+    got = filter_negatives_loss(t(IN), t(SENT), t(EDIT), torch.tensor(VALID), hardest)
+    assert got.item() == pytest.approx(total / 3, rel=1e-12)
+
+
+def test_soft_routing_negatives_loss_by_hand():
+    """Absolute: the hardest valid stored keys' gates close; relative: the own edit (row i of ``own``) beats the
+    batch's edits and every valid stored key (the invalid ones are left out)."""
+    store, own, hardest = EDIT, SENT, 1  # SENT stands in for the batch's own edits
+    absolute, relative = 0.0, 0.0
+    for i in range(3):
+        stored = [sim(IN[i], store[q]) for q in range(3) if VALID[i][q]]
+        absolute += -log_sigmoid(-max(stored))
+        row = [sim(IN[i], own[j]) for j in range(3)] + stored
+        relative += -log_softmax(row)[i]
+    valid = torch.tensor(VALID)
+    got = soft_routing_negatives_loss(t(IN), t(store), valid, hardest)
+    assert got.item() == pytest.approx(absolute / 3, rel=1e-12)
+    got = soft_routing_negatives_loss(t(IN), t(store), valid, hardest, edit_psi=t(own))
+    assert got.item() == pytest.approx((absolute + relative) / 3, rel=1e-9)
 
 
 def test_filter_term_is_off_unless_weighted():

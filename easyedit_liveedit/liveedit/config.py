@@ -57,6 +57,12 @@ class LiveEditConfig:
     filter_lambda: float = _field(
         0.0, "training", "ours: weight of the hard-filter calibration loss (0 reproduces the paper)"
     )
+    routing_negatives: int = _field(
+        0,
+        "training",
+        "ours: the routing keys of the last N meta-training edits are kept as negatives for the hard filter and the "
+        "soft router (negatives.RecentEdits), so training meets a library-sized crowd; 0 = the paper (the batch only)",
+    )
     routing_pairs: str = _field(
         "authors",
         "training",
@@ -71,6 +77,8 @@ class LiveEditConfig:
                 f"LiveEditConfig: key 'routing_pairs' is {self.routing_pairs!r}; expected one of "
                 f"{', '.join(ROUTING_PAIRS)}"
             )
+        if self.routing_negatives < 0:
+            raise ValueError(f"LiveEditConfig: key 'routing_negatives' must be >= 0, got {self.routing_negatives}")
         if self.edit_layer < 0:
             raise ValueError(f"LiveEditConfig: key 'edit_layer' must be >= 0, got {self.edit_layer}")
         for name in ("cross_attn_dim", "num_heads", "rank", "num_key_slots", "num_sentinel_tokens"):

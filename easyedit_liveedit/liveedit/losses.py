@@ -45,6 +45,10 @@ setting): the hard-filter calibration loss. The two InfoNCE terms only ask the m
 sentinel; nothing asks a *non-matching* edit of the batch to stay below it, yet at inference every such edit
 that clears the bar is mixed in. The calibration term trains exactly the decision inference makes, on every
 (input, edit) pair of the batch.
+
+And one more of ours (``routing_negatives``, 0 = off): the routing terms against the stored keys of recent edits
+(``negatives.RecentEdits``), so each input meets a library-sized crowd of other edits, not the batch's few:
+``filter_negatives_loss`` (group ``filter``) and ``soft_routing_negatives_loss`` (group ``soft_route``).
 """
 
 from __future__ import annotations
@@ -168,6 +172,44 @@ def hard_filter_calibration_loss(
     margin = similarity(input_phi, edit_phi) - paired_similarity(input_phi, sentinel_phi)[:, None]  # (B, M)
     sign = in_scope.to(margin.dtype) * 2 - 1
     return F.softplus(-sign * margin).mean()
+
+
+def _masked(scores: Tensor, valid: Tensor) -> Tensor:
+    """``scores`` with the invalid entries at the dtype's minimum: they lose every softmax and every top-k."""
+    return scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+
+
+def filter_negatives_loss(
+    input_phi: Tensor, sentinel_phi: Tensor, negative_phi: Tensor, valid: Tensor, hardest: int
+) -> Tensor:
+    """The hard filter must drop stored edits about other images: ``softplus(margin)`` of each input's ``hardest``
+    largest margins ``sim(input_i, stored_q) - sim(input_i, sentinel_i)`` (invalid entries count 0).
+
+    Args:
+        input_phi, sentinel_phi: ``(B, k, d_m)``; negative_phi: ``(Q, k, d_m)`` stored edit keys;
+        valid: ``(B, Q)`` bool, True where stored edit ``q`` is a true negative of input ``i``.
+    """
+    margin = similarity(input_phi, negative_phi) - paired_similarity(input_phi, sentinel_phi)[:, None]  # (B, Q)
+    return F.softplus(_masked(margin, valid).topk(min(hardest, margin.shape[1]), dim=1).values).mean()
+
+
+def soft_routing_negatives_loss(
+    input_psi: Tensor, negative_psi: Tensor, valid: Tensor, hardest: int, edit_psi: Tensor | None = None
+) -> Tensor:
+    """The soft router against stored edits: the ``hardest`` most similar get a closed gate (absolute,
+    ``sigmoid(a) -> 0``); with ``edit_psi`` (row ``i`` = input ``i``'s own edit) the own edit must also win the
+    InfoNCE over the batch's edits and every stored one (relative).
+
+    Args:
+        input_psi: ``(B, k, d_m)``; negative_psi: ``(Q, k, d_m)``; valid: ``(B, Q)`` bool as in
+        ``filter_negatives_loss``; edit_psi: ``(B, k, d_m)`` or None (locality inputs have no own edit).
+    """
+    stored = _masked(similarity(input_psi, negative_psi), valid)  # (B, Q)
+    loss = -F.logsigmoid(-stored.topk(min(hardest, stored.shape[1]), dim=1).values).mean()
+    if edit_psi is not None:
+        logits = torch.cat([similarity(input_psi, edit_psi), stored], dim=1)  # (B, B + Q)
+        loss = loss - logits.log_softmax(dim=1).diagonal().mean()
+    return loss
 
 
 def liveedit_loss(

@@ -19,7 +19,10 @@ the image), ``loc`` (a text-only question) and ``loc_image`` (an unrelated image
    sentinel beats every edit key. ``edit``: every in-scope input is paired with its real edit, locality inputs
    with the real edits only (one direction);
 5. if ``filter_lambda > 0`` (ours), the hard filter's own decision on every (input, real edit) pair (an edit is in
-   scope of an input exactly when its image is the input's edit image).
+   scope of an input exactly when its image is the input's edit image);
+6. with a store of recent edits (ours, ``routing_negatives > 0``), every input against the stored edits about other
+   images: the hard filter drops the hardest ``HARDEST_NEGATIVES``, the soft router closes their gates, and an
+   in-scope input prefers its own edit over all of them; then the batch's edit keys join the store.
 
 The authors' step also runs layer ``l_e`` a second time on its own output before adding the residual (their
 ``forward_from_mid_layer``), which inference does not; this step runs it once, as inference does.
@@ -37,17 +40,23 @@ from .library import ExpertLibrary
 from .losses import (
     IGNORE_INDEX,
     answer_cross_entropy,
+    filter_negatives_loss,
     hard_filter_calibration_loss,
     hard_routing_in_scope_loss,
     hard_routing_out_scope_loss,
     locality_kl,
     soft_routing_absolute_loss,
+    soft_routing_negatives_loss,
     soft_routing_relative_loss,
 )
 from .model import LiveEditModel
+from .negatives import RecentEdits
 from .networks import Experts
 
 # MMEdit sub-batches in scope of their edit -> (loss term, the accuracy name EasyEdit's trainer logs).
+# Stored edits each input is trained against (step 6): about the number of other experts that clear the hard filter
+# per input after 1,000 scenes dev edits with the archive trained without the store (6.1).
+HARDEST_NEGATIVES = 8
 IN_SCOPE = {"edit_inner": ("rel", "inner/acc"), "edit_outer": ("gen/text", "edit/acc"),
             "edit_outer_image": ("gen/image", "image_rephrase/acc")}  # fmt: skip
 
@@ -114,9 +123,11 @@ def random_prefix(num_inputs: int, num_experts: int, device: torch.device) -> Te
 
 
 def meta_losses(
-    editor: LiveEditModel, batch: dict[str, Any], filter_loss: bool = False
+    editor: LiveEditModel, batch: dict[str, Any], filter_loss: bool = False, negatives: RecentEdits | None = None
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """The loss terms of one meta-training step (see the module docstring) and the accuracies seen on the way.
+
+    ``negatives``: the store of recent edits (step 6), which receives this batch's edit keys; None leaves it out.
 
     Returns:
         ``(terms, info)``: scalar loss terms keyed as ``liveedit_loss`` takes them, and float accuracies under
@@ -150,8 +161,32 @@ def meta_losses(
         same = same_image(batch["edit_inner"]["image"])
         pairs = [(m, same) for m in in_scope] + [(locality, torch.zeros_like(own))]  # locality: no edit in scope
         calibration = [hard_filter_calibration_loss(m.keys.phi, experts.phi, m.keys.sentinel, y) for m, y in pairs]
-        terms["filter"] = sum(calibration) / len(calibration)
+        terms["filter/batch"] = sum(calibration) / len(calibration)
+    if negatives is not None:
+        if len(negatives):
+            terms.update(_stored_negative_terms(batch, in_scope, locality, experts, negatives))
+        negatives.push(experts.psi, experts.phi, batch["edit_inner"]["image"])
     return terms, info
+
+
+def _stored_negative_terms(
+    batch: dict[str, Any], in_scope: list[Mix], locality: Mix, experts: Experts, negatives: RecentEdits
+) -> dict[str, Tensor]:
+    """Every input against the stored edits about other images than its own edit's (step 6)."""
+    about_others = negatives.other_images(batch["edit_inner"]["image"])  # (B, Q)
+    inputs = [(m, about_others, experts.psi) for m in in_scope]
+    inputs.append((locality, negatives.other_images(batch["loc_image"]["image"]), None))  # no own edit
+    k = HARDEST_NEGATIVES
+    return {
+        "filter/negatives": sum(
+            filter_negatives_loss(m.keys.phi, m.keys.sentinel, negatives.phi, valid, k) for m, valid, _ in inputs
+        )
+        / len(inputs),
+        "soft_route/negatives": sum(
+            soft_routing_negatives_loss(m.keys.psi, negatives.psi, valid, k, own) for m, valid, own in inputs
+        )
+        / len(inputs),
+    }
 
 
 def _authors_routing_terms(in_scope: list[Mix], locality: Mix) -> dict[str, Tensor]:
