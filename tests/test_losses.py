@@ -16,7 +16,6 @@ from easyedit_liveedit.liveedit.losses import (
     liveedit_loss,
     locality_kl,
     soft_routing_absolute_loss,
-    soft_routing_negatives_loss,
     soft_routing_relative_loss,
 )
 
@@ -165,7 +164,7 @@ def softplus(x: float) -> float:
     return math.log(1.0 + math.exp(x))
 
 
-def test_filter_negatives_loss_by_hand_counts_the_hardest_valid_stored_edits():
+def test_filter_negatives_loss_by_hand_counts_the_hardest_valid_stored_edits_and_the_own_edit():
     hardest = 2
     total = 0.0
     for i in range(3):
@@ -174,23 +173,10 @@ def test_filter_negatives_loss_by_hand_counts_the_hardest_valid_stored_edits():
         total += sum(softplus(m) if m > -math.inf else 0.0 for m in margins[:hardest]) / hardest
     got = filter_negatives_loss(t(IN), t(SENT), t(EDIT), torch.tensor(VALID), hardest)
     assert got.item() == pytest.approx(total / 3, rel=1e-12)
-
-
-def test_soft_routing_negatives_loss_by_hand():
-    """Absolute: the hardest valid stored keys' gates close; relative: the own edit (row i of ``own``) beats the
-    batch's edits and every valid stored key (the invalid ones are left out)."""
-    store, own, hardest = EDIT, SENT, 1  # SENT stands in for the batch's own edits
-    absolute, relative = 0.0, 0.0
-    for i in range(3):
-        stored = [sim(IN[i], store[q]) for q in range(3) if VALID[i][q]]
-        absolute += -log_sigmoid(-max(stored))
-        row = [sim(IN[i], own[j]) for j in range(3)] + stored
-        relative += -log_softmax(row)[i]
-    valid = torch.tensor(VALID)
-    got = soft_routing_negatives_loss(t(IN), t(store), valid, hardest)
-    assert got.item() == pytest.approx(absolute / 3, rel=1e-12)
-    got = soft_routing_negatives_loss(t(IN), t(store), valid, hardest, edit_psi=t(own))
-    assert got.item() == pytest.approx((absolute + relative) / 3, rel=1e-9)
+    own = SENT[::-1]  # stands in for each input's own edit
+    clears = sum(softplus(sim(IN[i], SENT[i]) - sim(IN[i], own[i])) for i in range(3)) / 3
+    got = filter_negatives_loss(t(IN), t(SENT), t(EDIT), torch.tensor(VALID), hardest, edit_phi=t(own))
+    assert got.item() == pytest.approx(total / 3 + clears, rel=1e-12)
 
 
 def test_filter_term_is_off_unless_weighted():

@@ -141,16 +141,16 @@ def test_recent_edits_keep_the_newest_and_know_which_share_an_image():
     store = RecentEdits(3)
     images = torch.arange(4.0).reshape(4, 1, 1, 1).expand(4, 3, 2, 2)  # four distinct images
     keys = torch.arange(4.0)[:, None, None].expand(4, 2, 5)  # edit q's keys hold q
-    store.push(keys[:2], keys[:2], images[:2])
-    store.push(keys[2:], keys[2:], images[2:])
-    assert len(store) == 3 and store.psi[:, 0, 0].tolist() == [1.0, 2.0, 3.0]  # the oldest went first
+    store.push(keys[:2], images[:2])
+    store.push(keys[2:], images[2:])
+    assert len(store) == 3 and store.phi[:, 0, 0].tolist() == [1.0, 2.0, 3.0]  # the oldest went first
     assert store.other_images(images[[1, 0]]).tolist() == [[False, True, True], [True, True, True]]
 
 
 def test_stored_negatives_train_the_input_side_router(small_world):
     """Guards step 6 of the meta-training step: a store of recent edits gets each batch's edit keys, and from the
-    second batch on every input is trained against the stored edits about other images (the filter and soft-router
-    terms, with a gradient into LiveEdit's networks). Seen failing with the push left out of ``meta_losses``."""
+    second batch on every input is trained against the stored edits about other images (the filter term, with a
+    gradient into LiveEdit's networks). Seen failing with the push left out of ``meta_losses``."""
     from easyeditor import VQADataset
     from helpers import small_liveedit_hparams
 
@@ -177,7 +177,7 @@ def test_stored_negatives_train_the_input_side_router(small_world):
     terms, _ = meta_losses(editor, second, negatives=step.negatives)
     assert len(step.negatives) == 8 and terms["filter/negatives"].item() > 0
     editor.zero_grad()
-    (terms["filter/negatives"] + terms["soft_route/negatives"]).backward()
+    terms["filter/negatives"].backward()
     grads = [p.grad for p in editor.net.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
     assert grads, "the stored-negative terms train nothing"
 

@@ -48,7 +48,7 @@ that clears the bar is mixed in. The calibration term trains exactly the decisio
 
 And one more of ours (``routing_negatives``, 0 = off): the routing terms against the stored keys of recent edits
 (``negatives.RecentEdits``), so each input meets a library-sized crowd of other edits, not the batch's few:
-``filter_negatives_loss`` (group ``filter``) and ``soft_routing_negatives_loss`` (group ``soft_route``).
+``filter_negatives_loss`` (group ``filter``).
 """
 
 from __future__ import annotations
@@ -180,35 +180,29 @@ def _masked(scores: Tensor, valid: Tensor) -> Tensor:
 
 
 def filter_negatives_loss(
-    input_phi: Tensor, sentinel_phi: Tensor, negative_phi: Tensor, valid: Tensor, hardest: int
+    input_phi: Tensor,
+    sentinel_phi: Tensor,
+    negative_phi: Tensor,
+    valid: Tensor,
+    hardest: int,
+    edit_phi: Tensor | None = None,
 ) -> Tensor:
-    """The hard filter must drop stored edits about other images: ``softplus(margin)`` of each input's ``hardest``
-    largest margins ``sim(input_i, stored_q) - sim(input_i, sentinel_i)`` (invalid entries count 0).
+    """The hard filter against stored edits: each input's ``hardest`` stored edits about other images must fall
+    below its sentinel (``softplus(margin)`` of the largest margins ``sim(input_i, stored_q) - sim(input_i,
+    sentinel_i)``; invalid entries count 0) and, with ``edit_phi`` (row ``i`` = input ``i``'s own edit), its own
+    edit must clear it (``softplus(-margin)``), weighed as much as the crowd so a stricter filter cannot win by
+    dropping the own edit.
 
     Args:
         input_phi, sentinel_phi: ``(B, k, d_m)``; negative_phi: ``(Q, k, d_m)`` stored edit keys;
-        valid: ``(B, Q)`` bool, True where stored edit ``q`` is a true negative of input ``i``.
+        valid: ``(B, Q)`` bool, True where stored edit ``q`` is a true negative of input ``i``;
+        edit_phi: ``(B, k, d_m)`` or None (locality inputs have no own edit).
     """
-    margin = similarity(input_phi, negative_phi) - paired_similarity(input_phi, sentinel_phi)[:, None]  # (B, Q)
-    return F.softplus(_masked(margin, valid).topk(min(hardest, margin.shape[1]), dim=1).values).mean()
-
-
-def soft_routing_negatives_loss(
-    input_psi: Tensor, negative_psi: Tensor, valid: Tensor, hardest: int, edit_psi: Tensor | None = None
-) -> Tensor:
-    """The soft router against stored edits: the ``hardest`` most similar get a closed gate (absolute,
-    ``sigmoid(a) -> 0``); with ``edit_psi`` (row ``i`` = input ``i``'s own edit) the own edit must also win the
-    InfoNCE over the batch's edits and every stored one (relative).
-
-    Args:
-        input_psi: ``(B, k, d_m)``; negative_psi: ``(Q, k, d_m)``; valid: ``(B, Q)`` bool as in
-        ``filter_negatives_loss``; edit_psi: ``(B, k, d_m)`` or None (locality inputs have no own edit).
-    """
-    stored = _masked(similarity(input_psi, negative_psi), valid)  # (B, Q)
-    loss = -F.logsigmoid(-stored.topk(min(hardest, stored.shape[1]), dim=1).values).mean()
-    if edit_psi is not None:
-        logits = torch.cat([similarity(input_psi, edit_psi), stored], dim=1)  # (B, B + Q)
-        loss = loss - logits.log_softmax(dim=1).diagonal().mean()
+    sentinel = paired_similarity(input_phi, sentinel_phi)  # (B,)
+    margin = _masked(similarity(input_phi, negative_phi) - sentinel[:, None], valid)  # (B, Q)
+    loss = F.softplus(margin.topk(min(hardest, margin.shape[1]), dim=1).values).mean()
+    if edit_phi is not None:
+        loss = loss + F.softplus(sentinel - paired_similarity(input_phi, edit_phi)).mean()
     return loss
 
 

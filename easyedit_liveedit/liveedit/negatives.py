@@ -1,11 +1,10 @@
-"""The routing keys of recent meta-training edits, kept as negatives for the router (ours, not in the paper).
+"""The visual keys of recent meta-training edits, kept as negatives for the hard filter (ours, not in the paper).
 
 At inference an input meets every stored expert; in a meta-training batch it meets only the batch's other ``B - 1``
 edits, and few of them look like its image. On the toy scenes world after 1,000 dev edits about six experts of other
 edits clear the visual hard filter for every input and take weight from the own expert (benchmarks/routing_probe.py).
-``RecentEdits`` keeps the (detached) edit-side keys of the last ``size`` edits, MoCo-style, so the routing losses can
-show each input a library-sized crowd: the hard filter must drop the hardest of them, the soft router must prefer the
-own edit over all of them.
+``RecentEdits`` keeps the (detached) edit-side visual keys of the last ``size`` edits, MoCo-style, so the filter loss
+can show each input a library-sized crowd: the hard filter must drop the hardest of them and still keep the own edit.
 """
 
 from __future__ import annotations
@@ -22,25 +21,22 @@ def image_fingerprints(images: Tensor) -> list[bytes]:
 
 
 class RecentEdits:
-    """A first-in first-out store of the edit-side keys ``(psi, phi)`` of the last ``size`` meta-training edits."""
+    """A first-in first-out store of the edit-side visual keys ``phi`` of the last ``size`` meta-training edits."""
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError(f"RecentEdits: size must be >= 1, got {size}")
         self.size = size
-        self.psi: Tensor | None = None  # (Q, k, d_m)
         self.phi: Tensor | None = None  # (Q, k, d_m)
         self.images: list[bytes] = []  # fingerprint of each stored edit's image
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def push(self, psi: Tensor, phi: Tensor, images: Tensor) -> None:
-        """Store a batch's edit keys (detached), dropping the oldest beyond ``size``."""
-        psi, phi = psi.detach(), phi.detach()
-        if self.psi is not None:
-            psi, phi = torch.cat([self.psi, psi]), torch.cat([self.phi, phi])
-        self.psi, self.phi = psi[-self.size :], phi[-self.size :]
+    def push(self, phi: Tensor, images: Tensor) -> None:
+        """Store a batch's edit keys ``phi (B, k, d_m)`` (detached) and images, dropping the oldest beyond ``size``."""
+        phi = phi.detach() if self.phi is None else torch.cat([self.phi, phi.detach()])
+        self.phi = phi[-self.size :]
         self.images = (self.images + image_fingerprints(images))[-self.size :]
 
     def other_images(self, images: Tensor) -> Tensor:

@@ -21,8 +21,8 @@ the image), ``loc`` (a text-only question) and ``loc_image`` (an unrelated image
 5. if ``filter_lambda > 0`` (ours), the hard filter's own decision on every (input, real edit) pair (an edit is in
    scope of an input exactly when its image is the input's edit image);
 6. with a store of recent edits (ours, ``routing_negatives > 0``), every input against the stored edits about other
-   images: the hard filter drops the hardest ``HARDEST_NEGATIVES``, the soft router closes their gates, and an
-   in-scope input prefers its own edit over all of them; then the batch's edit keys join the store.
+   images: the hard filter drops the hardest ``HARDEST_NEGATIVES`` while an in-scope input's own edit still clears
+   it; then the batch's edit keys join the store.
 
 The authors' step also runs layer ``l_e`` a second time on its own output before adding the residual (their
 ``forward_from_mid_layer``), which inference does not; this step runs it once, as inference does.
@@ -46,7 +46,6 @@ from .losses import (
     hard_routing_out_scope_loss,
     locality_kl,
     soft_routing_absolute_loss,
-    soft_routing_negatives_loss,
     soft_routing_relative_loss,
 )
 from .model import LiveEditModel
@@ -165,28 +164,23 @@ def meta_losses(
     if negatives is not None:
         if len(negatives):
             terms.update(_stored_negative_terms(batch, in_scope, locality, experts, negatives))
-        negatives.push(experts.psi, experts.phi, batch["edit_inner"]["image"])
+        negatives.push(experts.phi, batch["edit_inner"]["image"])
     return terms, info
 
 
 def _stored_negative_terms(
     batch: dict[str, Any], in_scope: list[Mix], locality: Mix, experts: Experts, negatives: RecentEdits
 ) -> dict[str, Tensor]:
-    """Every input against the stored edits about other images than its own edit's (step 6)."""
+    """Every input against the stored edits about other images than its own edit's (step 6): the hard filter only.
+    The soft router reads text, and a library-sized store holds many edits asking the input's very question about
+    other images: text cannot tell those apart (tried: the soft-routing terms against the store as well lowered
+    routed reliability on dev, BENCHMARKS.md)."""
     about_others = negatives.other_images(batch["edit_inner"]["image"])  # (B, Q)
-    inputs = [(m, about_others, experts.psi) for m in in_scope]
+    inputs = [(m, about_others, experts.phi) for m in in_scope]
     inputs.append((locality, negatives.other_images(batch["loc_image"]["image"]), None))  # no own edit
-    k = HARDEST_NEGATIVES
-    return {
-        "filter/negatives": sum(
-            filter_negatives_loss(m.keys.phi, m.keys.sentinel, negatives.phi, valid, k) for m, valid, _ in inputs
-        )
-        / len(inputs),
-        "soft_route/negatives": sum(
-            soft_routing_negatives_loss(m.keys.psi, negatives.psi, valid, k, own) for m, valid, own in inputs
-        )
-        / len(inputs),
-    }
+    terms = [filter_negatives_loss(m.keys.phi, m.keys.sentinel, negatives.phi, valid, HARDEST_NEGATIVES, own)
+             for m, valid, own in inputs]  # fmt: skip
+    return {"filter/negatives": sum(terms) / len(terms)}
 
 
 def _authors_routing_terms(in_scope: list[Mix], locality: Mix) -> dict[str, Tensor]:
