@@ -9,7 +9,8 @@
 - Meta-training (``forward_with_experts``) mixes a given set of fresh experts with learned soft weights.
 
 The networks sit on the edit layer's device (so a backbone sharded across devices works) and stay in fp32;
-the library follows the networks. Its checkpoint (``state_dict``) holds only the networks, never the backbone.
+the library lives on the networks' device (and follows them on ``to``/``cuda``/``cpu``). Its checkpoint
+(``state_dict``) holds only the networks, never the backbone.
 """
 
 from __future__ import annotations
@@ -62,8 +63,17 @@ class LiveEditModel(nn.Module):
         weight = next(layer.parameters())
         device = weight.device  # the networks follow the edit layer (sharded backbones too)
         self.net = LiveEditNetwork(adapter.hidden_size(model), config).to(device)
-        self.library = ExpertLibrary(dtype=library_dtype or weight.dtype)
+        self.library = ExpertLibrary(dtype=library_dtype or weight.dtype, device=device)
         self.edit_layer = EditLayer(model, adapter, config.edit_layer, self.net)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LiveEditModel:
+        """``nn.Module``'s ``to``/``cuda``/``cpu`` move the networks (and the backbone); the library follows the
+        networks, so that routing never meets keys on another device."""
+        super()._apply(fn, recurse)
+        device = next(self.net.parameters()).device
+        if self.library.device != device:
+            self.library.to(device)
+        return self
 
     # ----------------------------------------------------------------------------------- editing
     def hidden_states(self, samples: dict[str, Any]) -> tuple[Tensor, TokenLayout]:
