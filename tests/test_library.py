@@ -333,11 +333,16 @@ def test_every_tensor_of_the_library_lives_on_its_device_after_add_load_and_to(t
 
 
 class TinyDecoder(nn.Module):
-    """A stand-in backbone: two decoder layers of width ``D``."""
+    """A stand-in backbone: two decoder layers of width ``D``; ``quantized`` gives layer 1 an int8 weight first (as
+    bitsandbytes' 8-bit linear layers hold theirs) beside an fp16 norm."""
 
-    def __init__(self) -> None:
+    def __init__(self, quantized: bool = False, norm: bool = True) -> None:
         super().__init__()
-        self.layers = nn.ModuleList([nn.Linear(D, D), nn.Linear(D, D)])
+        self.layers = nn.ModuleList([nn.Linear(D, D), nn.Module()])
+        if quantized:
+            self.layers[1].weight = nn.Parameter(torch.zeros(D, D, dtype=torch.int8), requires_grad=False)
+        if norm:
+            self.layers[1].norm = nn.LayerNorm(D).to(torch.float16)
 
 
 class TinyAdapter(BackboneAdapter):
@@ -374,3 +379,21 @@ def test_the_library_follows_the_networks_when_the_editor_moves():
     assert editor.library.device == next(editor.net.parameters()).device == torch.device("cpu")
     editor.to("meta")
     assert editor.library.device == torch.device("meta") and off_device(editor.library) == []
+
+
+# ---------------------------------------------------------------- storage dtype
+def test_a_quantized_backbone_stores_experts_in_its_floating_compute_dtype():
+    """Guards the storage dtype: an edit layer whose first parameter is int8 (an 8-bit backbone) stores experts in its
+    floating compute dtype (fp16, its norm's), and a non-floating dtype is refused, naming it and what to set. Seen
+    failing with the storage dtype read from the layer's first parameter (``next(layer.parameters()).dtype``, the code
+    before: int8, whose experts hold whole numbers only)."""
+    editor = LiveEditModel(TinyDecoder(quantized=True), TINY_CONFIG, TinyAdapter())
+    assert editor.library.dtype == torch.float16
+    editor.library.add(random_experts(1))
+    assert editor.library.experts([0]).U.dtype == torch.float16
+    with pytest.raises(ValueError, match=r"must be floating, got torch.int8 .*library_dtype"):
+        LiveEditModel(TinyDecoder(), TINY_CONFIG, TinyAdapter(), library_dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"decoder layer 1 has no floating parameter.*library_dtype"):
+        LiveEditModel(TinyDecoder(quantized=True, norm=False), TINY_CONFIG, TinyAdapter())
+    with pytest.raises(ValueError, match=r"ExpertLibrary.to: .*must be floating, got torch.uint8"):
+        ExpertLibrary().to(dtype=torch.uint8)

@@ -106,13 +106,18 @@ class ExpertLibrary:
     ) -> None:
         """
         Args:
-            dtype: storage dtype of keys and factors (None: that of the first experts added); the backbone's dtype
-                halves the bytes of fp32 where it runs in bf16/fp16. Routing math is fp32 whatever it is.
+            dtype: storage dtype of keys and factors (None: that of the first experts added), a floating dtype; the
+                backbone's compute dtype halves the bytes of fp32 where it runs in bf16/fp16. Routing math is fp32
+                whatever it is.
             initial_capacity: rows of the in-memory tail before its first doubling.
             chunk_bytes: fp32 bytes of visual keys scored per step of the exact scan (sized to stay in cache).
             prefilter: optional approximate index (``Prefilter``), consulted from ``prefilter_min`` experts on.
             device: where every tensor of the library lives (the networks' device, so routing stays on it).
+
+        Raises:
+            ValueError: a non-floating ``dtype`` (an int8 expert would hold only whole numbers), naming it.
         """
+        _check_storage_dtype(dtype, "ExpertLibrary")
         if initial_capacity < 1:
             raise ValueError(f"ExpertLibrary: initial_capacity must be >= 1, got {initial_capacity}")
         if chunk_bytes < 1:
@@ -201,6 +206,7 @@ class ExpertLibrary:
 
         Loaded shards are copied (they stop being memory-mapped). A library open on a folder keeps its dtype.
         """
+        _check_storage_dtype(dtype, "ExpertLibrary.to")
         if dtype is not None and self._store is not None and dtype != self.dtype:
             raise ValueError(f"ExpertLibrary.to: the library is open on {self._store.folder} in {self.dtype}")
         self.device = self.device if device is None else torch.device(device)
@@ -656,6 +662,15 @@ class ExpertLibrary:
         self._replace(contents.segments, contents.removed, contents.next_id, frozen=True)
         if contents.layout is not None:
             self.dtype = contents.layout.dtype
+
+
+def _check_storage_dtype(dtype: torch.dtype | None, where: str) -> None:
+    """Refuse a storage dtype that cannot hold an expert (an integer one, as a quantized backbone's weights have)."""
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(
+            f"{where}: the experts' storage dtype must be floating, got {dtype} (a quantized backbone's weight "
+            "dtype?); set it to the backbone's compute dtype, e.g. torch.float16 (LiveEditModel: library_dtype)"
+        )
 
 
 def _norms_of(phi: Tensor) -> Tensor:
