@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .. import toyworld
 from ..easyedit import LiveEditMultimodalTrainer, compat, distributed
 from ..easyedit.hparams import PATH_KEYS
+from ..liveedit import config as liveedit_config
 from ..toyworld.artifacts import git_commit
 
 LOG = logging.getLogger(__name__)
@@ -124,8 +125,9 @@ def archive_path(training_hparams: Any) -> Path:
     return Path(training_hparams.results_dir) / "models" / training_hparams.alg / model_name
 
 
-# Hparams that only say where outputs go (or which YAML they came from): they never change the trained weights.
-_OUTPUT_KEYS = ("results_dir", "source")
+# Hparams that never change the trained weights: where outputs go, which YAML they came from, and how the expert
+# library searches its keys at editing time (LiveEdit's ``index`` keys).
+_OUTPUT_KEYS = ("results_dir", "source", *liveedit_config.names("index"))
 # Files and folders the backbone is read from (LiveEdit's path keys minus data and archive), plus SERAC's
 # counterfactual model and scope classifier; a hub name that is not on disk has no files to record, and its name is
 # already in the hparams.
@@ -171,9 +173,10 @@ def provenance(training_hparams: Any, train_json: str | Path, val_size: int) -> 
         val_size: validation records held out from its end.
 
     Returns:
-        ``{"hparams", "train_json_sha256", "val_size", "backbone"}``: the hparams minus ``results_dir`` and
-        ``source``; the backbone as ``{hparams key: {file name: {"size", "mtime_ns"}}}`` for each key whose path
-        exists. JSON-safe: the record read back from its file equals a fresh one built from unchanged inputs.
+        ``{"hparams", "train_json_sha256", "val_size", "backbone"}``: the hparams minus those that never change the
+        weights (``_OUTPUT_KEYS``); the backbone as ``{hparams key: {file name: {"size", "mtime_ns"}}}`` for each key
+        whose path exists. JSON-safe: the record read back from its file equals a fresh one built from unchanged
+        inputs.
     """
     values = {k: v for k, v in dataclasses.asdict(training_hparams).items() if k not in _OUTPUT_KEYS}
     with open(train_json, "rb") as f:

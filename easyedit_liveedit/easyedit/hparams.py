@@ -24,6 +24,7 @@ import torch
 import yaml
 from easyeditor.util.hparams import HyperParams
 
+from ..index import check_index
 from ..liveedit import LiveEditConfig
 from .placement import check_precision
 
@@ -111,6 +112,7 @@ class _LiveEditHparamsBase(LiveEditConfig, HyperParams):
             super().__post_init__()
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
+        check_index(self, where)  # index: faiss needs faiss, said now rather than at the first edit
 
     @classmethod
     def from_hparams(cls: type[H], hparams_name_or_path: str | os.PathLike) -> H:
