@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .. import toyworld
 from ..easyedit import LiveEditMultimodalTrainer, compat, distributed
 from ..easyedit.hparams import PATH_KEYS
+from ..easyedit.validate import image_roots, validate_file
 from ..liveedit import config as liveedit_config
 from ..toyworld.artifacts import git_commit
 
@@ -290,6 +291,8 @@ def train_archive(
         provenance record (``provenance_path``), which describes the inputs as they were when training started.
     """
     job = distributed.from_environment()  # under torchrun: one process of a DDP job (rank 0 writes the files)
+    # every record checked before anything trains (EasyEdit's datasets fail with a bare KeyError or skip silently)
+    validate_file(train_json, *image_roots(training_hparams))
     record = provenance(training_hparams, train_json, val_size)
     easyeditor = importlib.import_module("easyeditor")
     config = copy.deepcopy(training_hparams)

@@ -207,6 +207,15 @@ class LiveEditMultimodalHparams(_LiveEditHparamsBase):
     # durably before the call returns; re-edits replace, the same edit again changes nothing (docs/library.md)
     library_path: str | None = None
 
+    def check_paths(self, keys: tuple[str, ...] = PATH_KEYS) -> None:
+        """As ``_LiveEditHparamsBase.check_paths``; also refuses a ``library_path`` that exists but is not a folder."""
+        super().check_paths(keys)
+        if self.library_path is not None and Path(self.library_path).exists() and not Path(self.library_path).is_dir():
+            raise ValueError(
+                f"{self.source or '<in code>'}: key 'library_path' points to {self.library_path!r}, which is a file; "
+                "it must name a library folder (created if missing)"
+            )
+
 
 @dataclass(kw_only=True)
 class LiveEditMultimodalTrainingHparams(_LiveEditHparamsBase):
