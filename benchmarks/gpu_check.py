@@ -12,7 +12,10 @@ Stages (``--tiny`` shrinks every count so that the CPU dry run takes about a min
 5. the NaN guard in fp16: EasyEdit's MEND edit after edit, LiveEdit on the same sequence;
 6. a tiny real-architecture BLIP-2-OPT (EasyEdit's Blip2OPT, glue from a LAVIS-format checkpoint) and
 7. a tiny LLaVA-1.5 (transformers' LlavaForConditionalGeneration, 576 image tokens; --tiny 16), each cast to bf16:
-   meta-training steps under bf16 autocast, edits, routed forward and generation, all finite.
+   meta-training steps under bf16 autocast, edits, routed forward and generation, all finite;
+8. the expert library on the device with the faiss pre-filter: 20,000 experts (--tiny 2,048) saved, loaded onto the
+   device, routed through the pre-filter (every list probed: the same experts as the exact scan) and applied, with
+   every tensor of the library on the device.
 
 Exit status: 0 when every stage passed, 1 when one failed (each failure is printed with its error), 2 when the
 device asked for is not there. Files go to --out (default: a temporary folder, removed at the end).
@@ -109,6 +112,49 @@ def bf16_liveedit(model: torch.nn.Module, hparams: Any, tok: Any, image_size: in
         raise FloatingPointError("non-finite logits after edits")
     dtype = next(editor.adapter.decoder_layers(model).parameters()).dtype
     return f"{len(editor.library)} experts, decoder {dtype}, generated {answers[0]!r}, loss {total.item():.3f}"
+
+
+def library_on_device(device: torch.device, folder: Path, n: int, threads: int) -> str:
+    """The expert library on ``device``: ``n`` experts added, saved to ``folder``, loaded onto the device, routed
+    through the faiss pre-filter (every list probed, so it must keep exactly what the exact scan keeps) and applied;
+    raises if the routings differ, a tensor of the library is elsewhere, or the output is not finite."""
+    from easyedit_liveedit.index import FaissPrefilter
+    from easyedit_liveedit.liveedit import ExpertLibrary, Experts, InputKeys
+
+    g = torch.Generator().manual_seed(0)
+    k, d_m, d, centres = 4, 32, 64, 64
+    middle = 3 * torch.randn(centres, k, d_m, generator=g)  # keys cluster as edits about the same images do
+    phi = middle[torch.randint(0, centres, (n,), generator=g)] + torch.randn(n, k, d_m, generator=g)
+    experts = Experts(phi, phi.clone(), torch.randn(n, 2, d, generator=g), torch.randn(n, 2, d, generator=g))
+    query = (middle[:8] + 0.5 * torch.randn(8, k, d_m, generator=g)).to(device)
+    keys = InputKeys(query, query, 0.7 * query, torch.ones(8, dtype=torch.bool, device=device))
+    made = ExpertLibrary(device=device)
+    made.add(experts)  # made on the CPU, stored on the device
+    exact = made.route(keys)
+    made.save(folder)
+    library = ExpertLibrary()
+    library.load(folder, map_location=device)
+    nlist = 16
+    library.set_prefilter(FaissPrefilter(nlist=nlist, nprobe=nlist, train_size=64 * nlist, threads=threads), 1)
+    routing = library.route(keys)
+    if [[i for i, _ in row] for row in routing.report()] != [[i for i, _ in row] for row in exact.report()]:
+        raise RuntimeError("the pre-filter's routing differs from the exact scan's with every list probed")
+    elsewhere = [f"{name} on {t.device}" for name, value in vars(library).items()
+                 for t in _tensors(value) if t.device != library.device]  # fmt: skip
+    if library.device != device or elsewhere:
+        raise RuntimeError(f"library on {library.device}, tensors elsewhere: {elsewhere}")
+    h = torch.randn(8, 5, d, device=device)
+    if not finite(library.apply(h, routing, torch.nn.LayerNorm(d).to(device))):
+        raise FloatingPointError("non-finite output of the routed experts")
+    return f"{n} experts on {device}, {routing.slots.numel()} fired through the pre-filter as through the exact scan"
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in ``value``, through dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return [t for item in items for t in _tensors(item)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,8 +316,11 @@ def run_stages(args: argparse.Namespace, device: torch.device, out: Path) -> int
     stages.run("5 NaN guard, fp16", nan_guard)
     stages.run("6 BLIP-2-OPT tiny, bf16", blip2_bf16)
     stages.run("7 LLaVA-1.5 tiny, bf16", llava_bf16)
+    stages.run("8 expert library, faiss pre-filter", lambda: library_on_device(device, out / "library",
+                                                                               2048 if args.tiny else 20000,
+                                                                               args.threads))  # fmt: skip
     total = time.perf_counter() - start
-    print(f"gpu_check: {7 - len(stages.failed)}/7 stages passed in {total:.1f} s"
+    print(f"gpu_check: {8 - len(stages.failed)}/8 stages passed in {total:.1f} s"
           + (f"; failed: {', '.join(stages.failed)}" if stages.failed else ""), flush=True)  # fmt: skip
     return 1 if stages.failed else 0
 

@@ -1,8 +1,9 @@
 """Bad input never corrupts state: every public entry names what is wrong and where, and the library is untouched.
 
 Entries: ``MultimodalEditor.edit`` / ``edit_dataset`` (EasyEdit main's API), the registered editing entry
-``apply_liveedit_to_multimodal_model``, the MMEdit file validator (the loader check; the CLI's is in
-``test_cli.py``). The library is a folder (hparams ``library_path``), so "untouched" means its files too.
+``apply_liveedit_to_multimodal_model``, the trainer and ``train_archive``, the comparison (``run_method``), the MMEdit
+file validator (the loader check; the CLI's is in ``test_cli.py``). The library is a folder (hparams
+``library_path``), so "untouched" means its files too.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def images(tmp_path) -> Path:
         ({"locality_inputs": {"text": {"prompt": ["x", "y"]}}}, r"locality_inputs\['text'\] must be a dict with"),
         ({"locality_inputs": {"text": {"prompt": ["x", ""], "ground_truth": ["a", "b"]}}}, r"\['prompt'\]\[1\] is"),
         ({"locality_inputs": {"sound": {}}}, "keys 'text' and/or 'vision'"),
+        (
+            {"locality_inputs": {"text": {"prompt": "x", "ground_truth": ["a", "b"]}}},
+            r"locality_inputs\['text'\]\['prompt'\] must be a list with one entry per edit, got the string 'x'",
+        ),
     ],
 )
 def test_edit_arguments_name_the_argument_and_the_edit(images, changes, message):
@@ -176,3 +181,80 @@ def test_a_library_folder_keeps_edits_across_editors_and_never_applies_one_twice
         assert torch.equal(reopened.library.state_dict()["U"], liveedit.library.state_dict()["U"])
     finally:
         reopened.library.close()
+
+
+# ---------------------------------------------------------------- records EasyEdit's datasets drop or fail on
+def _bad_file(small_world, folder: Path, **changes) -> Path:
+    """Two eval records of the small world in a file of their own, the second changed by ``changes`` (None deletes)."""
+    records = json.loads(small_world.split("vqa_eval").read_text())[2:4]
+    for key, value in changes.items():
+        if value is None:
+            del records[1][key]
+        else:
+            records[1][key] = value
+    path = folder / "bad.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_edit_dataset_refuses_a_record_easyedit_skips_silently(small_world, editing, tmp_path):
+    """Guards records in = records edited through ``edit_dataset``: EasyEdit's ``VQADataset`` drops a record whose
+    ``alt`` is empty without a word (2 records in, 1 item); the editor names the record and the field instead, and
+    the library and its folder are untouched. Seen failing (1 edit made, no error) with the ``validate_dataset`` call
+    removed from ``edit_dataset``."""
+    editor, hparams, _, liveedit, folder = editing
+    before = _snapshot(liveedit, folder)
+    with small_world.easyedit_patches():
+        from easyeditor import VQADataset
+
+        ds = VQADataset(str(_bad_file(small_world, tmp_path, alt="")), size=2, config=hparams)
+    assert len(ds) == 1  # what EasyEdit made of two records
+    message = r"LiveEdit edit_dataset: VQADataset: record 1, field 'alt' is empty"
+    with small_world.easyedit_patches(), pytest.raises(ValueError, match=message):
+        editor.edit_dataset(ds, sequential_edit=True, verbose=False)
+    assert _same(_snapshot(liveedit, folder), before)
+
+
+def test_the_trainer_train_archive_and_the_comparison_name_the_record_and_the_field(small_world, tmp_path):
+    """Guards validation before any training or editing: the trainer refuses a dataset built from a record EasyEdit
+    skipped (empty ``alt``), naming the dataset, the record and the field; ``train_archive`` and the comparison refuse
+    a record without ``m_loc`` (EasyEdit's dataset: a bare ``KeyError``), naming the file, the record and the field.
+    Seen failing with the ``validate_dataset`` call removed from the trainer (it went on to build the backbone), the
+    ``validate_file`` call removed from ``train_archive`` (``KeyError: 'm_loc'``) and from ``run_method`` (it went on
+    to the backbone)."""
+    from easyeditor import VQADataset
+
+    from easyedit_liveedit.bench import archives
+    from easyedit_liveedit.bench.engine import CompareSettings, MethodRun, run_method
+    from easyedit_liveedit.easyedit.trainer import LiveEditMultimodalTrainer
+
+    training = toy_hparams(small_world, "LiveEdit", training=True, results_dir=str(tmp_path / "results"))
+    with small_world.easyedit_patches():
+        empty_alt = VQADataset(str(_bad_file(small_world, tmp_path, alt="")), config=training)
+    message = r"LiveEditMultimodalTrainer: train_set \(VQADataset\): record 1, field 'alt' is empty"
+    with pytest.raises(ValueError, match=message):
+        LiveEditMultimodalTrainer(training, empty_alt, empty_alt)
+
+    no_m_loc = _bad_file(small_world, tmp_path, m_loc=None)
+    with pytest.raises(ValueError, match=rf"{no_m_loc}: record 1 has no field 'm_loc'"):
+        archives.train_archive("LiveEdit", training, no_m_loc, "VQADataset", tmp_path / "split", val_size=1)
+    assert not (tmp_path / "split").exists()  # nothing was written before the check
+
+    hparams = toy_hparams(small_world, "LiveEdit")
+    rows = run_method(MethodRun("LiveEdit", hparams=hparams), None, CompareSettings(str(no_m_loc), edits=[1]), False)
+    assert rows[0].status == f"error (ValueError: {no_m_loc}: record 1 has no field 'm_loc')"
+
+
+def test_a_library_path_that_is_a_file_is_refused_naming_the_key(small_world, tmp_path_factory, tmp_path):
+    """Guards: ``library_path`` naming an existing file fails with an error naming the key and the YAML, before any
+    editor is built (it was a bare ``FileExistsError`` from deep in the library's storage). Seen failing with the
+    editing hparams' ``check_paths`` override removed."""
+    archive = small_archives(tmp_path_factory, small_world) / "models" / "LiveEdit" / "blip2"
+    (tmp_path / "notes.txt").write_text("not a library")
+    hparams = toy_hparams(small_world, "LiveEdit", archive=str(archive), library_path=str(tmp_path / "notes.txt"))
+    model = small_world.load_model()
+    with pytest.raises(
+        ValueError, match=r"toy-blip2.yaml: key 'library_path' points to .*notes.txt', which is a file"
+    ):
+        editor_for(model, hparams)
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0

@@ -15,7 +15,7 @@ import torch
 from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
 
 SCRIPT = PROJECT_ROOT / "benchmarks" / "gpu_check.py"
-STAGES = 7
+STAGES = 8
 
 
 def run_script(args: list[str], cache, tmp_path) -> subprocess.CompletedProcess:
@@ -27,7 +27,7 @@ def run_script(args: list[str], cache, tmp_path) -> subprocess.CompletedProcess:
 def stage_lines(stdout: str) -> list[str]:
     """The per-stage lines (progress bars may share a line's start: keep what follows their last carriage return)."""
     lines = [line.split("\r")[-1] for line in stdout.splitlines()]
-    return [line for line in lines if re.match(r"[1-7] .* (ok|FAILED) +\d+\.\d s", line)]
+    return [line for line in lines if re.match(r"[1-8] .* (ok|FAILED) +\d+\.\d s", line)]
 
 
 @pytest.mark.slow

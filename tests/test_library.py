@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
+from easyedit_liveedit.liveedit.backbone import BackboneAdapter
 from easyedit_liveedit.liveedit.config import LiveEditConfig
 from easyedit_liveedit.liveedit.library import ExpertLibrary
+from easyedit_liveedit.liveedit.model import LiveEditModel
 from easyedit_liveedit.liveedit.networks import Experts, InputKeys, LiveEditNetwork
 
 D, DM, R, K = 16, 8, 2, 2
@@ -276,3 +279,121 @@ def test_with_the_network_end_to_end_in_fp16():
         out = lib.apply(h.half(), routing, net.expert_norm)
     assert out.dtype == torch.float16 and out.shape == (2, 8, D) and torch.isfinite(out).all()
     assert len(routing.report()) == 2
+
+
+# ---------------------------------------------------------------- one device
+def tensors_of(value: object, name: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in ``value``, through dicts, lists and tuples, named by its path from ``name``."""
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from tensors_of(item, f"{name}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from tensors_of(item, f"{name}[{i}]")
+
+
+def off_device(library: ExpertLibrary) -> list[str]:
+    """The library's tensor attributes (found through ``vars()``, so a new one is covered) not on its device."""
+    found = [(f"{attr}{path}", t) for attr, value in vars(library).items() for path, t in tensors_of(value, "")]
+    assert any(name.startswith("_ids") for name, _ in found)  # the enumeration sees the bookkeeping
+    return [f"{name} on {t.device}" for name, t in found if t.device != library.device]
+
+
+def test_every_tensor_of_the_library_lives_on_its_device_after_add_load_and_to(tmp_path):
+    """Guards one device: after ``add``, ``load``, ``open``, ``to`` and ``load_state_dict`` every tensor attribute
+    (ids, live flags, key digests, keys, factors, key norms) is on ``library.device``. The ``meta`` device stands in
+    for a GPU (nothing is computed there). Seen failing with ``_clear`` making the ids and live flags on the CPU
+    and ``_set_bookkeeping`` writing them there (the code before: a loaded library kept its ids on the CPU beside rows
+    on the model's device), and with ``_replace`` keeping a loaded segment's key digests on the CPU."""
+    meta = torch.device("meta")
+    made = ExpertLibrary(device="meta")
+    made.add(random_experts(3))  # experts made on the CPU are copied to the library's device
+    assert made.device == meta and off_device(made) == []
+    source = ExpertLibrary()
+    source.add(random_experts(5))
+    source.remove(1)
+    source.save(tmp_path / "library")
+    assert source.device == torch.device("cpu") and off_device(source) == []
+    loaded = ExpertLibrary()
+    loaded.load(tmp_path / "library", map_location="meta")
+    assert loaded.device == meta and len(loaded) == 4 and off_device(loaded) == []
+    loaded.add(random_experts(2, seed=3))
+    assert off_device(loaded) == []
+    opened = ExpertLibrary()
+    opened.open(tmp_path / "library", identity={}, map_location="meta")
+    assert opened.device == meta and off_device(opened) == []
+    opened.close()
+    source.to("meta")
+    assert source.device == meta and off_device(source) == []
+    restored = ExpertLibrary(device="meta")
+    restored.load_state_dict(ExpertLibrary().state_dict() | {"next_id": torch.tensor(0)})
+    assert restored.device == torch.device("cpu") and off_device(restored) == []  # follows the state's tensors
+
+
+class TinyDecoder(nn.Module):
+    """A stand-in backbone: two decoder layers of width ``D``; ``quantized`` gives layer 1 an int8 weight first (as
+    bitsandbytes' 8-bit linear layers hold theirs) beside an fp16 norm."""
+
+    def __init__(self, quantized: bool = False, norm: bool = True) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(D, D), nn.Module()])
+        if quantized:
+            self.layers[1].weight = nn.Parameter(torch.zeros(D, D, dtype=torch.int8), requires_grad=False)
+        if norm:
+            self.layers[1].norm = nn.LayerNorm(D).to(torch.float16)
+
+
+class TinyAdapter(BackboneAdapter):
+    """What ``LiveEditModel.__init__`` asks of a backbone; nothing here runs a forward pass."""
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        return model.layers
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def hidden_size(self, model: nn.Module) -> int:
+        return D
+
+    def layout(self, model, samples, attention_mask):
+        raise NotImplementedError
+
+    def prompt_embeddings(self, model, samples):
+        raise NotImplementedError
+
+    def tokenizer(self, model):
+        raise NotImplementedError
+
+
+TINY_CONFIG = LiveEditConfig(edit_layer=1, cross_attn_dim=DM, num_heads=2, rank=R, num_key_slots=K,
+                             num_sentinel_tokens=4)  # fmt: skip
+
+
+def test_the_library_follows_the_networks_when_the_editor_moves():
+    """Guards one device through ``LiveEditModel``: the library is made on the networks' device, and ``to()`` on the
+    editor moves it with them. Seen failing with ``LiveEditModel._apply`` removed (the library stayed on the CPU)."""
+    editor = LiveEditModel(TinyDecoder(), TINY_CONFIG, TinyAdapter())
+    editor.library.add(random_experts(2))
+    assert editor.library.device == next(editor.net.parameters()).device == torch.device("cpu")
+    editor.to("meta")
+    assert editor.library.device == torch.device("meta") and off_device(editor.library) == []
+
+
+# ---------------------------------------------------------------- storage dtype
+def test_a_quantized_backbone_stores_experts_in_its_floating_compute_dtype():
+    """Guards the storage dtype: an edit layer whose first parameter is int8 (an 8-bit backbone) stores experts in its
+    floating compute dtype (fp16, its norm's), and a non-floating dtype is refused, naming it and what to set. Seen
+    failing with the storage dtype read from the layer's first parameter (``next(layer.parameters()).dtype``, the code
+    before: int8, whose experts hold whole numbers only)."""
+    editor = LiveEditModel(TinyDecoder(quantized=True), TINY_CONFIG, TinyAdapter())
+    assert editor.library.dtype == torch.float16
+    editor.library.add(random_experts(1))
+    assert editor.library.experts([0]).U.dtype == torch.float16
+    with pytest.raises(ValueError, match=r"must be floating, got torch.int8 .*library_dtype"):
+        LiveEditModel(TinyDecoder(), TINY_CONFIG, TinyAdapter(), library_dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"decoder layer 1 has no floating parameter.*library_dtype"):
+        LiveEditModel(TinyDecoder(quantized=True, norm=False), TINY_CONFIG, TinyAdapter())
+    with pytest.raises(ValueError, match=r"ExpertLibrary.to: .*must be floating, got torch.uint8"):
+        ExpertLibrary().to(dtype=torch.uint8)

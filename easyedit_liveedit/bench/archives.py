@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 from .. import toyworld
 from ..easyedit import LiveEditMultimodalTrainer, compat, distributed
 from ..easyedit.hparams import PATH_KEYS
+from ..easyedit.validate import image_roots, validate_file
+from ..liveedit import config as liveedit_config
 from ..toyworld.artifacts import git_commit
 
 LOG = logging.getLogger(__name__)
@@ -124,8 +126,9 @@ def archive_path(training_hparams: Any) -> Path:
     return Path(training_hparams.results_dir) / "models" / training_hparams.alg / model_name
 
 
-# Hparams that only say where outputs go (or which YAML they came from): they never change the trained weights.
-_OUTPUT_KEYS = ("results_dir", "source")
+# Hparams that never change the trained weights: where outputs go, which YAML they came from, and how the expert
+# library searches its keys at editing time (LiveEdit's ``index`` keys).
+_OUTPUT_KEYS = ("results_dir", "source", *liveedit_config.names("index"))
 # Files and folders the backbone is read from (LiveEdit's path keys minus data and archive), plus SERAC's
 # counterfactual model and scope classifier; a hub name that is not on disk has no files to record, and its name is
 # already in the hparams.
@@ -171,9 +174,10 @@ def provenance(training_hparams: Any, train_json: str | Path, val_size: int) -> 
         val_size: validation records held out from its end.
 
     Returns:
-        ``{"hparams", "train_json_sha256", "val_size", "backbone"}``: the hparams minus ``results_dir`` and
-        ``source``; the backbone as ``{hparams key: {file name: {"size", "mtime_ns"}}}`` for each key whose path
-        exists. JSON-safe: the record read back from its file equals a fresh one built from unchanged inputs.
+        ``{"hparams", "train_json_sha256", "val_size", "backbone"}``: the hparams minus those that never change the
+        weights (``_OUTPUT_KEYS``); the backbone as ``{hparams key: {file name: {"size", "mtime_ns"}}}`` for each key
+        whose path exists. JSON-safe: the record read back from its file equals a fresh one built from unchanged
+        inputs.
     """
     values = {k: v for k, v in dataclasses.asdict(training_hparams).items() if k not in _OUTPUT_KEYS}
     with open(train_json, "rb") as f:
@@ -287,6 +291,8 @@ def train_archive(
         provenance record (``provenance_path``), which describes the inputs as they were when training started.
     """
     job = distributed.from_environment()  # under torchrun: one process of a DDP job (rank 0 writes the files)
+    # every record checked before anything trains (EasyEdit's datasets fail with a bare KeyError or skip silently)
+    validate_file(train_json, *image_roots(training_hparams))
     record = provenance(training_hparams, train_json, val_size)
     easyeditor = importlib.import_module("easyeditor")
     config = copy.deepcopy(training_hparams)

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from ..easyedit import compat, scoring
 from ..easyedit.placement import input_device, to_device
+from ..easyedit.validate import image_roots, validate_file
 from . import ike_offline
 from .emt_probe import ProbeResult, classification_accuracy
 from .rss import PeakRss
@@ -218,6 +219,8 @@ def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings,
     monitor = PeakRss()
     model = tok = edited = None
     try:
+        # every record checked before any work: EasyEdit's datasets fail with a bare KeyError or skip a record silently
+        validate_file(settings.eval_json, *image_roots(method.hparams))
         if method.prepare is not None:
             method.prepare()  # training is not part of the editing run's memory or latency
         with monitor, backbone.patches(), compat.cuda_to_cpu(), compat.baseline_fixes():

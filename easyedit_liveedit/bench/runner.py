@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from .. import toyworld
 from ..easyedit import MultimodalEditor, compat
 from ..easyedit.placement import hparams_device
-from ..easyedit.validate import validate_file
+from ..easyedit.validate import image_roots, validate_file
 from ..toyworld.evaluate import ImageLoader
 from ..toyworld.layout import CACHE_ENV, PROJECT_ROOT
 from . import archives, ike_offline, nan_guard, shipped
@@ -92,7 +92,7 @@ class Runner:
         """Check the MMEdit files a user gave (the toy world's own are checked when it is built) before anything
         trains or edits, against the image folders ``hparams`` read them from: an error names the file, the record
         and the field. Each file is checked once per run and image folder."""
-        roots = (getattr(hparams, "coco_image", "."), getattr(hparams, "rephrase_image", None))
+        roots = image_roots(hparams)
         for key in ("train_json", "eval_json"):
             if self.cfg.data.get(key) is None:
                 continue

@@ -3,7 +3,8 @@
 EasyEdit's ``BaseTrainer`` builds ``ALG_TRAIN_DICT[alg](model, config, model_constructor)`` and reads
 ``outer_parameters()``, ``state_dict()`` and ``train()``/``eval()``; its editors call ``edit(batch, cond)``. This
 class gives the method those names: it picks the backbone's adapter, turns EasyEdit's hparams into the method's
-``LiveEditConfig``, and keeps the hparams it was built from.
+``LiveEditConfig``, attaches the library pre-filter its ``index`` key asks for, and keeps the hparams it was built
+from.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..backbones import CHAT_VLM_FAMILIES, adapter_for, wrap_for_editing
+from ..index import configure_index
 from ..liveedit import LiveEditConfig, LiveEditModel
 
 
@@ -40,6 +42,7 @@ class LiveEdit(LiveEditModel):
             processor = AutoProcessor.from_pretrained(config.name)
         model = wrap_for_editing(model, processor)
         super().__init__(model, liveedit_config(config), adapter_for(model))
+        configure_index(self.library, self.config, getattr(config, "source", None) or "<config>")
         self.hparams = config
         # the undo of the last edit made with keep_original_weight=True, run by the next edit (``entry.EditUndo``)
         self.temporary_edit: Callable[[], None] | None = None

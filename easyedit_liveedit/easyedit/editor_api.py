@@ -165,7 +165,10 @@ class MultimodalEditor(_TargetEditor):
     def edit_dataset(
         self, ds: Dataset, keep_original_weight: bool = False, verbose: bool = True, sequential_edit: bool = False
     ) -> tuple[list[dict], Any, dict]:
-        """Edit every record of an EasyEdit ``VQADataset``/``CaptionDataset`` (images already processed)."""
+        """Edit every record of an EasyEdit ``VQADataset``/``CaptionDataset`` (images already processed), after
+        checking the records it was built from (``validate.validate_dataset``: EasyEdit's datasets skip a bad record
+        silently)."""
+        validate.validate_dataset(ds, f"{self.alg_name} edit_dataset: {type(ds).__name__}")
         requests = [scoring.request_from_item(item) for item in ds]
         with compat.cuda_to_cpu():
             return self._edit_requests(requests, keep_original_weight, verbose, sequential_edit)

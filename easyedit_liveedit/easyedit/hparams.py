@@ -24,6 +24,7 @@ import torch
 import yaml
 from easyeditor.util.hparams import HyperParams
 
+from ..index import check_index
 from ..liveedit import LiveEditConfig
 from .placement import check_precision
 
@@ -111,6 +112,7 @@ class _LiveEditHparamsBase(LiveEditConfig, HyperParams):
             super().__post_init__()
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
+        check_index(self, where)  # index: faiss needs faiss, said now rather than at the first edit
 
     @classmethod
     def from_hparams(cls: type[H], hparams_name_or_path: str | os.PathLike) -> H:
@@ -204,6 +206,15 @@ class LiveEditMultimodalHparams(_LiveEditHparamsBase):
     # ours: a library folder (created if missing) holding the experts across runs; each edit is committed to it
     # durably before the call returns; re-edits replace, the same edit again changes nothing (docs/library.md)
     library_path: str | None = None
+
+    def check_paths(self, keys: tuple[str, ...] = PATH_KEYS) -> None:
+        """As ``_LiveEditHparamsBase.check_paths``; also refuses a ``library_path`` that exists but is not a folder."""
+        super().check_paths(keys)
+        if self.library_path is not None and Path(self.library_path).exists() and not Path(self.library_path).is_dir():
+            raise ValueError(
+                f"{self.source or '<in code>'}: key 'library_path' points to {self.library_path!r}, which is a file; "
+                "it must name a library folder (created if missing)"
+            )
 
 
 @dataclass(kw_only=True)

@@ -47,6 +47,7 @@ from .distributed import MetaStep, RankShard
 from .editable import LiveEdit
 from .models import build_backbone, is_sharded
 from .questions import EditorQuestions
+from .validate import validate_dataset
 
 LOG = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
     def __init__(self, config: Any, train_set: Any, val_set: Any) -> None:
         self.job = distributed.from_environment()
         config.check_paths()  # name the key of a missing file before anything is built
+        for name, dataset in (("train_set", train_set), ("val_set", val_set)):  # EasyEdit skips bad records silently
+            validate_dataset(dataset, f"{type(self).__name__}: {name} ({type(dataset).__name__})")
         if config.questions == "editor":  # train on edits as the editor will present them (questions.py)
             train_set, val_set = EditorQuestions(train_set), EditorQuestions(val_set)
         if self.job.enabled:

@@ -1,8 +1,10 @@
 """Checks on everything a user hands the editor, before any of it reaches EasyEdit or the expert library.
 
 Bad input must never change state: each public entry (the MMEdit file loader, ``MultimodalEditor.edit`` and
-``edit_dataset``, the registered editing entry, the command line) checks its whole input first and raises one error
-that says what is wrong and where (file, record or request index, field); only then does anything get edited.
+``edit_dataset``, the registered editing entry, the trainer and ``train_archive``, the comparison, the command line)
+checks its whole input first and raises one error that says what is wrong and where (file or source, record or
+request index, field); only then does anything get edited or trained. No record is dropped: records in, records used
+(or an error).
 
 EasyEdit's own loaders fail differently: ``VQADataset``/``CaptionDataset`` skip a record with an empty ``alt``
 silently (the edit count shrinks without a word), fail with a bare ``KeyError`` on a missing field, and with a PIL
@@ -108,6 +110,12 @@ def validate_records(
     return len(records)
 
 
+def image_roots(hparams: Any) -> tuple[str, str | None]:
+    """The image folders an EasyEdit dataset built with ``hparams`` reads MMEdit records under (``coco_image``,
+    ``rephrase_image``), for ``validate_file``."""
+    return getattr(hparams, "coco_image", "."), getattr(hparams, "rephrase_image", None)
+
+
 def validate_file(path: str | Path, image_root: str | Path, rephrase_root: str | Path | None = None) -> int:
     """Validate an MMEdit JSON file (see ``validate_records``); returns the number of records."""
     path = Path(path)
@@ -122,6 +130,22 @@ def validate_file(path: str | Path, image_root: str | Path, rephrase_root: str |
     count = validate_records(records, image_root, rephrase_root, source=str(path))
     LOG.debug("validated %d records in %s", count, path)
     return count
+
+
+def validate_dataset(dataset: Any, source: str) -> int | None:
+    """Check the MMEdit records an EasyEdit dataset (``VQADataset``, ``CaptionDataset``) was built from; returns their
+    number, or None for a dataset that keeps no records (a list of request dicts: ``validate_requests`` checks those).
+
+    EasyEdit's datasets keep the file's records as ``annotation`` and their image folders as ``vis_root`` /
+    ``rephrase_root``, but skip a record with an empty field without a word; this names it instead.
+
+    Raises:
+        TypeError, ValueError: as ``validate_records``, naming ``source``, the record's index and the field.
+    """
+    records = getattr(dataset, "annotation", None)
+    if records is None:
+        return None
+    return validate_records(records, dataset.vis_root, getattr(dataset, "rephrase_root", None), source)
 
 
 def check_text(value: object, where: str) -> str:
@@ -180,6 +204,9 @@ def validate_edit_arguments(
             raise TypeError(f"{source}: locality_inputs[{part!r}] must be a dict with keys {', '.join(keys)}")
         for key in keys:
             name = f"locality_inputs[{part!r}][{key!r}]"
+            if isinstance(inputs[key], str):  # the wheel's editor counts its characters as edits
+                raise TypeError(f"{source}: {name} must be a list with one entry per edit, got the string "
+                                f"{inputs[key]!r:.60}")  # fmt: skip
             values = _as_list(inputs[key], name, source)
             if key == "image":
                 _check_paths(values, name, n, Path(image_root), source)

@@ -6,9 +6,11 @@ EasyEdit-style hparams classes (``easyedit/hparams.py``) subclass it, so its fie
 each field's ``help`` says what it means and why the default.
 
 Each field has a ``role``: ``shape`` fixes the shape of a stored expert (and of the networks), ``computation`` changes
-what the networks compute (or which of them exist), ``training`` only shapes meta-training's losses. An archive records
-the config it was trained with; loading it under a config that differs in a ``shape`` or ``computation`` field is
-refused (``mismatches``).
+what the networks compute (or which of them exist), ``training`` only shapes meta-training's losses, ``index`` chooses
+how the expert library finds candidate experts among many (the exact scan, or an approximate faiss pre-filter whose
+candidates the exact filter re-checks): no network, expert or loss depends on it. An archive records the config it
+was trained with; loading it under a config that differs in a ``shape`` or ``computation`` field is refused
+(``mismatches``), so any ``training`` or ``index`` setting loads any archive.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 # How the routing losses pair inputs with edits in meta-training (``train_step.py``).
 ROUTING_PAIRS = ("authors", "edit")
+# How the expert library finds the experts an input keeps (``library.py``; ``easyedit_liveedit.index``).
+INDEXES = ("exact", "faiss")
 
 
 def _field(default: Any, role: str, help: str) -> Any:
@@ -71,6 +75,29 @@ class LiveEditConfig:
         "in-scope input with its real edit and locality inputs with the edits only",
     )
 
+    index: str = _field(
+        "exact",
+        "index",
+        "how the library finds the experts whose visual key clears an input's bar: 'exact' scans every key (the "
+        "paper; fast to about 10^5 experts); 'faiss' asks an approximate faiss IVF index for candidates from "
+        "index_min_experts experts on and re-checks each exactly (needs pip install faiss-cpu)",
+    )
+    index_min_experts: int = _field(
+        100_000, "index", "faiss: experts from which the index is consulted (below, the exact scan is as fast)"
+    )
+    index_nlist: int = _field(1024, "index", "faiss: IVF lists (k-means centroids); about 4 sqrt(N) for N experts")
+    index_nprobe: int = _field(64, "index", "faiss: lists scanned per query, the speed / recall trade-off")
+    index_codes: str = _field(
+        "Flat", "index", "faiss: how keys are stored in the lists, a faiss factory suffix (Flat: fp32, SQ8: 1 byte)"
+    )
+    index_train_size: int = _field(
+        65536, "index", "faiss: keys the k-means is trained on (the exact scan serves until that many exist)"
+    )
+    index_margin: float = _field(
+        0.0, "index", "faiss: lowers each threshold by margin * |t|, so compressed codes still propose an expert"
+    )
+    index_threads: int | None = _field(None, "index", "faiss: OpenMP threads (null: faiss's default, every core)")
+
     def __post_init__(self) -> None:
         if self.routing_pairs not in ROUTING_PAIRS:
             raise ValueError(
@@ -94,6 +121,22 @@ class LiveEditConfig:
         for name in names("training"):
             if name.endswith("_lambda") and getattr(self, name) < 0:
                 raise ValueError(f"LiveEditConfig: key {name!r} must be >= 0, got {getattr(self, name)}")
+        self._check_index()
+
+    def _check_index(self) -> None:
+        if self.index not in INDEXES:
+            raise ValueError(f"LiveEditConfig: key 'index' is {self.index!r}; expected one of {', '.join(INDEXES)}")
+        for name in ("index_min_experts", "index_nlist", "index_nprobe", "index_train_size", "index_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"LiveEditConfig: key {name!r} must be >= 1, got {value}")
+        if self.index_train_size < self.index_nlist:
+            raise ValueError(
+                f"LiveEditConfig: key 'index_train_size' ({self.index_train_size}) must be at least 'index_nlist' "
+                f"({self.index_nlist}): the k-means needs a key per list"
+            )
+        if self.index_margin < 0:
+            raise ValueError(f"LiveEditConfig: key 'index_margin' must be >= 0, got {self.index_margin}")
 
     def config_dict(self) -> dict[str, Any]:
         """Every field of ``LiveEditConfig`` (only those, also on a subclass) and its value: what an archive stores."""
@@ -125,5 +168,6 @@ class LiveEditConfig:
 
 
 def names(role: str | None = None) -> tuple[str, ...]:
-    """The fields of ``LiveEditConfig`` with ``role`` (``shape``, ``computation``, ``training``; None: all)."""
+    """The fields of ``LiveEditConfig`` with ``role`` (``shape``, ``computation``, ``training``, ``index``; None:
+    all)."""
     return tuple(f.name for f in fields(LiveEditConfig) if role is None or f.metadata["role"] == role)

@@ -18,6 +18,11 @@ read of the keys, converted to fp32 chunk by chunk. From ``prefilter_min`` exper
 so only experts that pass it are ever applied (a candidate the index misses is a recall loss, measured in
 ``benchmarks/library_scale.py``).
 
+One device: every tensor the library holds (ids, live flags, key digests, keys, factors, key norms) lives on
+``device``, the one given to the constructor, ``to``, ``load`` or ``open`` (experts added elsewhere are copied
+there), so routing never copies keys between devices; only the pre-filter's queries and candidates cross to and
+from the index's host memory, once per ``route``.
+
 Given a folder (``open``), every ``add`` and ``remove`` is committed durably before it returns (``storage.py``).
 """
 
@@ -97,20 +102,28 @@ class ExpertLibrary:
         chunk_bytes: int = 1 << 21,
         prefilter: Prefilter | None = None,
         prefilter_min: int = 100_000,
+        device: torch.device | str = "cpu",
     ) -> None:
         """
         Args:
-            dtype: storage dtype of keys and factors (None: that of the first experts added); the backbone's dtype
-                halves the bytes of fp32 where it runs in bf16/fp16. Routing math is fp32 whatever it is.
+            dtype: storage dtype of keys and factors (None: that of the first experts added), a floating dtype; the
+                backbone's compute dtype halves the bytes of fp32 where it runs in bf16/fp16. Routing math is fp32
+                whatever it is.
             initial_capacity: rows of the in-memory tail before its first doubling.
             chunk_bytes: fp32 bytes of visual keys scored per step of the exact scan (sized to stay in cache).
             prefilter: optional approximate index (``Prefilter``), consulted from ``prefilter_min`` experts on.
+            device: where every tensor of the library lives (the networks' device, so routing stays on it).
+
+        Raises:
+            ValueError: a non-floating ``dtype`` (an int8 expert would hold only whole numbers), naming it.
         """
+        _check_storage_dtype(dtype, "ExpertLibrary")
         if initial_capacity < 1:
             raise ValueError(f"ExpertLibrary: initial_capacity must be >= 1, got {initial_capacity}")
         if chunk_bytes < 1:
             raise ValueError(f"ExpertLibrary: chunk_bytes must be >= 1, got {chunk_bytes}")
         self.dtype = dtype
+        self.device = torch.device(device)
         self.chunk_bytes = chunk_bytes
         self.prefilter_min = prefilter_min
         self._initial_capacity = initial_capacity
@@ -124,8 +137,8 @@ class ExpertLibrary:
         self._frozen_rows = 0
         self._tail: dict[str, Tensor] = {}  # name -> (capacity, ...) preallocated, first _tail_size rows in use
         self._tail_size = 0
-        self._ids = torch.empty(0, dtype=torch.long)  # (capacity,) id of every row (frozen and tail), increasing
-        self._alive = torch.empty(0, dtype=torch.bool)  # (capacity,) False once removed
+        self._ids = torch.empty(0, dtype=torch.long, device=self.device)  # (capacity,) id of every row, increasing
+        self._alive = torch.empty(0, dtype=torch.bool, device=self.device)  # (capacity,) False once removed
         self._key_ids: dict[bytes, int] = {}  # digest -> id of the live expert committed under it
         self._size = 0  # live experts
         self._next_id = 0
@@ -188,21 +201,24 @@ class ExpertLibrary:
         return {name: tuple(block[name].shape[1:]) for name in FACTORS} if block else {}
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ExpertLibrary:
-        """Move (or cast) the stored experts into memory on ``device``; ids and routing are unchanged. Returns self.
+        """Move (or cast) every tensor of the library into memory on ``device`` (None: where it is); ids and routing
+        are unchanged. Returns self.
 
         Loaded shards are copied (they stop being memory-mapped). A library open on a folder keeps its dtype.
         """
+        _check_storage_dtype(dtype, "ExpertLibrary.to")
         if dtype is not None and self._store is not None and dtype != self.dtype:
             raise ValueError(f"ExpertLibrary.to: the library is open on {self._store.folder} in {self.dtype}")
+        self.device = self.device if device is None else torch.device(device)
         merged = self._all_rows()
         self._frozen, self._frozen_rows = [], 0
         cast = {name: dtype for name in FACTORS}  # key digests stay bytes
-        self._tail = {name: t.to(device=device, dtype=cast.get(name)) for name, t in merged.items()}
+        self._tail = {name: t.to(device=self.device, dtype=cast.get(name)) for name, t in merged.items()}
         if self._tail:
             self._tail["norm"] = _norms_of(self._tail["phi"])
         self._tail_size = next(iter(merged.values())).shape[0] if merged else 0
         self.dtype = dtype or self.dtype
-        self._ids, self._alive = self._ids.to(device=device), self._alive.to(device=device)
+        self._ids, self._alive = self._ids.to(self.device), self._alive.to(self.device)
         self._version += 1
         return self
 
@@ -254,7 +270,7 @@ class ExpertLibrary:
         if self._store is not None:  # the commit: durable before anything changes in memory
             self._store.append(ids, digests, {name: t.cpu() for name, t in new.items()})
         self.dtype = dtype
-        self._append_rows({**new, "key": digests.to(new["U"].device), "norm": _norms_of(new["phi"])}, ids)
+        self._append_rows({name: t.to(self.device) for name, t in new.items()}, ids, digests)
         return ids.tolist()
 
     def _digest_rows(self, keys: Sequence[str] | None, n: int) -> Tensor:
@@ -272,24 +288,25 @@ class ExpertLibrary:
             digests[row] = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
         return digests
 
-    def _append_rows(self, new: dict[str, Tensor], ids: Tensor) -> None:
-        """Put rows (factors and ``key`` digests) into the in-memory tail, growing it; bookkeeping; the prefilter."""
+    def _append_rows(self, new: dict[str, Tensor], ids: Tensor, digests: Tensor) -> None:
+        """Put rows (factors on the library's device, ``digests (n, 16)`` on the host) into the in-memory tail,
+        growing it; bookkeeping; the prefilter."""
         n = len(ids)
+        new = {**new, "key": digests.to(self.device), "norm": _norms_of(new["phi"])}
         if not self._tail:
             self._tail = {name: t.new_empty((0, *t.shape[1:])) for name, t in new.items()}
-            device = new["U"].device
-            self._ids, self._alive = self._ids.to(device), self._alive.to(device)
         self._reserve(self._tail_size + n)
         rows = slice(self._tail_size, self._tail_size + n)
         for name, t in new.items():
-            self._tail[name][rows] = t.to(self._tail[name].device)
-        self._set_bookkeeping(ids, new["key"])
+            self._tail[name][rows] = t
+        self._set_bookkeeping(ids, digests)
         self._tail_size += n
         if self._prefilter is not None:
             self._prefilter.add(ids, new["phi"].flatten(1).float().cpu())
 
     def _set_bookkeeping(self, ids: Tensor, digests: Tensor, alive: Tensor | None = None) -> None:
-        """Record ids and live flags of the next ``len(ids)`` rows, and the keys of the live ones."""
+        """Record ids and live flags of the next ``len(ids)`` rows, and the keys of the live ones (arguments on the
+        host: they are read here, and copied to the library's device)."""
         start, n = self.rows, len(ids)
         needed = start + n
         if needed > self._ids.shape[0]:
@@ -297,9 +314,8 @@ class ExpertLibrary:
             self._ids = _grown(self._ids, capacity, start)
             self._alive = _grown(self._alive, capacity, start)
         alive = torch.ones(n, dtype=torch.bool) if alive is None else alive
-        self._ids[start:needed] = ids.to(self._ids.device)
-        self._alive[start:needed] = alive.to(self._alive.device)
-        digests = digests.cpu()
+        self._ids[start:needed] = ids.to(self.device)
+        self._alive[start:needed] = alive.to(self.device)
         for row in (digests.any(dim=1) & alive.cpu()).nonzero().flatten().tolist():
             self._key_ids[bytes(digests[row].tolist())] = int(ids[row])
         self._size += int(alive.sum())
@@ -381,7 +397,7 @@ class ExpertLibrary:
             empty = torch.empty(0, dtype=torch.long, device=device)
             no_keep = torch.zeros(B, 0, dtype=torch.bool, device=device)
             return Routing(empty, empty, no_keep, keys.psi.new_zeros(B, 0), self._version)
-        device = self._ids.device
+        device = self.device
         with fp32(device):  # keys are stored narrower; routing math is always fp32
             phi, psi, sentinel = (t.to(device, torch.float32) for t in (keys.phi, keys.psi, keys.sentinel))
             has_image = keys.has_image.to(device)
@@ -437,7 +453,7 @@ class ExpertLibrary:
                 inputs.append(b)
                 rows.append((r if where is None else where[r]) + start + s)
         if not rows:
-            return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+            return self._nothing_kept()
         return self._live(torch.cat(inputs), torch.cat(rows))
 
     def _key_norms(self, block: dict[str, Tensor], n: int) -> Tensor:
@@ -452,22 +468,26 @@ class ExpertLibrary:
         """The prefilter's candidates, re-checked with the exact hard filter (same function as the scan)."""
         scale = phi.shape[1] * math.sqrt(phi.shape[2])  # similarity = <flattened keys> / scale
         thresholds = bar.masked_fill(~has_image, math.inf) * scale  # text-only inputs keep nothing
-        proposed = self._prefilter.candidates(phi.flatten(1).cpu(), thresholds.cpu())
+        proposed = self._prefilter.candidates(phi.flatten(1).cpu(), thresholds.cpu())  # the index is on the host
         inputs, rows = [], []
         all_ids = self._ids[: self.rows]
         for b, ids in enumerate(proposed):
-            ids = ids.to(all_ids.device, torch.long)
+            ids = ids.to(self.device, torch.long)  # candidates meet the library's ids and live flags on its device
             row = torch.searchsorted(all_ids, ids).clamp(max=len(all_ids) - 1)
             row = torch.unique(row[all_ids[row] == ids])
             if len(row) == 0:
                 continue
             part = self._gather("phi", row).to(phi.device, torch.float32)
             kept = hard_filter(similarity(phi[b : b + 1], part), bar[b : b + 1], has_image[b : b + 1])[0]
-            rows.append(row[kept.to(row.device)])
-            inputs.append(torch.full((int(kept.sum()),), b, dtype=torch.long))
+            rows.append(row[kept])
+            inputs.append(torch.full((int(kept.sum()),), b, dtype=torch.long, device=self.device))
         if not rows:
-            return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+            return self._nothing_kept()
         return self._live(torch.cat(inputs), torch.cat(rows))
+
+    def _nothing_kept(self) -> tuple[Tensor, Tensor]:
+        empty = torch.empty(0, dtype=torch.long, device=self.device)
+        return empty, empty
 
     def _live(self, inputs: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         alive = self._alive[rows]
@@ -519,7 +539,7 @@ class ExpertLibrary:
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Replace the whole library with ``state`` (from ``state_dict``); device/dtype follow its tensors."""
+        """Replace the whole library with ``state`` (from ``state_dict``); device and dtype follow its tensors."""
         ids = state["ids"]
         n = ids.shape[0]
         present = [name for name in FACTORS if name in state]
@@ -533,25 +553,28 @@ class ExpertLibrary:
         if len(set(id_list)) != n or any(i >= int(state["next_id"]) for i in id_list):
             raise ValueError("ExpertLibrary.load_state_dict: ids must be unique and below next_id")
         segment = {**{name: state[name] for name in FACTORS}, "ids": ids, "key": state.get("key")} if n else None
+        self.device = state[FACTORS[0]].device if present else ids.device
         self._replace([segment] if segment else [], removed=set(), next_id=int(state["next_id"]), frozen=False)
 
     def _replace(self, segments: list[dict[str, Tensor]], removed: set[int], next_id: int, frozen: bool) -> None:
-        """Hold exactly ``segments`` (rows sorted by id across them), as loaded segments or copied into the tail."""
+        """Hold exactly ``segments`` (rows sorted by id across them), as loaded segments or copied into the tail, on
+        the library's device (a memory-mapped segment stays mapped when that is the CPU)."""
         self._clear()
         order_ok = all(bool((s["ids"][1:] > s["ids"][:-1]).all()) for s in segments if len(s["ids"]) > 1)
         if not frozen or not order_ok:
             segments = [_sorted_by_id(segments)] if segments else []
         for segment in segments:
-            n = len(segment["ids"])
-            if segment.get("key") is None:
-                segment = {**segment, "key": torch.zeros(n, KEY_BYTES, dtype=torch.uint8)}
-            alive = ~torch.isin(segment["ids"], torch.tensor(sorted(removed), dtype=torch.long))
-            self._set_bookkeeping(segment["ids"], segment["key"], alive)  # rows start..start+n
+            ids, digests = segment["ids"].cpu(), segment.get("key")  # read on the host for the bookkeeping
+            n = len(ids)
+            digests = torch.zeros(n, KEY_BYTES, dtype=torch.uint8) if digests is None else digests.cpu()
+            alive = ~torch.isin(ids, torch.tensor(sorted(removed), dtype=torch.long))
+            self._set_bookkeeping(ids, digests, alive)  # rows start..start+n
+            stored = {**{name: segment[name].to(self.device) for name in FACTORS}, "key": digests.to(self.device)}
             if frozen:
-                self._frozen.append({name: segment[name] for name in (*FACTORS, "key")})
+                self._frozen.append(stored)
                 self._frozen_rows += n
             else:
-                factors = {**{name: segment[name] for name in (*FACTORS, "key")}, "norm": _norms_of(segment["phi"])}
+                factors = {**stored, "norm": _norms_of(stored["phi"])}
                 self._tail = {name: t.new_empty((0, *t.shape[1:])) for name, t in factors.items()}
                 self._reserve(n)
                 for name, t in factors.items():
@@ -583,10 +606,11 @@ class ExpertLibrary:
         identity: dict[str, Any] | None = None,
         verify: bool = True,
     ) -> None:
-        """Replace the library with the one in folder ``path``; its shards stay memory-mapped (on the CPU).
+        """Replace the library with the one in folder ``path``; on the CPU its shards stay memory-mapped.
 
         Args:
-            map_location: a device other than the CPU copies the experts there (no memory map then).
+            map_location: the library's device from now on (None: the one it has); a device other than the CPU
+                copies the experts there (no memory map then).
             identity: the loading editor's identity; every field the folder records must equal it, or a
                 ``LibraryFileError`` (a ``ValueError``) names the first that differs and the library is left as it was.
             verify: check every shard's SHA-256 against the manifest (reads each byte once).
@@ -633,12 +657,20 @@ class ExpertLibrary:
         return None if self._store is None else str(self._store.folder)
 
     def _adopt(self, contents: Contents, map_location: torch.device | str | None) -> None:
-        segments = contents.segments
-        if map_location is not None and torch.device(map_location).type != "cpu":
-            segments = [{name: t.to(map_location) for name, t in s.items()} for s in segments]
-        self._replace(segments, contents.removed, contents.next_id, frozen=True)
+        if map_location is not None:
+            self.device = torch.device(map_location)
+        self._replace(contents.segments, contents.removed, contents.next_id, frozen=True)
         if contents.layout is not None:
             self.dtype = contents.layout.dtype
+
+
+def _check_storage_dtype(dtype: torch.dtype | None, where: str) -> None:
+    """Refuse a storage dtype that cannot hold an expert (an integer one, as a quantized backbone's weights have)."""
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(
+            f"{where}: the experts' storage dtype must be floating, got {dtype} (a quantized backbone's weight "
+            "dtype?); set it to the backbone's compute dtype, e.g. torch.float16 (LiveEditModel: library_dtype)"
+        )
 
 
 def _norms_of(phi: Tensor) -> Tensor:

@@ -9,7 +9,8 @@
 - Meta-training (``forward_with_experts``) mixes a given set of fresh experts with learned soft weights.
 
 The networks sit on the edit layer's device (so a backbone sharded across devices works) and stay in fp32;
-the library follows the networks. Its checkpoint (``state_dict``) holds only the networks, never the backbone.
+the library lives on the networks' device (and follows them on ``to``/``cuda``/``cpu``) and stores experts in the
+backbone's floating compute dtype. Its checkpoint (``state_dict``) holds only the networks, never the backbone.
 """
 
 from __future__ import annotations
@@ -49,8 +50,13 @@ class LiveEditModel(nn.Module):
             model: the backbone; it takes EasyEdit's multimodal sample dict.
             config: the method's hyper-parameters.
             adapter: what LiveEdit needs to know about ``model``'s family (``easyedit_liveedit.backbones``).
-            library_dtype: storage dtype of the experts and keys; default: the edit layer's (a bf16/fp16 backbone
-                halves the library's bytes; routing math stays fp32).
+            library_dtype: storage dtype of the experts and keys, a floating one; default: the backbone's compute
+                dtype at the edit layer (``compute_dtype``: a bf16/fp16 backbone halves the library's bytes; routing
+                math stays fp32).
+
+        Raises:
+            ValueError: a non-floating ``library_dtype``, or an edit layer without a floating parameter to read the
+                compute dtype from (then ``library_dtype`` must be given).
         """
         super().__init__()
         adapter.check_edit_layer(model, config.edit_layer)
@@ -59,11 +65,19 @@ class LiveEditModel(nn.Module):
         self.adapter = adapter
         model.requires_grad_(False)  # the backbone is never trained or edited
         layer = adapter.decoder_layers(model)[config.edit_layer]
-        weight = next(layer.parameters())
-        device = weight.device  # the networks follow the edit layer (sharded backbones too)
+        device = next(layer.parameters()).device  # the networks follow the edit layer (sharded backbones too)
         self.net = LiveEditNetwork(adapter.hidden_size(model), config).to(device)
-        self.library = ExpertLibrary(dtype=library_dtype or weight.dtype)
+        self.library = ExpertLibrary(dtype=library_dtype or compute_dtype(layer, config.edit_layer), device=device)
         self.edit_layer = EditLayer(model, adapter, config.edit_layer, self.net)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LiveEditModel:
+        """``nn.Module``'s ``to``/``cuda``/``cpu`` move the networks (and the backbone); the library follows the
+        networks, so that routing never meets keys on another device."""
+        super()._apply(fn, recurse)
+        device = next(self.net.parameters()).device
+        if self.library.device != device:
+            self.library.to(device)
+        return self
 
     # ----------------------------------------------------------------------------------- editing
     def hidden_states(self, samples: dict[str, Any]) -> tuple[Tensor, TokenLayout]:
@@ -272,3 +286,23 @@ class LiveEditModel(nn.Module):
     def detach_hooks(self) -> None:
         """Remove the hooks from the backbone (it then behaves exactly as before LiveEdit was built)."""
         self.edit_layer.remove()
+
+
+def compute_dtype(layer: nn.Module, index: int) -> torch.dtype:
+    """The backbone's floating compute dtype at decoder layer ``index``: that of the layer's first floating parameter.
+
+    A quantized layer (bitsandbytes 8-bit or 4-bit) stores its linear weights as int8 / uint8, but computes and
+    passes on hidden states in its floating dtype, which its norms and biases keep; experts stored in int8 would hold
+    only whole numbers.
+
+    Raises:
+        ValueError: naming the layer, if it has no floating parameter.
+    """
+    for parameter in layer.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    raise ValueError(
+        f"LiveEdit: decoder layer {index} has no floating parameter to read the backbone's compute dtype from; "
+        "set the experts' storage dtype explicitly (LiveEditModel(..., library_dtype=torch.float16), the dtype the "
+        "backbone computes in)"
+    )

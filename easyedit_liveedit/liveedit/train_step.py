@@ -242,7 +242,7 @@ def routed_accuracies(editor: LiveEditModel, batch: dict[str, Any]) -> dict[str,
     """EasyEdit's five accuracies through the inference path (hard + soft routing), the batch's edits stored in a
     fresh library: what editing will deliver, unlike the mixed forwards of training."""
     accuracies = {}
-    with editor.using_library(ExpertLibrary()) as library:
+    with editor.using_library(ExpertLibrary(device=editor.library.device)) as library:
         library.add(editor.make_experts(batch["edit_inner"]))
         for name, (_, acc_name) in IN_SCOPE.items():
             out = editor(batch[name])
