@@ -12,8 +12,8 @@ For each of those records it routes three inputs and reports, per input kind:
   its mean weight, and how many experts fire in all;
 - `m_loc` (a question of another kind about a scan of another digit, which no expert should touch): how often any
   expert fires, and how many.
-On the digits world, for every input it also splits the experts that pass the hard filter although their edit shows another scan
-(`stray`) by whether that scan shows the same digit: the share of such experts that pass, per group.
+On the digits world, for every input it also splits the experts that pass the hard filter although their edit shows
+another scan (`stray`) by whether that scan shows the same digit: the share of such experts that pass, per group.
 
 Then it scores reliability (`rel`), text generality (`t_gen`) and image generality (`m_gen`) with EasyEdit's own
 metric code, three ways, to locate the loss:
@@ -43,7 +43,8 @@ def samples_of(world, hparams, records: list[dict], kind: str) -> list[dict]:
     load = ImageLoader(world.layout.images, world.config.image_size)
     tok = world.tokenizer()
     fields = {"edit": ("src", "alt", "image"), "rephrase": ("rephrase", "alt", "image"),
-              "image_rephrase": ("src", "alt", "image_rephrase"), "m_loc": ("m_loc_q", "m_loc_a", "m_loc")}[kind]  # fmt: skip
+              "image_rephrase": ("src", "alt", "image_rephrase"),
+              "m_loc": ("m_loc_q", "m_loc_a", "m_loc")}[kind]  # fmt: skip
     prompt, target, image = fields
     return [prepare_multimodal_edit(hparams, tok, r[target], r[prompt], load(r[image])) for r in records]
 

@@ -245,6 +245,28 @@ def test_the_trainer_train_archive_and_the_comparison_name_the_record_and_the_fi
     assert rows[0].status == f"error (ValueError: {no_m_loc}: record 1 has no field 'm_loc')"
 
 
+def test_training_data_may_repeat_an_edit_that_an_edit_sequence_may_not(small_world, tmp_path):
+    """Two records editing one image with one question contradict each other in one sequence of edits, so
+    ``edit_dataset`` and the comparison refuse them; as training data they are harmless, and the trainer takes them.
+    Seen failing with the trainer's check left at ``unique_edits=True``."""
+    from easyeditor import VQADataset
+
+    from easyedit_liveedit.easyedit.trainer import LiveEditMultimodalTrainer
+    from easyedit_liveedit.easyedit.validate import validate_dataset
+
+    first = json.loads(small_world.split("vqa_eval").read_text())[2]
+    twice = _bad_file(
+        small_world, tmp_path, image=first["image"], src=first["src"], kind=first.get("kind", first["src"])
+    )
+    training = toy_hparams(small_world, "LiveEdit", training=True, results_dir=str(tmp_path / "results"))
+    with small_world.easyedit_patches():
+        dataset = VQADataset(str(twice), config=training)
+    with pytest.raises(ValueError, match="record 1, field 'image': edits the same image and question as record 0"):
+        validate_dataset(dataset, "edit_dataset")
+    with small_world.easyedit_patches():
+        LiveEditMultimodalTrainer(training, dataset, dataset)  # no error
+
+
 def test_a_library_path_that_is_a_file_is_refused_naming_the_key(small_world, tmp_path_factory, tmp_path):
     """Guards: ``library_path`` naming an existing file fails with an error naming the key and the YAML, before any
     editor is built (it was a bare ``FileExistsError`` from deep in the library's storage). Seen failing with the

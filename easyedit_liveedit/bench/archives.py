@@ -292,7 +292,7 @@ def train_archive(
     """
     job = distributed.from_environment()  # under torchrun: one process of a DDP job (rank 0 writes the files)
     # every record checked before anything trains (EasyEdit's datasets fail with a bare KeyError or skip silently)
-    validate_file(train_json, *image_roots(training_hparams))
+    validate_file(train_json, *image_roots(training_hparams), unique_edits=False)
     record = provenance(training_hparams, train_json, val_size)
     easyeditor = importlib.import_module("easyeditor")
     config = copy.deepcopy(training_hparams)

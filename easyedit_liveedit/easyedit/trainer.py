@@ -63,7 +63,7 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
         self.job = distributed.from_environment()
         config.check_paths()  # name the key of a missing file before anything is built
         for name, dataset in (("train_set", train_set), ("val_set", val_set)):  # EasyEdit skips bad records silently
-            validate_dataset(dataset, f"{type(self).__name__}: {name} ({type(dataset).__name__})")
+            validate_dataset(dataset, f"{type(self).__name__}: {name} ({type(dataset).__name__})", unique_edits=False)
         if config.questions == "editor":  # train on edits as the editor will present them (questions.py)
             train_set, val_set = EditorQuestions(train_set), EditorQuestions(val_set)
         if self.job.enabled:

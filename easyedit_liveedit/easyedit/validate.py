@@ -59,7 +59,11 @@ def check_image_file(path: Path, where: str) -> None:
 
 # ----------------------------------------------------------------------------------------- MMEdit files
 def validate_records(
-    records: object, image_root: str | Path, rephrase_root: str | Path | None = None, source: str = "records"
+    records: object,
+    image_root: str | Path,
+    rephrase_root: str | Path | None = None,
+    source: str = "records",
+    unique_edits: bool = True,
 ) -> int:
     """Check every record of an MMEdit list; returns the number of records.
 
@@ -68,6 +72,8 @@ def validate_records(
         image_root: the hparams' ``coco_image`` (root of ``image`` and ``m_loc``).
         rephrase_root: the hparams' ``rephrase_image`` (root of ``image_rephrase``); defaults to image_root.
         source: named in error messages (the file path).
+        unique_edits: refuse two records that edit one image with one question: in one sequence of edits they
+            contradict each other. Training data may repeat them (False).
 
     Raises:
         TypeError: the data is not a list of objects, or a field has the wrong type.
@@ -102,7 +108,7 @@ def validate_records(
             raise TypeError(f"{source}: record {index}, field 'kind': expected a string, got {kind!r}")
         # Two edits of one image with one question (same `src`, or same kind when recorded) contradict each other.
         key = (record["image"], kind)
-        if key in seen:
+        if unique_edits and key in seen:
             raise ValueError(
                 f"{source}: record {index}, field 'image': edits the same image and question as record {seen[key]}"
             )
@@ -116,7 +122,9 @@ def image_roots(hparams: Any) -> tuple[str, str | None]:
     return getattr(hparams, "coco_image", "."), getattr(hparams, "rephrase_image", None)
 
 
-def validate_file(path: str | Path, image_root: str | Path, rephrase_root: str | Path | None = None) -> int:
+def validate_file(
+    path: str | Path, image_root: str | Path, rephrase_root: str | Path | None = None, unique_edits: bool = True
+) -> int:
     """Validate an MMEdit JSON file (see ``validate_records``); returns the number of records."""
     path = Path(path)
     try:
@@ -127,12 +135,12 @@ def validate_file(path: str | Path, image_root: str | Path, rephrase_root: str |
         raise ValueError(f"{path}: is a folder, not an annotation file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
-    count = validate_records(records, image_root, rephrase_root, source=str(path))
+    count = validate_records(records, image_root, rephrase_root, source=str(path), unique_edits=unique_edits)
     LOG.debug("validated %d records in %s", count, path)
     return count
 
 
-def validate_dataset(dataset: Any, source: str) -> int | None:
+def validate_dataset(dataset: Any, source: str, unique_edits: bool = True) -> int | None:
     """Check the MMEdit records an EasyEdit dataset (``VQADataset``, ``CaptionDataset``) was built from; returns their
     number, or None for a dataset that keeps no records (a list of request dicts: ``validate_requests`` checks those).
 
@@ -145,7 +153,7 @@ def validate_dataset(dataset: Any, source: str) -> int | None:
     records = getattr(dataset, "annotation", None)
     if records is None:
         return None
-    return validate_records(records, dataset.vis_root, getattr(dataset, "rephrase_root", None), source)
+    return validate_records(records, dataset.vis_root, getattr(dataset, "rephrase_root", None), source, unique_edits)
 
 
 def check_text(value: object, where: str) -> str:
