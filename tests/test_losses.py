@@ -9,7 +9,6 @@ import torch
 
 from easyedit_liveedit.liveedit.losses import (
     answer_cross_entropy,
-    filter_negatives_loss,
     hard_filter_calibration_loss,
     hard_routing_in_scope_loss,
     hard_routing_out_scope_loss,
@@ -154,29 +153,6 @@ def test_hard_filter_calibration_loss_by_hand():
     expected = total / 9
     loss = hard_filter_calibration_loss(t(IN), t(EDIT), t(SENT), torch.tensor(in_scope))
     assert loss.item() == pytest.approx(expected, rel=1e-12)
-
-
-# stored negatives' validity for the three inputs above against the three EDIT keys used as a store
-VALID = [[True, False, True], [True, True, True], [False, False, True]]
-
-
-def softplus(x: float) -> float:
-    return math.log(1.0 + math.exp(x))
-
-
-def test_filter_negatives_loss_by_hand_counts_the_hardest_valid_stored_edits_and_the_own_edit():
-    hardest = 2
-    total = 0.0
-    for i in range(3):
-        margins = sorted((sim(IN[i], EDIT[q]) - sim(IN[i], SENT[i]) for q in range(3) if VALID[i][q]), reverse=True)
-        margins += [-math.inf] * (hardest - len(margins))  # fewer valid than ``hardest``: the rest count 0
-        total += sum(softplus(m) if m > -math.inf else 0.0 for m in margins[:hardest]) / hardest
-    got = filter_negatives_loss(t(IN), t(SENT), t(EDIT), torch.tensor(VALID), hardest)
-    assert got.item() == pytest.approx(total / 3, rel=1e-12)
-    own = SENT[::-1]  # stands in for each input's own edit
-    clears = sum(softplus(sim(IN[i], SENT[i]) - sim(IN[i], own[i])) for i in range(3)) / 3
-    got = filter_negatives_loss(t(IN), t(SENT), t(EDIT), torch.tensor(VALID), hardest, edit_phi=t(own))
-    assert got.item() == pytest.approx(total / 3 + clears, rel=1e-12)
 
 
 def test_filter_term_is_off_unless_weighted():

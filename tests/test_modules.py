@@ -261,6 +261,20 @@ def test_visual_key_is_conditioned_on_the_prompt_and_text_key_ignores_the_image(
     assert not torch.allclose(keys.sentinel, new_prompt.sentinel)  # but under the input's prompt
 
 
+def test_without_prompt_guidance_the_visual_keys_ignore_the_prompt():
+    """The paper's ablation of prompt-guided visual extraction (``prompt_guided_keys: false``): the same slots read
+    every image, on both sides, so the visual and sentinel keys no longer move with the question. Seen failing with
+    the flag not passed to the edit-side extractor."""
+    net = make_net(prompt_guided_keys=False)
+    h, image, prompt, answer = make_batch()
+    new_prompt = torch.where(prompt[..., None], torch.randn_like(h), h)
+    keys, moved = net.input_keys(h, image, prompt), net.input_keys(new_prompt, image, prompt)
+    assert torch.equal(keys.phi, moved.phi) and torch.equal(keys.sentinel, moved.sentinel)
+    assert not torch.allclose(keys.psi, moved.psi)  # the textual key still reads the question
+    _, phi = net.edit_keys(h, image, prompt)
+    assert torch.equal(phi, net.edit_keys(new_prompt, image, prompt)[1])
+
+
 def test_input_keys_shapes_and_text_only_inputs():
     net = make_net()
     h, image, prompt, _ = make_batch()

@@ -35,7 +35,6 @@ from torch.utils.data import Dataset
 
 from ..liveedit.losses import liveedit_loss
 from ..liveedit.model import LiveEditModel
-from ..liveedit.negatives import RecentEdits
 from ..liveedit.train_step import meta_losses
 from . import placement
 
@@ -115,13 +114,10 @@ class MetaStep(nn.Module):
         super().__init__()
         self.net = editor.net
         self.__dict__["editor"] = editor  # not a submodule: DDP must not see the backbone
-        size = editor.config.routing_negatives
-        self.negatives = RecentEdits(size) if size else None  # this rank's store of recent edits (train_step.py)
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float], dict[str, float]]:
         config = self.editor.config
-        negatives = self.negatives if self.net.training else None  # validation neither reads nor fills the store
-        terms, info = meta_losses(self.editor, batch, filter_loss=config.filter_lambda > 0, negatives=negatives)
+        terms, info = meta_losses(self.editor, batch, filter_loss=config.filter_lambda > 0)
         total, parts = liveedit_loss(terms, **config.loss_weights())
         return total, parts, info
 

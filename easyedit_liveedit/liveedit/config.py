@@ -53,6 +53,12 @@ class LiveEditConfig:
         "ours, not in the paper (which reads layer l_e only): the expert generator also reads the answer tokens' "
         "input embeddings, so V can write the new answer (networks.AnswerEmbeddings)",
     )
+    prompt_guided_keys: bool = _field(
+        True,
+        "computation",
+        "the paper's prompt-guided visual extraction: the visual routing key reads the image through slots the "
+        "question sets; false = slots learned once for every question (the paper's ablation of it)",
+    )
     rel_lambda: float = _field(1.0, "training", "weight of the reliability loss (1 in the paper)")
     gen_lambda: float = _field(1.0, "training", "weight of the generality losses (1 in the paper)")
     loc_lambda: float = _field(1.0, "training", "weight of the locality KL (1 in the paper)")
@@ -60,12 +66,6 @@ class LiveEditConfig:
     hard_route_lambda: float = _field(1.0, "training", "weight of the hard-routing losses (1 in the paper)")
     filter_lambda: float = _field(
         0.0, "training", "ours: weight of the hard-filter calibration loss (0 reproduces the paper)"
-    )
-    routing_negatives: int = _field(
-        0,
-        "training",
-        "ours: the routing keys of the last N meta-training edits are kept as negatives for the hard filter and the "
-        "soft router (negatives.RecentEdits), so training meets a library-sized crowd; 0 = the paper (the batch only)",
     )
     routing_pairs: str = _field(
         "authors",
@@ -104,8 +104,6 @@ class LiveEditConfig:
                 f"LiveEditConfig: key 'routing_pairs' is {self.routing_pairs!r}; expected one of "
                 f"{', '.join(ROUTING_PAIRS)}"
             )
-        if self.routing_negatives < 0:
-            raise ValueError(f"LiveEditConfig: key 'routing_negatives' must be >= 0, got {self.routing_negatives}")
         if self.edit_layer < 0:
             raise ValueError(f"LiveEditConfig: key 'edit_layer' must be >= 0, got {self.edit_layer}")
         for name in ("cross_attn_dim", "num_heads", "rank", "num_key_slots", "num_sentinel_tokens"):

@@ -45,10 +45,6 @@ setting): the hard-filter calibration loss. The two InfoNCE terms only ask the m
 sentinel; nothing asks a *non-matching* edit of the batch to stay below it, yet at inference every such edit
 that clears the bar is mixed in. The calibration term trains exactly the decision inference makes, on every
 (input, edit) pair of the batch.
-
-And one more of ours (``routing_negatives``, 0 = off): the routing terms against the stored keys of recent edits
-(``negatives.RecentEdits``), so each input meets a library-sized crowd of other edits, not the batch's few:
-``filter_negatives_loss`` (group ``filter``).
 """
 
 from __future__ import annotations
@@ -172,38 +168,6 @@ def hard_filter_calibration_loss(
     margin = similarity(input_phi, edit_phi) - paired_similarity(input_phi, sentinel_phi)[:, None]  # (B, M)
     sign = in_scope.to(margin.dtype) * 2 - 1
     return F.softplus(-sign * margin).mean()
-
-
-def _masked(scores: Tensor, valid: Tensor) -> Tensor:
-    """``scores`` with the invalid entries at the dtype's minimum: they lose every softmax and every top-k."""
-    return scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
-
-
-def filter_negatives_loss(
-    input_phi: Tensor,
-    sentinel_phi: Tensor,
-    negative_phi: Tensor,
-    valid: Tensor,
-    hardest: int,
-    edit_phi: Tensor | None = None,
-) -> Tensor:
-    """The hard filter against stored edits: each input's ``hardest`` stored edits about other images must fall
-    below its sentinel (``softplus(margin)`` of the largest margins ``sim(input_i, stored_q) - sim(input_i,
-    sentinel_i)``; invalid entries count 0) and, with ``edit_phi`` (row ``i`` = input ``i``'s own edit), its own
-    edit must clear it (``softplus(-margin)``), weighed as much as the crowd so a stricter filter cannot win by
-    dropping the own edit.
-
-    Args:
-        input_phi, sentinel_phi: ``(B, k, d_m)``; negative_phi: ``(Q, k, d_m)`` stored edit keys;
-        valid: ``(B, Q)`` bool, True where stored edit ``q`` is a true negative of input ``i``;
-        edit_phi: ``(B, k, d_m)`` or None (locality inputs have no own edit).
-    """
-    sentinel = paired_similarity(input_phi, sentinel_phi)  # (B,)
-    margin = _masked(similarity(input_phi, negative_phi) - sentinel[:, None], valid)  # (B, Q)
-    loss = F.softplus(margin.topk(min(hardest, margin.shape[1]), dim=1).values).mean()
-    if edit_phi is not None:
-        loss = loss + F.softplus(sentinel - paired_similarity(input_phi, edit_phi)).mean()
-    return loss
 
 
 def liveedit_loss(

@@ -241,11 +241,15 @@ class KeyExtractor(nn.Module):
 
     ``psi_p = CA3(E2, LN2(h_p))`` and ``phi_v = CA2(CA1(E1, LN1(h_p)), LN1(h_v))``, each ``(B, k, d_m)``.
     The visual key is split in two calls so that one set of prompt-conditioned slots can read both the
-    real image tokens and the sentinel tokens.
+    real image tokens and the sentinel tokens. Without ``prompt_guided`` (the paper's ablation of its prompt-guided
+    visual extraction) the slots are ``E1`` itself: ``phi_v = CA2(E1, LN1(h_v))``, the same reading for every question.
     """
 
-    def __init__(self, hidden_size: int, cross_attn_dim: int, num_heads: int, num_key_slots: int) -> None:
+    def __init__(
+        self, hidden_size: int, cross_attn_dim: int, num_heads: int, num_key_slots: int, prompt_guided: bool = True
+    ) -> None:
         super().__init__()
+        self.prompt_guided = prompt_guided
         dm = cross_attn_dim
         self.visual_norm = nn.LayerNorm(hidden_size)  # LN1, shared by prompt and visual tokens
         self.visual_queries = _learned_queries(num_key_slots, dm)  # E1
@@ -257,6 +261,8 @@ class KeyExtractor(nn.Module):
 
     def query_slots(self, h: Tensor, prompt_mask: Tensor) -> Tensor:
         """``CA1(E1, LN1(h_p))``: what the question asks about. ``(B, T, d) -> (B, k, d_m)``."""
+        if not self.prompt_guided:
+            return self.visual_queries[None].expand(h.shape[0], -1, -1)
         return self._read(self.read_prompt, self.visual_norm, self.visual_queries[None], h, prompt_mask)
 
     def visual_key(self, slots: Tensor, visual: Tensor, visual_mask: Tensor | None = None) -> Tensor:
@@ -362,8 +368,9 @@ class LiveEditNetwork(nn.Module):
         self.generator = ExpertGenerator(
             hidden_size, dm, heads, config.rank, config.lora_scale, config.token_types, config.answer_embeddings
         )
-        self.edit_extractor = KeyExtractor(hidden_size, dm, heads, config.num_key_slots)
-        self.input_extractor = KeyExtractor(hidden_size, dm, heads, config.num_key_slots)
+        guided = config.prompt_guided_keys
+        self.edit_extractor = KeyExtractor(hidden_size, dm, heads, config.num_key_slots, guided)
+        self.input_extractor = KeyExtractor(hidden_size, dm, heads, config.num_key_slots, guided)
         self.sentinel = nn.Parameter(torch.randn(config.num_sentinel_tokens, hidden_size))  # Theta, (n_img, d)
         self.expert_norm = nn.LayerNorm(hidden_size)  # LN_r in front of every expert
 

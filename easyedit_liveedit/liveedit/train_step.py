@@ -19,10 +19,7 @@ the image), ``loc`` (a text-only question) and ``loc_image`` (an unrelated image
    sentinel beats every edit key. ``edit``: every in-scope input is paired with its real edit, locality inputs
    with the real edits only (one direction);
 5. if ``filter_lambda > 0`` (ours), the hard filter's own decision on every (input, real edit) pair (an edit is in
-   scope of an input exactly when its image is the input's edit image);
-6. with a store of recent edits (ours, ``routing_negatives > 0``), every input against the stored edits about other
-   images: the hard filter drops the hardest ``HARDEST_NEGATIVES`` while an in-scope input's own edit still clears
-   it; then the batch's edit keys join the store.
+   scope of an input exactly when its image is the input's edit image).
 
 The authors' step also runs layer ``l_e`` a second time on its own output before adding the residual (their
 ``forward_from_mid_layer``), which inference does not; this step runs it once, as inference does.
@@ -40,7 +37,6 @@ from .library import ExpertLibrary
 from .losses import (
     IGNORE_INDEX,
     answer_cross_entropy,
-    filter_negatives_loss,
     hard_filter_calibration_loss,
     hard_routing_in_scope_loss,
     hard_routing_out_scope_loss,
@@ -49,13 +45,9 @@ from .losses import (
     soft_routing_relative_loss,
 )
 from .model import LiveEditModel
-from .negatives import RecentEdits
 from .networks import Experts
 
 # MMEdit sub-batches in scope of their edit -> (loss term, the accuracy name EasyEdit's trainer logs).
-# Stored edits each input is trained against (step 6): about the number of other experts that clear the hard filter
-# per input after 1,000 scenes dev edits with the archive trained without the store (6.1).
-HARDEST_NEGATIVES = 8
 IN_SCOPE = {"edit_inner": ("rel", "inner/acc"), "edit_outer": ("gen/text", "edit/acc"),
             "edit_outer_image": ("gen/image", "image_rephrase/acc")}  # fmt: skip
 
@@ -122,11 +114,9 @@ def random_prefix(num_inputs: int, num_experts: int, device: torch.device) -> Te
 
 
 def meta_losses(
-    editor: LiveEditModel, batch: dict[str, Any], filter_loss: bool = False, negatives: RecentEdits | None = None
+    editor: LiveEditModel, batch: dict[str, Any], filter_loss: bool = False
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """The loss terms of one meta-training step (see the module docstring) and the accuracies seen on the way.
-
-    ``negatives``: the store of recent edits (step 6), which receives this batch's edit keys; None leaves it out.
 
     Returns:
         ``(terms, info)``: scalar loss terms keyed as ``liveedit_loss`` takes them, and float accuracies under
@@ -160,27 +150,8 @@ def meta_losses(
         same = same_image(batch["edit_inner"]["image"])
         pairs = [(m, same) for m in in_scope] + [(locality, torch.zeros_like(own))]  # locality: no edit in scope
         calibration = [hard_filter_calibration_loss(m.keys.phi, experts.phi, m.keys.sentinel, y) for m, y in pairs]
-        terms["filter/batch"] = sum(calibration) / len(calibration)
-    if negatives is not None:
-        if len(negatives):
-            terms.update(_stored_negative_terms(batch, in_scope, locality, experts, negatives))
-        negatives.push(experts.phi, batch["edit_inner"]["image"])
+        terms["filter"] = sum(calibration) / len(calibration)
     return terms, info
-
-
-def _stored_negative_terms(
-    batch: dict[str, Any], in_scope: list[Mix], locality: Mix, experts: Experts, negatives: RecentEdits
-) -> dict[str, Tensor]:
-    """Every input against the stored edits about other images than its own edit's (step 6): the hard filter only.
-    The soft router reads text, and a library-sized store holds many edits asking the input's very question about
-    other images: text cannot tell those apart (tried: the soft-routing terms against the store as well lowered
-    routed reliability on dev, BENCHMARKS.md)."""
-    about_others = negatives.other_images(batch["edit_inner"]["image"])  # (B, Q)
-    inputs = [(m, about_others, experts.phi) for m in in_scope]
-    inputs.append((locality, negatives.other_images(batch["loc_image"]["image"]), None))  # no own edit
-    terms = [filter_negatives_loss(m.keys.phi, m.keys.sentinel, negatives.phi, valid, HARDEST_NEGATIVES, own)
-             for m, valid, own in inputs]  # fmt: skip
-    return {"filter/negatives": sum(terms) / len(terms)}
 
 
 def _authors_routing_terms(in_scope: list[Mix], locality: Mix) -> dict[str, Tensor]:
