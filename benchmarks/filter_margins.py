@@ -6,8 +6,15 @@ Usage (from the project root, after `make setup`):
 The experts of the first N records of `--split` (default vqa_dev; the eval split is refused) are made with the toy
 editing YAML's archive. For each record's `src`, `rephrase`, `image_rephrase` and `m_loc` input it prints the
 margin `sim(phi_in, phi_m) - sim(phi_in, phi_sentinel)` (an expert fires when it is positive) of the record's own
-expert (quantiles), of the strongest other expert (quantiles), and how many other experts fire per input. The own
-expert of an `m_loc` input is the record whose edit it is not about: it must not fire. One JSON object per kind.
+expert (quantiles), of the strongest other expert (quantiles), how many other experts fire per input, and how often
+the own expert has the largest margin of all (`own_ranked_first`: does the visual key identify the edit at all?). The
+own expert of an `m_loc` input is the record whose edit it is not about: it must not fire. One JSON object per kind.
+
+Then a ceiling from the backbone itself (`"input": "image_states"`): the edit layer's states at the image tokens
+(which, being first in the sequence, depend on the image alone), concatenated, centred on the edits' mean, compared
+by cosine. How often the other view of an edit's image (`image_rephrase`) is nearest to its own edit's image, and for
+a few thresholds on that cosine how many own edits a filter on it would keep, how many other edits it would let
+through per view, and the share of `m_loc` images some edit would pass: what a visual key could know.
 """
 
 from __future__ import annotations
@@ -57,9 +64,43 @@ def main() -> None:
                 others[rows, start + rows] = float("-inf")
                 strongest += others.max(dim=1).values.tolist()
                 firing += (others > 0).sum(dim=1).tolist()
-            print(json.dumps({"input": kind, "experts": len(records), "own": _quantiles(own),
-                              "strongest_other": _quantiles(strongest),
-                              "others_firing_per_input": round(sum(firing) / len(firing), 3)}))  # fmt: skip
+            report = {"input": kind, "experts": len(records), "own": _quantiles(own),
+                      "strongest_other": _quantiles(strongest),
+                      "others_firing_per_input": round(sum(firing) / len(firing), 3)}  # fmt: skip
+            if kind != "m_loc":  # an unrelated image has no own expert to identify
+                first = sum(o > s for o, s in zip(own, strongest, strict=True))
+                report["own_ranked_first"] = round(first / len(own), 3)
+            print(json.dumps(report))
+        print(json.dumps(_image_state_ceiling(editor, records, batch, chunks)))
+
+
+def _image_state_ceiling(editor, records: list[dict], batch, chunks: list[list[dict]]) -> dict:
+    """The backbone's own image-token states as a visual key (module docstring): identification and thresholds."""
+
+    def states(fields: tuple[str, str, str]) -> torch.Tensor:
+        rows = []
+        for chunk in chunks:
+            h, layout = editor.hidden_states(batch(chunk, fields))
+            rows += [h[b][layout.image[b]].flatten() for b in range(len(h))]
+        return torch.stack(rows)  # (N, image tokens * d)
+
+    edits = states(INPUTS["src"])
+    centre = edits.mean(dim=0)
+
+    def cosine(a: torch.Tensor) -> torch.Tensor:
+        unit = torch.nn.functional.normalize
+        return unit(a - centre, dim=1) @ unit(edits - centre, dim=1).T
+
+    views, unrelated = cosine(states(INPUTS["image_rephrase"])), cosine(states(INPUTS["m_loc"]))  # (N, N) each
+    own = views.diagonal()
+    others = ~torch.eye(len(records), dtype=torch.bool)
+    sweep = {f"{t:.2f}": {"own_kept": round((own > t).float().mean().item(), 3),
+                          "others_per_view": round(((views > t) & others).sum(dim=1).float().mean().item(), 3),
+                          "m_loc_with_any": round((unrelated > t).any(dim=1).float().mean().item(), 3)}
+             for t in (0.6, 0.7, 0.75, 0.8)}  # fmt: skip
+    first = ((views > own[:, None]) & others).sum(dim=1) == 0
+    return {"input": "image_states", "experts": len(records),
+            "view_ranked_first": round(first.float().mean().item(), 3), "thresholds": sweep}  # fmt: skip
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
