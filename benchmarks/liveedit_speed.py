@@ -29,6 +29,7 @@ import torch
 
 import easyedit_liveedit  # noqa: F401  (registers LiveEdit, applies the EasyEdit shims)
 from easyedit_liveedit import LiveEdit, LiveEditMultimodalHparams, toyworld
+from easyedit_liveedit.easyedit.archive import CONFIG_KEY
 from easyedit_liveedit.liveedit.networks import Experts
 
 
@@ -127,12 +128,16 @@ def probe_arguments(doc: str, edits: int, argv: list[str] | None = None) -> argp
 
 def load_editor(archive: str | None = None) -> tuple[toyworld.ToyWorld, LiveEditMultimodalHparams, LiveEdit, str]:
     """The default toy world (the one the toy YAMLs name), the toy editing YAML, and a ``LiveEdit`` with ``archive``
-    (default: the YAML's)."""
+    (default: the YAML's), built with the config the archive was trained with where it records one (so an archive of
+    other widths or flags loads)."""
     world = toyworld.load(progress=False)
     hparams = world.apply_paths(LiveEditMultimodalHparams.from_hparams("hparams/LiveEdit/toy-blip2.yaml"))
-    editor = LiveEdit(world.load_model(), hparams)
     archive = archive or hparams.archive
-    editor.load_state_dict(torch.load(archive, map_location="cpu", weights_only=True)["model"])
+    state = torch.load(archive, map_location="cpu", weights_only=True)
+    for name, value in state.get(CONFIG_KEY, {}).items():
+        setattr(hparams, name, value)
+    editor = LiveEdit(world.load_model(), hparams)
+    editor.load_state_dict(state["model"])
     return world, hparams, editor.eval(), archive
 
 
