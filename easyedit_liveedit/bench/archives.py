@@ -37,6 +37,7 @@ from .. import toyworld
 from ..easyedit import LiveEditMultimodalTrainer, compat, distributed
 from ..easyedit.hparams import PATH_KEYS
 from ..easyedit.validate import image_roots, validate_file
+from ..liveedit import LiveEditConfig
 from ..liveedit import config as liveedit_config
 from ..toyworld.artifacts import git_commit
 
@@ -205,8 +206,14 @@ def provenance_changes(stored: dict[str, Any], fresh: dict[str, Any]) -> str | N
 
     Keys of ``hparams`` and ``backbone`` are named one level down (``hparams.lora_scale``, ``backbone.name``) so
     the log says which setting or file changed. A key present on one side only counts as a change (a new hparams
-    field means the code that trains changed).
+    field means the code that trains changed), except a ``LiveEditConfig`` field added since the record was written:
+    that counts as its default, which is what the code computed before the field existed (as ``mismatches`` does).
     """
+    hparams, fresh_hparams = stored.get("hparams"), fresh.get("hparams")
+    if isinstance(hparams, dict) and isinstance(fresh_hparams, dict):
+        added = {f.name: f.default for f in dataclasses.fields(LiveEditConfig)
+                 if f.name in fresh_hparams and f.name not in hparams}  # fmt: skip
+        stored = {**stored, "hparams": {**added, **hparams}}
     changed = []
     for key in _differing(stored, fresh):
         old, new = stored.get(key), fresh.get(key)
