@@ -151,8 +151,9 @@ def _small_trainer(world, tmp_path, **overrides):
 
 def test_a_cut_run_resumes_from_its_last_resume_point(small_world, tmp_path):
     """Guards resuming: a run cut after step 4 restarts from the resume point of step 3 with the networks, optimiser
-    and schedule saved there, and takes only the steps left; a finished run leaves no resume point, and one written
-    with other hparams is ignored. Seen failing with the resume point not loaded (the second run took every step)."""
+    and schedule saved there, and takes only the steps left, counting the seconds the cut run trained; a finished run
+    leaves no resume point, and one written with other hparams is ignored. Seen failing with the resume point not
+    loaded (the second run took every step) and with the seconds not carried."""
     first = _small_trainer(small_world, tmp_path)
     step = first.train_step
 
@@ -169,6 +170,7 @@ def test_a_cut_run_resumes_from_its_last_resume_point(small_world, tmp_path):
 
     again = _small_trainer(small_world, tmp_path)
     assert again.steps_done == 3
+    assert again.seconds_before == saved["seconds"] > 0
     for name, tensor in saved["model"].items():
         assert torch.equal(again.model.state_dict()[name], tensor), name
     assert again.lr_schedule.state_dict() == saved["lr_schedule"]

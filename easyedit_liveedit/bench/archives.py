@@ -336,7 +336,7 @@ def train_archive(
     path = Path(trainer.save_path)
     if not path.is_file():
         raise FileNotFoundError(f"{method}: EasyEdit's trainer wrote no archive at {path}")
-    seconds = time.perf_counter() - started
+    seconds = getattr(trainer, "seconds_before", 0.0) + time.perf_counter() - started  # a resumed run: all its runs
     if job.is_main:
         provenance_path(path).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         how = {"seconds": round(seconds, 1), "steps": config.max_iters, "command": " ".join(sys.argv), **git_commit()}

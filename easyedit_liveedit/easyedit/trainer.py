@@ -20,9 +20,10 @@ What the trainer sets up itself, instead of EasyEdit's ``BaseTrainer.__init__`` 
   are not finite is skipped and counted (``info["skipped_steps"]``), not fatal as in EasyEdit's ``train_step``;
 - data parallelism under ``torchrun`` (``distributed.py``): DDP over LiveEdit's networks, rank 0 writes;
 - a resume point every ``model_save_pt`` steps (``<archive>.resume``: networks, optimiser, learning-rate schedule,
-  steps taken, the hparams): a run that is cut (a session ends, the machine goes away) and started again with the
-  same hparams trains only the steps left, with the schedule where it stopped; the batches after the cut are drawn
-  in a new random order. A resume point of other hparams is ignored, with a warning; a finished run removes it.
+  steps taken, seconds trained, the hparams): a run that is cut (a session ends, the machine goes away) and started
+  again with the same hparams trains only the steps left, with the schedule where it stopped; the batches after the
+  cut are drawn in a new random order. A resume point of other hparams is ignored, with a warning; a finished run
+  removes it.
 
 The attributes EasyEdit's ``run()``/``validate()``/``save_state()`` read are the ones ``BaseTrainer.__init__``
 sets, with the same meaning.
@@ -34,6 +35,7 @@ import copy
 import importlib
 import logging
 import os
+import time
 from typing import Any
 
 import torch
@@ -115,6 +117,8 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
             self.archive = archive
         self.lr_opt = None  # LiveEdit learns no edit learning rates (MultimodalTrainer's lr_opt is MEND's)
         self.steps_done = 0  # training steps taken, across resumed runs
+        self.seconds_before = 0.0  # seconds the runs before a resume trained (a cut run's time counts too)
+        self._started = time.perf_counter()
 
         model_dir = os.path.join(config.results_dir, "models", config.alg)
         if self.job.is_main and not (config.debug and not config.save):
@@ -226,6 +230,7 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
                  "lr_schedule": self.lr_schedule.state_dict(), "scaler": self.scaler.state_dict(),
                  "steps_done": self.steps_done, "skipped_steps": self.skipped_steps,
+                 "seconds": self.seconds_before + time.perf_counter() - self._started,
                  "hparams": self._resume_key()}  # fmt: skip
         torch.save(state, f"{self.resume_path}.tmp")
         os.replace(f"{self.resume_path}.tmp", self.resume_path)  # a cut during the write leaves the last good point
@@ -246,6 +251,7 @@ class LiveEditMultimodalTrainer(MultimodalTrainer):
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.scaler.load_state_dict(state["scaler"])
         self.steps_done, self.skipped_steps = state["steps_done"], state["skipped_steps"]
+        self.seconds_before = state["seconds"]
         LOG.info("resuming from %s: %d of %d steps taken", self.resume_path, self.steps_done, self.config.max_iters)
 
     def run(self) -> None:
