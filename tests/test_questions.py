@@ -49,3 +49,27 @@ def test_trainer_loads_batches_in_the_configured_rendering(small_world, tmp_path
     for loader in (trainer.train_loader, trainer.val_loader):
         rendered = next(iter(loader))["edit_inner"]["text_input"]
         assert all(text.startswith("Question: ") == (questions == "dataset") for text in rendered)
+
+
+def test_caption_batches_with_locality_answers_of_unequal_length_are_made(small_world):
+    """Guards the compatibility note of questions.py, on each target: EasyEdit's ``CaptionDataset.collate_fn`` cannot
+    batch locality answers of unequal token length (this fails once EasyEdit pads them, so the fallback can go), and
+    ``EditorQuestions`` makes the batch, its images and questions as the dataset's own. Seen failing with the fallback
+    removed (ValueError from the tokenizer)."""
+    from easyeditor import CaptionDataset
+
+    hparams = small_liveedit_hparams(small_world, training=True)
+    with small_world.easyedit_patches():
+        data = CaptionDataset(str(small_world.split("caption_train")), size=40, config=hparams)
+    items = [data[0], dict(data[1])]
+    items[1]["multimodal_locality_ground_truth"] += " or " + items[0]["multimodal_locality_ground_truth"]
+    tok = small_world.tokenizer()
+    assert len({len(tok.encode(it["multimodal_locality_ground_truth"])) for it in items}) == 2
+    with pytest.raises(ValueError):
+        data.collate_fn(items)
+    batch = EditorQuestions(data).collate_fn(items)
+    single = [EditorQuestions(data).collate_fn([item]) for item in items]
+    assert torch.equal(batch["edit_inner"]["image"], torch.cat([s["edit_inner"]["image"] for s in single]))
+    for name in QUESTIONS:
+        assert batch[name]["text_input"] == [t for s in single for t in s[name]["text_input"]], name
+    assert data.tok is not None and not hasattr(data.tok, "_tok")  # the dataset keeps its own tokenizer

@@ -13,6 +13,13 @@ answer token is masked as prompt (``backbones/minigpt4.py``); the editor's rende
 ``EditorQuestions`` wraps an EasyEdit multimodal dataset and renders every question of its batches with
 ``prepare_multimodal_edit`` itself, and adds ``answer_tokens``: per row, how many tokens EasyEdit's metric scores
 (the trainer's accuracies use it). Everything else in a batch (images, labels) stays the dataset's own.
+
+Compatibility (both EasyEdit targets): ``CaptionDataset.collate_fn`` tokenizes a batch's locality answers with
+``return_tensors="pt"`` and no padding, so an E-IC batch whose locality answers differ in token length raises
+``ValueError`` (EasyEdit's own caption trainers run batch 1). The models never read those ``labels`` (they derive
+their targets from ``text_input`` and ``prompts_len``), so ``EditorQuestions`` makes such a batch again with a
+tokenizer that pads (``_PaddingTokenizer``); a batch the dataset can make is left as it is. With ``questions:
+dataset`` the trainer uses the dataset's collate as it is.
 """
 
 from __future__ import annotations
@@ -40,6 +47,33 @@ class Rendered(NamedTuple):
     answer_tokens: int  # tokens of the answer alone: what EasyEdit's metric scores
 
 
+class _PaddingTokenizer:
+    """A tokenizer that pads every batch it returns as tensors (``questions.py``'s compatibility note)."""
+
+    def __init__(self, tok: Any) -> None:
+        self._tok = tok
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("return_tensors") is not None:
+            kwargs.setdefault("padding", True)
+        return self._tok(*args, **kwargs)
+
+
+def _collate(dataset: Any, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``dataset.collate_fn(items)``; a batch it cannot make for answers of unequal length is made with padding."""
+    try:
+        return dataset.collate_fn(items)
+    except ValueError:
+        tok, dataset.tok = dataset.tok, _PaddingTokenizer(dataset.tok)
+        try:
+            return dataset.collate_fn(items)
+        finally:
+            dataset.tok = tok
+
+
 class EditorQuestions(Dataset):
     """An EasyEdit ``VQADataset`` / ``CaptionDataset`` whose batches render questions as ``MultimodalEditor`` does."""
 
@@ -57,7 +91,7 @@ class EditorQuestions(Dataset):
 
     def collate_fn(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """The dataset's batch, each sub-batch's ``text_input``, ``prompts_len`` and ``answer_tokens`` the editor's."""
-        batch = self.dataset.collate_fn(items)
+        batch = _collate(self.dataset, items)
         for name, (question, answer) in QUESTIONS.items():
             if name not in batch:
                 continue
