@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             editor.train(True)
             if oracle is None:
                 terms, _ = meta_losses(editor, batch, filter_loss=hparams.filter_lambda > 0)
-                loss, _ = liveedit_loss(terms, **editor.config.loss_weights())
+                loss, _ = liveedit_loss(terms, **editor.config.loss_options())
             else:  # the ceiling: own expert alone, V from the table
                 samples = batch["edit_inner"]
                 logits, labels = own_expert_logits(editor, samples, oracle(editor, samples))

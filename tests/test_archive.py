@@ -6,8 +6,9 @@ import pytest
 import torch
 from helpers import small_archives, toy_hparams
 
-from easyedit_liveedit.easyedit.archive import CONFIG_KEY
+from easyedit_liveedit.easyedit.archive import CONFIG_KEY, check_config
 from easyedit_liveedit.easyedit.entry import editor_for, release_editor
+from easyedit_liveedit.liveedit.config import LiveEditConfig
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +59,19 @@ def test_an_archive_without_a_config_loads_with_its_shapes_checked(small_world, 
     release_editor(model)
     with pytest.raises(ValueError, match=r"legacy.pt: tensor 'generator\..*' of the LiveEdit archive has shape"):
         editor_for(model, toy_hparams(small_world, "LiveEdit", archive=str(legacy), rank=8))
+
+
+def test_soft_weights_is_compared_and_soft_route_terms_is_not():
+    """Guards the roles of the ablation flags: ``soft_weights`` changes what editing computes, so an archive trained
+    with one value refuses the other; ``soft_route_terms`` only shaped training, so any value loads the archive; a
+    record written before either existed counts as their defaults. Seen failing with ``soft_weights`` given the role
+    ``training`` (the archive trained with averaged experts loaded under learned weights without a word)."""
+    trained = LiveEditConfig(soft_weights="average", soft_route_terms="relative")
+    archive = {CONFIG_KEY: trained.config_dict()}
+    with pytest.raises(ValueError, match="soft_weights='average', but editing.yaml sets soft_weights='learned'"):
+        check_config(archive, LiveEditConfig(soft_route_terms="relative"), "a.pt", "editing.yaml")
+    check_config(archive, LiveEditConfig(soft_weights="average"), "a.pt", "editing.yaml")  # another training value
+    older = {k: v for k, v in LiveEditConfig().config_dict().items() if k not in ("soft_weights", "soft_route_terms")}
+    check_config({CONFIG_KEY: older}, LiveEditConfig(soft_route_terms="absolute"), "old.pt", "editing.yaml")
+    with pytest.raises(ValueError, match="soft_weights='learned', but editing.yaml sets soft_weights='average'"):
+        check_config({CONFIG_KEY: older}, LiveEditConfig(soft_weights="average"), "old.pt", "editing.yaml")

@@ -331,3 +331,37 @@ def test_a_backbone_carries_one_editor_and_its_hooks_only(small_world, tmp_path)
     assert second is not first and hooks(model) == unedited + 2
     other = editor_for(model, small_liveedit_hparams(small_world, archive=str(replaced), edit_layer=2))
     assert other is not second and other.config.edit_layer == 2 and hooks(model) == unedited + 2
+
+
+def test_averaged_experts_share_each_input_equally_when_editing_and_training(small_world, monkeypatch):
+    """Guards the paper's ablation "experts averaged" (``soft_weights: average``) on the real paths: the routed
+    answer (``Route``: ``routing_report`` and the forward, which the training step's ``routed_accuracies`` also
+    runs) and the training mix (``Mix``) give each expert an input kept ``1 / |kept|``. Seen failing with ``Route``
+    calling ``library.route`` without the config's choice (weights sigmoid(a) * softmax(a), rows summing below 1),
+    and with ``Mix`` calling ``soft_weights`` without it."""
+    import easyedit_liveedit.liveedit.library as library
+
+    def alternate(visual_sim, sentinel_sim, has_image=None):  # input b keeps expert j when b + j is even
+        B, N = visual_sim.shape
+        keep = (torch.arange(B)[:, None] + torch.arange(N)[None]) % 2 == 0
+        return keep if has_image is None else keep & has_image[:, None]
+
+    monkeypatch.setattr(library, "hard_filter", alternate)
+    hparams = small_liveedit_hparams(small_world, soft_weights="average")
+    editor, tok = LiveEdit(small_world.load_model(), hparams), small_world.tokenizer()
+    context = (hparams, small_world.config.image_size)
+    edits, inputs = _samples(tok, context, 3, seed=1), _samples(tok, context, 2, seed=2)
+    ids = _add_strong_experts(editor, edits)
+    report = editor.routing_report(inputs)
+    assert [dict(row) for row in report] == [{ids[0]: 0.5, ids[2]: 0.5}, {ids[1]: 1.0}]
+    applied, plain_apply = [], editor.library.apply
+    monkeypatch.setattr(
+        editor.library, "apply", lambda h, r, norm: applied.append(r.weights) or plain_apply(h, r, norm)
+    )
+    editor(inputs)
+    torch.testing.assert_close(applied, [torch.tensor([[0.5, 0.0, 0.5], [0.0, 1.0, 0.0]])])
+    mixed, plain_mix = [], editor.net.apply_experts
+    monkeypatch.setattr(editor.net, "apply_experts", lambda h, U, V, w: mixed.append(w) or plain_mix(h, U, V, w))
+    switch = torch.tensor([[True, True, False], [True, True, True]])
+    editor.forward_with_experts(inputs, editor.make_experts(edits), switch)
+    torch.testing.assert_close(mixed, [torch.tensor([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]])])

@@ -100,6 +100,8 @@ TRAIN = ROOT / "hparams" / "TRAINING" / "LiveEdit" / "blip2.yaml"
         (EDIT, LiveEditMultimodalHparams, {"model_name": "gpt2"}, ValueError, "model_name"),
         (EDIT, LiveEditMultimodalHparams, {"cross_attn_dim": 100}, ValueError, "cross_attn_dim"),
         (EDIT, LiveEditMultimodalHparams, {"rank": 0}, ValueError, "rank"),
+        (EDIT, LiveEditMultimodalHparams, {"soft_weights": "mean"}, ValueError, "soft_weights"),
+        (TRAIN, LiveEditMultimodalTrainingHparams, {"soft_route_terms": "none"}, ValueError, "soft_route_terms"),
         (EDIT, LiveEditMultimodalHparams, {"index": "annoy"}, ValueError, "index"),
         (EDIT, LiveEditMultimodalHparams, {"index_nprobe": 0}, ValueError, "index_nprobe"),
         (EDIT, LiveEditMultimodalHparams, {"index_nlist": 64, "index_train_size": 32}, ValueError, "index_train_size"),

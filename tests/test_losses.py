@@ -184,6 +184,39 @@ def test_liveedit_loss_weights_groups_and_reports_parts():
 
 
 @pytest.mark.parametrize(
+    ("soft_route_terms", "trained"),
+    [("both", {"relative", "absolute"}), ("relative", {"relative"}), ("absolute", {"absolute"})],
+)
+def test_soft_route_terms_train_only_the_chosen_terms(soft_route_terms, trained):
+    """Guards the paper's ablations "w/o absolute / relative soft-routing loss" (``soft_route_terms``): the term left
+    out adds nothing to the total and no gradient reaches its inputs, yet both terms are still reported; the
+    config's ``loss_options`` carries the choice to ``liveedit_loss``. Seen failing with ``liveedit_loss`` adding
+    every term (the total and the ablated inputs' gradients moved) and with ``loss_options`` leaving
+    ``soft_route_terms`` out (the config's choice never reached the loss)."""
+    from easyedit_liveedit.liveedit.config import LiveEditConfig
+
+    keys = {name: (t(IN).requires_grad_(), t(EDIT).requires_grad_()) for name in ("relative", "absolute")}
+    terms = {
+        "rel": torch.tensor(1.0, dtype=torch.float64),
+        "soft_route/relative": soft_routing_relative_loss(*keys["relative"]),
+        "soft_route/absolute": soft_routing_absolute_loss(*keys["absolute"]),
+    }
+    options = LiveEditConfig(soft_route_terms=soft_route_terms, soft_route_lambda=0.5).loss_options()
+    total, parts = liveedit_loss(terms, **options)
+    trained_sum = sum(terms[f"soft_route/{name}"].item() for name in trained)
+    assert total.item() == pytest.approx(1.0 + 0.5 * trained_sum, rel=1e-12)
+    assert parts["soft_route"] == pytest.approx(trained_sum, rel=1e-12)
+    for name in ("relative", "absolute"):  # both reported, trained or not
+        assert parts[f"soft_route/{name}"] == terms[f"soft_route/{name}"].item()
+    total.backward()
+    for name, (input_psi, edit_psi) in keys.items():
+        reached = input_psi.grad is not None and edit_psi.grad is not None and input_psi.grad.abs().sum() > 0
+        assert reached == (name in trained), name
+    alone, _ = liveedit_loss({"soft_route/absolute": terms["soft_route/absolute"]}, soft_route_terms="relative")
+    assert alone.item() == 0.0  # nothing left to train is a zero loss, not an error
+
+
+@pytest.mark.parametrize(
     "terms, match",
     [
         ({"relx": torch.tensor(1.0)}, "unknown group"),
@@ -194,3 +227,8 @@ def test_liveedit_loss_weights_groups_and_reports_parts():
 def test_liveedit_loss_rejects_bad_terms(terms, match):
     with pytest.raises(ValueError, match=match):
         liveedit_loss(terms)
+
+
+def test_liveedit_loss_rejects_an_unknown_soft_route_terms():
+    with pytest.raises(ValueError, match="soft_route_terms is 'none'; expected one of both, relative, absolute"):
+        liveedit_loss({"rel": torch.tensor(1.0)}, soft_route_terms="none")

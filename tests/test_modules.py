@@ -338,7 +338,13 @@ def test_gradients_reach_every_trainable_parameter():
 
 @pytest.mark.parametrize(
     "overrides, match",
-    [({"cross_attn_dim": 9}, "cross_attn_dim"), ({"lora_scale": 0.0}, "lora_scale"), ({"rank": 0}, "rank")],
+    [
+        ({"cross_attn_dim": 9}, "cross_attn_dim"),
+        ({"lora_scale": 0.0}, "lora_scale"),
+        ({"rank": 0}, "rank"),
+        ({"soft_weights": "mean"}, "'soft_weights' is 'mean'; expected one of learned, average"),
+        ({"soft_route_terms": "none"}, "'soft_route_terms' is 'none'; expected one of both, relative, absolute"),
+    ],
 )
 def test_constructor_validation_names_the_field(overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -135,3 +135,26 @@ def test_route_handles_a_hundred_thousand_experts():
     # each row's weights are a sigmoid-damped distribution over its kept set
     row_sums = weights.sum(dim=1)
     assert (row_sums <= 1.0 + 1e-5).all() and (row_sums[keep.any(dim=1)] > 0).all()
+
+
+def test_averaged_weights_share_each_input_equally_among_its_kept_experts():
+    """Guards the paper's ablation "experts averaged" (``soft_weights: average``): every expert an input kept gets
+    ``1 / |kept|`` whatever the textual similarities, a row sums to 1 where anything is kept and is 0 where nothing
+    is; ``route`` passes the choice on. Seen failing with the ``average`` branch of ``soft_weights`` returning the
+    learned weights (rows summed to less than 1 and moved with ``a``), and with ``route`` not passing ``weighting``."""
+    a = torch.tensor([[1.0, 2.0, -1.0, 0.5], [0.3, -2.0, 1e4, 0.0], [1.0, 2.0, 3.0, 4.0]])
+    keep = torch.tensor([[True, True, False, True], [False, False, False, False], [False, True, False, False]])
+    w = soft_weights(a, keep, "average")
+    torch.testing.assert_close(w, torch.tensor([[1 / 3, 1 / 3, 0.0, 1 / 3], [0.0] * 4, [0.0, 1.0, 0.0, 0.0]]))
+    assert torch.equal(soft_weights(torch.randn(3, 4), keep, "average"), w)  # the similarities play no part
+    torch.manual_seed(0)
+    B, N = 4, 7
+    in_phi, in_psi, sent = torch.randn(B, K, DM), torch.randn(B, K, DM), torch.randn(B, K, DM)
+    ex_phi, ex_psi = torch.randn(N, K, DM), torch.randn(N, K, DM)
+    keep, weights = route(in_phi, in_psi, sent, ex_phi, ex_psi, weighting="average")
+    assert keep.any(dim=1).all() and not keep.all()  # every input keeps something, not everything
+    counts = keep.sum(dim=1, keepdim=True).float()
+    torch.testing.assert_close(weights, keep.float() / counts)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(B))
+    with pytest.raises(ValueError, match="weighting is 'mean'; expected one of learned, average"):
+        soft_weights(a, keep[:3, :4], "mean")

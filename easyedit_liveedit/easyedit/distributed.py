@@ -118,7 +118,7 @@ class MetaStep(nn.Module):
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float], dict[str, float]]:
         config = self.editor.config
         terms, info = meta_losses(self.editor, batch, filter_loss=config.filter_lambda > 0)
-        total, parts = liveedit_loss(terms, **config.loss_weights())
+        total, parts = liveedit_loss(terms, **config.loss_options())
         return total, parts, info
 
 

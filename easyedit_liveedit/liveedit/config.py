@@ -21,6 +21,10 @@ from typing import Any
 
 # How the routing losses pair inputs with edits in meta-training (``train_step.py``).
 ROUTING_PAIRS = ("authors", "edit")
+# Which soft-routing loss terms train (``losses.liveedit_loss``): both (the paper), or one alone (its ablations).
+SOFT_ROUTE_TERMS = ("both", "relative", "absolute")
+# How the experts an input kept share it (``routing.soft_weights``): the paper's learned weights, or a plain mean.
+SOFT_WEIGHTS = ("learned", "average")
 # How the expert library finds the experts an input keeps (``library.py``; ``easyedit_liveedit.index``).
 INDEXES = ("exact", "faiss")
 
@@ -59,6 +63,14 @@ class LiveEditConfig:
         "the paper's prompt-guided visual extraction: the visual routing key reads the image through slots the "
         "question sets; false = slots learned once for every question (the paper's ablation of it)",
     )
+    soft_weights: str = _field(
+        "learned",
+        "computation",
+        "how the experts an input kept share it: 'learned', the paper's w = sigmoid(a) * softmax_kept(a) of the "
+        "textual similarities a; 'average', 1 / (experts kept) each, the paper's ablation 'experts averaged' (no "
+        "soft routing), in training and editing alike. Nothing then reads the textual keys at editing, so that "
+        "ablation also sets soft_route_lambda: 0 (not implied here)",
+    )
     rel_lambda: float = _field(1.0, "training", "weight of the reliability loss (1 in the paper)")
     gen_lambda: float = _field(1.0, "training", "weight of the generality losses (1 in the paper)")
     loc_lambda: float = _field(1.0, "training", "weight of the locality KL (1 in the paper)")
@@ -66,6 +78,13 @@ class LiveEditConfig:
     hard_route_lambda: float = _field(1.0, "training", "weight of the hard-routing losses (1 in the paper)")
     filter_lambda: float = _field(
         0.0, "training", "ours: weight of the hard-filter calibration loss (0 reproduces the paper)"
+    )
+    soft_route_terms: str = _field(
+        "both",
+        "training",
+        "which soft-routing loss terms train: 'both' (the paper); 'relative', the InfoNCE term alone (the paper's "
+        "ablation 'w/o absolute soft-routing loss'); 'absolute', the sigmoid term alone ('w/o relative'). Both are "
+        "still computed and logged",
     )
     routing_pairs: str = _field(
         "authors",
@@ -99,11 +118,15 @@ class LiveEditConfig:
     index_threads: int | None = _field(None, "index", "faiss: OpenMP threads (null: faiss's default, every core)")
 
     def __post_init__(self) -> None:
-        if self.routing_pairs not in ROUTING_PAIRS:
-            raise ValueError(
-                f"LiveEditConfig: key 'routing_pairs' is {self.routing_pairs!r}; expected one of "
-                f"{', '.join(ROUTING_PAIRS)}"
-            )
+        for name, allowed in (
+            ("routing_pairs", ROUTING_PAIRS),
+            ("soft_route_terms", SOFT_ROUTE_TERMS),
+            ("soft_weights", SOFT_WEIGHTS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"LiveEditConfig: key {name!r} is {getattr(self, name)!r}; expected one of {', '.join(allowed)}"
+                )
         if self.edit_layer < 0:
             raise ValueError(f"LiveEditConfig: key 'edit_layer' must be >= 0, got {self.edit_layer}")
         for name in ("cross_attn_dim", "num_heads", "rank", "num_key_slots", "num_sentinel_tokens"):
@@ -145,9 +168,11 @@ class LiveEditConfig:
         fields)."""
         return LiveEditConfig(**self.config_dict())
 
-    def loss_weights(self) -> dict[str, float]:
-        """The ``*_lambda`` fields, keyed as ``liveedit_loss`` takes them."""
-        return {name: getattr(self, name) for name in names("training") if name.endswith("_lambda")}
+    def loss_options(self) -> dict[str, float | str]:
+        """The fields ``liveedit_loss`` takes, keyed as it takes them: the ``*_lambda`` weights and
+        ``soft_route_terms``."""
+        taken = [name for name in names("training") if name.endswith("_lambda") or name == "soft_route_terms"]
+        return {name: getattr(self, name) for name in taken}
 
     def expert_shape(self) -> dict[str, int]:
         """The fields that fix the shape of a stored expert and of the networks that made it."""

@@ -9,6 +9,8 @@ answers. A *pass* (``EditLayer.run``) activates it for one backbone call with on
   chosen experts' residual at every token; generated tokens reuse the prompt's routing;
 - ``Mix``: meta-training; mix a given set of fresh experts with learned soft weights, differentiably.
 
+Both weigh the experts as the networks' config says (``soft_weights``: learned, or averaged for the paper's ablation).
+
 A mode is a small object with one method, ``at_layer(h, layout, net) -> new h or None``, so each path reads on
 its own. A pass is not re-entrant (a second ``run`` inside one raises).
 
@@ -66,13 +68,13 @@ class Route:
             return None
         if self.routing is None:
             self.keys = net.input_keys(h, layout.image, layout.prompt)
-            self.routing = self.library.route(self.keys)
+            self.routing = self.library.route(self.keys, net.config.soft_weights)
         return self.library.apply(h, self.routing, net.expert_norm)
 
 
 @dataclass
 class Mix:
-    """Meta-training: input ``b`` mixes the experts ``switch[b]`` allows, with learned soft weights.
+    """Meta-training: input ``b`` mixes the experts ``switch[b]`` allows, with soft weights (``soft_weights``).
 
     Besides the inputs' own (input-side) keys it keeps their edit-side keys, read by the edit extractor from the
     same hidden states: the authors' routing losses pair an input with other samples of its scope seen as edits.
@@ -95,7 +97,8 @@ class Mix:
         self.edit_keys = net.edit_keys(h, layout.image, layout.prompt)
         keep = self.switch & self.keys.has_image[:, None]  # text-only inputs take no expert, as at inference
         with fp32(h.device):
-            weights = soft_weights(similarity(self.keys.psi, self.experts.psi), keep)  # (B, M)
+            text_sim = similarity(self.keys.psi, self.experts.psi)  # (B, M)
+            weights = soft_weights(text_sim, keep, net.config.soft_weights)  # (B, M)
         return net.apply_experts(h, self.experts.U, self.experts.V, weights)
 
 

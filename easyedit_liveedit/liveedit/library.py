@@ -386,8 +386,13 @@ class ExpertLibrary:
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def route(self, keys: InputKeys) -> Routing:
+    def route(self, keys: InputKeys, weighting: str = "learned") -> Routing:
         """Route each input on its own: hard visual filter against its sentinel, then soft textual weights.
+
+        Args:
+            keys: the inputs' keys (``LiveEditNetwork.input_keys``).
+            weighting: how the kept experts share an input, ``routing.soft_weights``'s (the config's
+                ``soft_weights``; ``learned`` is the paper's).
 
         Invariant: row ``b`` of the result equals routing input ``b`` alone.
         """
@@ -410,8 +415,8 @@ class ExpertLibrary:
             keep = torch.zeros(B, len(slots), dtype=torch.bool, device=device)
             keep[inputs, column] = True  # (B, M)
             lib_psi = self._gather("psi", slots).to(device, torch.float32) if len(slots) else psi[:0]  # (M, k, d_m)
-            # soft routing over the survivors only: w = sigmoid(a) * softmax_kept(a)
-            weights = soft_weights(similarity(psi, lib_psi), keep)  # (B, M)
+            # soft routing over the survivors only: w = sigmoid(a) * softmax_kept(a) (or 1 / |kept|, the ablation)
+            weights = soft_weights(similarity(psi, lib_psi), keep, weighting)  # (B, M)
         return Routing(slots, self._ids[slots], keep, weights, self._version)
 
     def _kept_by_scan(self, phi: Tensor, bar: Tensor, has_image: Tensor) -> tuple[Tensor, Tensor]:

@@ -18,7 +18,9 @@ Conventions and decisions, from the official code (``train_a_batch`` in
   ``log_softmax`` / ``logsigmoid``, equal up to that epsilon and stable for confident scores.
 - Soft routing: relative term = InfoNCE of each input's textual key against the batch's edit keys
   (row ``i`` matches column ``i``); absolute term = binary sigmoid loss with positive ``(i, i)`` and
-  negative ``(i, i-1 mod B)`` (the official ``roll(1, 1)``). Needs ``B >= 2`` to mean anything.
+  negative ``(i, i-1 mod B)`` (the official ``roll(1, 1)``). Needs ``B >= 2`` to mean anything. The paper's
+  ablations of one term (``soft_route_terms: relative`` or ``absolute``) leave the other out of the total;
+  ``liveedit_loss`` still reports both.
 - Hard routing: softmax over ``[sim(phi_in, phi_edit_1..B), sim(phi_in, phi_sentinel)]``; in-scope
   pairs push the matching edit's column up, out-of-scope pairs push the sentinel column up.
 
@@ -55,10 +57,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import SOFT_ROUTE_TERMS
 from .routing import paired_similarity, similarity
 
 IGNORE_INDEX = -100
 LOSS_GROUPS = ("rel", "gen", "loc", "soft_route", "hard_route", "filter")  # weighted by ``<group>_lambda``
+# ``soft_route_terms`` -> the soft-routing term it leaves untrained (reported, not added): the paper's ablations
+UNTRAINED = {"both": None, "relative": "soft_route/absolute", "absolute": "soft_route/relative"}
 
 
 def _log_probs(logits: Tensor) -> Tensor:
@@ -179,6 +184,7 @@ def liveedit_loss(
     soft_route_lambda: float = 1.0,
     hard_route_lambda: float = 1.0,
     filter_lambda: float = 0.0,
+    soft_route_terms: str = "both",
 ) -> tuple[Tensor, dict[str, float]]:
     """Weighted sum of the loss terms, plus float parts for logging.
 
@@ -189,10 +195,12 @@ def liveedit_loss(
             "hard_route/out_scope": ...}``. Terms within a group add up (as officially); missing
             groups contribute nothing.
         *_lambda: weight of each group (official configs: all 1; ``filter`` is ours, off by default).
+        soft_route_terms: which soft-routing terms train, one of ``SOFT_ROUTE_TERMS``: ``both`` (the paper), or
+            ``relative`` / ``absolute`` alone (the paper's ablations); the other term is reported, not added.
 
     Returns:
-        ``(total, parts)``: ``parts`` has every term and every present group's sum (unweighted) and
-        ``"total"`` (weighted).
+        ``(total, parts)``: ``parts`` has every term given (trained or not), every present group's sum of trained
+        terms (unweighted: what its lambda multiplies) and ``"total"`` (weighted).
     """
     lambdas = dict(
         zip(
@@ -203,6 +211,11 @@ def liveedit_loss(
     )
     if not terms:
         raise ValueError("liveedit_loss: no loss terms given")
+    if soft_route_terms not in SOFT_ROUTE_TERMS:
+        raise ValueError(
+            f"liveedit_loss: soft_route_terms is {soft_route_terms!r}; expected one of {', '.join(SOFT_ROUTE_TERMS)}"
+        )
+    untrained = UNTRAINED[soft_route_terms]
     groups: dict[str, Tensor] = {}
     parts: dict[str, float] = {}
     for key, value in terms.items():
@@ -211,9 +224,13 @@ def liveedit_loss(
             raise ValueError(f"liveedit_loss: term {key!r} has unknown group {group!r}; expected one of {LOSS_GROUPS}")
         if value.dim() != 0:
             raise ValueError(f"liveedit_loss: term {key!r} must be a scalar, got shape {tuple(value.shape)}")
-        groups[group] = groups[group] + value if group in groups else value
         parts[key] = float(value.detach())
+        if key == untrained:
+            continue  # an ablated soft-routing term: logged, never trained
+        groups[group] = groups[group] + value if group in groups else value
     total = sum(lambdas[group] * value for group, value in groups.items())
+    if not groups:  # only an ablated term was given: nothing trains
+        total = next(iter(terms.values())).detach() * 0
     parts.update({group: float(value.detach()) for group, value in groups.items()})
     parts["total"] = float(total.detach())
     return total, parts

@@ -222,7 +222,8 @@ class LiveEditModel(nn.Module):
         return route.routing.report()
 
     def forward_with_experts(self, samples: dict[str, Any], experts: Experts, switch: Tensor) -> tuple[Any, Mix]:
-        """Meta-training forward: input ``b`` mixes the experts ``switch[b]`` allows, with learned soft weights.
+        """Meta-training forward: input ``b`` mixes the experts ``switch[b]`` allows, with the soft weights the
+        config's ``soft_weights`` chooses (learned, as in the paper, or averaged for its ablation).
 
         Args:
             samples: EasyEdit batch dict of ``B`` inputs.

@@ -11,7 +11,8 @@ github.com/qizhou000/LiveEdit, ``retrieve_moes`` and ``get_moe_fuse_coe``):
 - Similarity is slot-aligned: slot ``j`` of one key only meets slot ``j`` of the other, averaged
   over slots and scaled by ``1/sqrt(d_m)``. No extra temperature.
 - Hard filter: expert ``m`` is kept iff ``sim(phi_in, phi_m) > sim(phi_in, phi_sentinel)``, strictly.
-- Soft weights ``w = sigmoid(a) * softmax(a)`` with the softmax taken over the kept experts only.
+- Soft weights ``w = sigmoid(a) * softmax(a)`` with the softmax taken over the kept experts only. The paper's
+  ablation "experts averaged" (``soft_weights: average`` in the config) gives each kept expert ``1 / |kept|``.
 - Inputs without image tokens (text-only locality questions) get no expert at all: the official hook
   applies no residual when the input has no vision-token range. We make it explicit through
   ``has_image`` rather than relying on the value of an empty visual key.
@@ -23,6 +24,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from .config import SOFT_WEIGHTS
 
 
 def similarity(a: Tensor, b: Tensor) -> Tensor:
@@ -73,20 +76,27 @@ def masked_softmax(logits: Tensor, keep: Tensor) -> Tensor:
     return filled.softmax(dim=-1) * keep
 
 
-def soft_weights(text_sim: Tensor, keep: Tensor) -> Tensor:
-    """Mixture weights ``w = sigmoid(a) * softmax_kept(a)``.
+def soft_weights(text_sim: Tensor, keep: Tensor, weighting: str = "learned") -> Tensor:
+    """Mixture weights over the kept experts: ``w = sigmoid(a) * softmax_kept(a)``, or their plain mean.
 
-    The softmax decides the share among experts that passed the filter (relative), the sigmoid how
-    much of the input any of them may claim at all (absolute), so a weak best match stays weak.
+    ``learned`` (the paper): the softmax decides the share among experts that passed the filter (relative), the
+    sigmoid how much of the input any of them may claim at all (absolute), so a weak best match stays weak.
+    ``average`` (the paper's ablation "experts averaged"): ``1 / |kept|`` each, whatever ``a``; a row then sums to 1.
 
     Args:
         text_sim: ``(B, N)`` textual similarities ``a``.
         keep: ``(B, N)`` bool from ``hard_filter``.
+        weighting: one of ``SOFT_WEIGHTS`` (the config's ``soft_weights``).
 
     Returns:
-        ``(B, N)``; zero wherever ``keep`` is False, all zero for rows that keep nothing.
+        ``(B, N)`` in ``text_sim``'s dtype; zero wherever ``keep`` is False, all zero for rows that keep nothing.
     """
-    return torch.sigmoid(text_sim) * masked_softmax(text_sim, keep)
+    if weighting == "learned":
+        return torch.sigmoid(text_sim) * masked_softmax(text_sim, keep)
+    if weighting == "average":
+        kept = keep.to(text_sim.dtype)  # (B, N)
+        return kept / kept.sum(dim=-1, keepdim=True).clamp_min(1)  # an all-dropped row stays 0
+    raise ValueError(f"soft_weights: weighting is {weighting!r}; expected one of {', '.join(SOFT_WEIGHTS)}")
 
 
 def route(
@@ -96,6 +106,7 @@ def route(
     expert_phi: Tensor,
     expert_psi: Tensor,
     has_image: Tensor | None = None,
+    weighting: str = "learned",
 ) -> tuple[Tensor, Tensor]:
     """Both routing stages against ``N`` experts: ``(keep, weights)``, each ``(B, N)``.
 
@@ -103,6 +114,7 @@ def route(
         input_phi, input_psi, sentinel_phi: ``(B, k, d_m)`` input-side keys.
         expert_phi, expert_psi: ``(N, k, d_m)`` edit-side keys.
         has_image: ``(B,)`` bool or None, see ``hard_filter``.
+        weighting: see ``soft_weights``.
     """
     keep = hard_filter(similarity(input_phi, expert_phi), paired_similarity(input_phi, sentinel_phi), has_image)
-    return keep, soft_weights(similarity(input_psi, expert_psi), keep)
+    return keep, soft_weights(similarity(input_psi, expert_psi), keep, weighting)

@@ -8,8 +8,9 @@ the image), ``loc`` (a text-only question) and ``loc_image`` (an unrelated image
 
 1. one expert per edit from the edit sample's layer-``l_e`` hidden states (backbone frozen);
 2. reliability and text/image generality inputs mix their own edit's expert plus a random prefix of the batch's
-   experts (distractors, length uniform in ``0..B``) with learned soft weights: cross-entropy on the new answer's
-   own tokens, the positions EasyEdit's metric scores (``answer_labels``);
+   experts (distractors, length uniform in ``0..B``) with learned soft weights (averaged under the ablation
+   ``soft_weights: average``): cross-entropy on the new answer's own tokens, the positions EasyEdit's metric scores
+   (``answer_labels``);
 3. image-locality inputs mix only a random prefix: ``KL(post || pre)`` against the unedited backbone;
 4. routing losses (``routing_pairs``). ``authors``: for each record, a *neighbour pair* of two samples of one
    scope (reliability or generality, or its locality sample twice), the first read by the input extractor and
@@ -17,7 +18,8 @@ the image), ``loc`` (a text-only question) and ``loc_image`` (an unrelated image
    negative) and the hard-routing neighbour term (the pair's key beats the batch's other edit keys and the
    sentinel); and a *prototype pair* across scopes (in-scope sample and locality sample, either way round): the
    sentinel beats every edit key. ``edit``: every in-scope input is paired with its real edit, locality inputs
-   with the real edits only (one direction);
+   with the real edits only (one direction). Both soft-routing terms are always computed; ``liveedit_loss`` trains
+   those ``soft_route_terms`` names (the paper's ablations train one alone);
 5. if ``filter_lambda > 0`` (ours), the hard filter's own decision on every (input, real edit) pair (an edit is in
    scope of an input exactly when its image is the input's edit image).
 
