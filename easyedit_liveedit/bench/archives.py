@@ -37,7 +37,6 @@ from .. import toyworld
 from ..easyedit import LiveEditMultimodalTrainer, compat, distributed
 from ..easyedit.hparams import PATH_KEYS
 from ..easyedit.validate import image_roots, validate_file
-from ..liveedit import LiveEditConfig
 from ..liveedit import config as liveedit_config
 from ..toyworld.artifacts import git_commit
 
@@ -211,8 +210,8 @@ def provenance_changes(stored: dict[str, Any], fresh: dict[str, Any]) -> str | N
     """
     hparams, fresh_hparams = stored.get("hparams"), fresh.get("hparams")
     if isinstance(hparams, dict) and isinstance(fresh_hparams, dict):
-        added = {f.name: f.default for f in dataclasses.fields(LiveEditConfig)
-                 if f.name in fresh_hparams and f.name not in hparams}  # fmt: skip
+        added = {name: default for name, default in liveedit_config.field_defaults().items()
+                 if name in fresh_hparams and name not in hparams}  # fmt: skip
         stored = {**stored, "hparams": {**added, **hparams}}
     changed = []
     for key in _differing(stored, fresh):

@@ -182,12 +182,17 @@ class LiveEditConfig:
         """``(field, stored value, this config's value)`` for every ``shape`` or ``computation`` field on which
         ``stored`` (a ``config_dict`` recorded earlier) differs from this config. A field ``stored`` lacks was added
         since it was written and is compared with its default (which is what the code computed before it existed)."""
-        defaults = {f.name: f.default for f in fields(LiveEditConfig)}
+        defaults = field_defaults()
         return [
             (name, stored.get(name, defaults[name]), getattr(self, name))
             for name in (*names("shape"), *names("computation"))
             if stored.get(name, defaults[name]) != getattr(self, name)
         ]
+
+
+def field_defaults() -> dict[str, Any]:
+    """Every field of ``LiveEditConfig`` and its default: what a record written before the field existed meant."""
+    return {f.name: f.default for f in fields(LiveEditConfig)}
 
 
 def names(role: str | None = None) -> tuple[str, ...]:
