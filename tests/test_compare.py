@@ -187,6 +187,19 @@ def test_protocol_decides_when_each_record_is_scored(small_world, backbone, sett
         assert seen == [(1, 0), (3, 0), (3, 1), (3, 2)]
 
 
+def test_a_fresh_backbone_empties_wises_module_level_edit_lists(monkeypatch):
+    """Guards the reset the engine runs whenever WISE gets a fresh backbone (a method's start and end): EasyEdit
+    main's WISE keeps the requests it edited in lists of its module, which it replays (``retrieve`` and ``replay``)
+    and merges into whatever model it edits next. Seen failing with the reset removed. A stand-in module, so that it
+    runs on the wheel too (which has no WISE)."""
+    from easyedit_liveedit.bench import engine
+
+    wise = SimpleNamespace(edit_history=[["earlier edit", False]], merge_group_edit_history=[[["older", False]]])
+    monkeypatch.setitem(sys.modules, "easyeditor.models.wise.WISE", wise)
+    engine._reset_executor("WISE")
+    assert wise.edit_history == [] and wise.merge_group_edit_history == []
+
+
 def test_table_and_plot_hold_every_row(rows, tmp_path):
     text = markdown(rows)
     header, rule, *lines = text.strip().splitlines()

@@ -41,6 +41,7 @@ import math
 import multiprocessing
 import os
 import random
+import sys
 import threading
 import time
 import traceback
@@ -65,6 +66,8 @@ LOG = logging.getLogger(__name__)
 _STATEFUL_EXECUTORS = ("MEND", "SERAC", "SERAC_MULTI")  # EasyEdit executors that bind the first model they see
 # EasyEdit's SERAC_MULTI.forward tests `input_ids[:, -1] != 13` as one boolean: it reads one sample per call.
 _ONE_SAMPLE_PER_CALL = ("SERAC", "SERAC_MULTI")
+# EasyEdit main's WISE keeps the requests it edited, for replay and merging, in lists of its module (`global`)
+_MODULE_MEMORY = {"WISE": ("easyeditor.models.wise.WISE", ("edit_history", "merge_group_edit_history"))}
 _IN_CONTEXT = ("IKE",)  # entries that return demonstrations, not a model (MultimodalEditor's `alg_name == 'IKE'`)
 
 
@@ -179,8 +182,15 @@ class _FiniteWatch:
 
 
 def _reset_executor(alg_name: str) -> None:
-    """EasyEdit's MEND/SERAC executors keep the first model they were called with (``is_init``); a fresh
-    backbone needs a fresh binding, or the edits would land on the previous method's model."""
+    """Make EasyEdit's executor forget the backbones it edited. MEND's and SERAC's executors keep the first model they
+    were called with (``is_init``): a fresh backbone needs a fresh binding, or the edits would land on the previous
+    model. EasyEdit main's WISE keeps its edits in module-level lists, which it would replay and merge into the next
+    backbone."""
+    memory = _MODULE_MEMORY.get(alg_name)
+    module = sys.modules.get(memory[0]) if memory is not None else None
+    if module is not None:  # not imported: nothing to forget
+        for name in memory[1]:
+            setattr(module, name, [])
     if alg_name not in _STATEFUL_EXECUTORS:
         return
     apply_fn = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT[alg_name]
