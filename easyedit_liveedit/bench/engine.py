@@ -217,6 +217,66 @@ def _threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@dataclass
+class _Editing:
+    """One method's editing entry and what each call of it needs, shared by the protocols' loops."""
+
+    method: MethodRun
+    backbone: Backbone
+    settings: CompareSettings
+    progress: bool
+    apply_fn: Callable[..., Any]  # ALG_MULTIMODAL_DICT[alg_name]
+    extra: dict  # the method's extra keyword arguments of every editing call (IKE's train_ds)
+
+    @property
+    def hparams(self) -> Any:
+        return self.method.hparams
+
+    @property
+    def in_context(self) -> bool:
+        return self.hparams.alg_name in _IN_CONTEXT
+
+    def read(self, size: int | None) -> list[dict]:
+        """The first ``size`` usable eval records (None: all of them) as requests on the CPU, read by EasyEdit's
+        dataset class with the method's hparams; fewer than the largest edit count is an error."""
+        dataset = getattr(importlib.import_module("easyeditor"), self.settings.dataset_class)
+        data = dataset(self.settings.eval_json, config=self.hparams, size=size)
+        t_max = self.settings.edits[-1]
+        if len(data) < t_max:
+            raise ValueError(f"{self.settings.eval_json}: {len(data)} usable records, fewer than {t_max} edits")
+        return [scoring.request_from_item(data[i]) for i in range(len(data))]
+
+    def edit(self, model: Any, tok: Any, request: dict, window: int | None) -> tuple[Any, list[str] | None, float]:
+        """One edit through EasyEdit's entry, as ``MultimodalEditor`` calls it, restoring nothing.
+
+        Returns ``(model to score, demonstrations, seconds)``: an in-context editor is called with one request, not a
+        list (MultimodalEditor's IKE call), changes no weight and gives its demonstrations, fitted to ``window``; any
+        other editor gives the edited model and None. The seconds include fitting the demonstrations."""
+        kwargs = {"copy": False, "return_orig_weights": False, "keep_original_weight": False, **self.extra}
+        start = time.perf_counter()
+        if self.in_context:
+            examples = self.apply_fn(model, tok, request, self.hparams, **kwargs)
+            demonstrations = ike_offline.fit_demonstrations(examples, request, tok, window)
+            return model, demonstrations, time.perf_counter() - start
+        edited, _ = self.apply_fn(model, tok, [request], self.hparams, **kwargs)
+        return edited, None, time.perf_counter() - start
+
+    def score(self, watch: _FiniteWatch, tok: Any, requests: list[dict], contexts: list, what: str) -> list[dict]:
+        """EasyEdit's scores of ``requests`` on the edited model; an in-context editor asks each with its own edit's
+        demonstrations (``contexts``, in the same order)."""
+        scored = tqdm(requests, desc=f"{self.method.name} {what}", leave=False, disable=not self.progress)
+        if self.in_context:
+            with torch.no_grad():
+                return [ike_offline.in_context_scores(watch, self.hparams, tok, r, c)
+                        for r, c in zip(scored, contexts, strict=True)]  # fmt: skip
+        return [scoring.score(watch, self.hparams, tok, r) for r in scored]
+
+    def probe(self, model: Any, tok: Any) -> ProbeResult:
+        """The EMT probe on an edited model (one sample per call for an editor whose forward reads only one)."""
+        one_sample = self.hparams.alg_name in _ONE_SAMPLE_PER_CALL
+        return _probe(model, tok, self.backbone, self.settings, one_sample=one_sample)
+
+
 def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings, progress: bool = True) -> list[Row]:
     """One method's lifelong sequence; returns one ``Row`` per edit count (failures included)."""
     rows = [Row(method.name, t) for t in settings.edits]
@@ -224,82 +284,19 @@ def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings,
         for row in rows:
             row.status = f"not run: {method.not_run}"
         return rows
-    t_max = settings.edits[-1]
     done: set[int] = set()
     monitor = PeakRss()
-    model = tok = edited = None
     try:
         # every record checked before any work: EasyEdit's datasets fail with a bare KeyError or skip a record silently
         validate_file(settings.eval_json, *image_roots(method.hparams))
         if method.prepare is not None:
             method.prepare()  # training is not part of the editing run's memory or latency
         with monitor, backbone.patches(), compat.cuda_to_cpu(), compat.baseline_fixes():
-            hparams = method.hparams
-            apply_fn = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT[hparams.alg_name]
-            in_context = hparams.alg_name in _IN_CONTEXT
+            apply_fn = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT[method.hparams.alg_name]
             extra = method.edit_kwargs() if method.edit_kwargs is not None else {}
-            _reset_executor(hparams.alg_name)
-            dataset = getattr(importlib.import_module("easyeditor"), settings.dataset_class)
-            data = dataset(settings.eval_json, config=hparams, size=t_max)
-            if len(data) < t_max:
-                raise ValueError(f"{settings.eval_json}: {len(data)} usable records, fewer than {t_max} edits")
-            requests = [scoring.request_from_item(data[i]) for i in range(t_max)]
-            model, tok = backbone.load(hparams)
-            requests = [to_device(r, input_device(model)) for r in requests]  # EasyEdit's datasets yield CPU tensors
-
-            # Pre-edit outputs and the EMT baseline, on the unedited backbone.
-            pres = scoring.pre_edit_outputs(model, hparams, tok, requests if settings.score else [], progress,
-                                            f"{method.name} pre-edit")  # fmt: skip
-            emt_before = _probe(model, tok, backbone, settings)
-            latencies: list[float] = []
-            contexts: list[list[str]] = []  # in-context editors: each edit's demonstrations
-            immediate = settings.score and settings.protocol == "immediate"
-            if immediate and in_context:
-                raise ValueError(f"protocol 'immediate' is not defined for an in-context editor ({method.name})")
-            scored_at_once: list[dict] = []  # immediate protocol: each record's scores right after its own edit
-            window = ike_offline.text_window(model)
-            edited = model
-            bar = tqdm(total=t_max, desc=f"{method.name} edits", unit="edit", disable=not progress)
-            for i, request in enumerate(requests):
-                start = time.perf_counter()
-                if in_context:  # one request, not a list, as MultimodalEditor calls IKE
-                    examples = apply_fn(model, tok, request, hparams, copy=False, return_orig_weights=False,
-                                        keep_original_weight=False, **extra)  # fmt: skip
-                    contexts.append(ike_offline.fit_demonstrations(examples, request, tok, window))
-                else:
-                    edited, _ = apply_fn(model, tok, [request], hparams, copy=False, return_orig_weights=False,
-                                         keep_original_weight=False, **extra)  # fmt: skip
-                latencies.append(time.perf_counter() - start)
-                bar.update(1)
-                t = i + 1
-                watch = _FiniteWatch(edited)
-                if immediate:
-                    scored_at_once.append(scoring.score(watch, hparams, tok, request))
-                if t not in settings.edits:
-                    if not watch.finite:
-                        raise FloatingPointError(f"non-finite logits at edit {t}")
-                    continue
-                row = rows[settings.edits.index(t)]
-                if immediate:
-                    row.metrics = scoring.mean_scores(scored_at_once, pres[:t])
-                elif settings.score:
-                    scored = tqdm(requests[:t], desc=f"{method.name} scores after {t}", leave=False,
-                                  disable=not progress)  # fmt: skip
-                    if in_context:
-                        with torch.no_grad():
-                            posts = [ike_offline.in_context_scores(watch, hparams, tok, r, c)
-                                     for r, c in zip(scored, contexts, strict=True)]  # fmt: skip
-                    else:
-                        posts = [scoring.score(watch, hparams, tok, r) for r in scored]
-                    row.metrics = scoring.mean_scores(posts, pres[:t])
-                probe = _probe(watch, tok, backbone, settings, one_sample=hparams.alg_name in _ONE_SAMPLE_PER_CALL)
-                row.emt_before, row.emt_after = emt_before.accuracy, probe.accuracy
-                row.latency_s = float(np.median(latencies))
-                row.sequence = fingerprint(requests[:t])
-                done.add(t)
-                if not watch.finite:
-                    raise FloatingPointError(f"non-finite logits after edit {t}")
-            bar.close()
+            editing = _Editing(method, backbone, settings, progress, apply_fn, extra)
+            _reset_executor(method.hparams.alg_name)
+            _run_sequence(editing, rows, done)
     except FloatingPointError as error:
         LOG.warning("%s: %s", method.name, error)
         _fail(rows, done, f"NaN ({error})", include_last=True)
@@ -307,13 +304,62 @@ def run_method(method: MethodRun, backbone: Backbone, settings: CompareSettings,
         LOG.error("%s failed:\n%s", method.name, traceback.format_exc())
         _fail(rows, done, _failure(error))
     finally:
-        del model, tok, edited
         if method.hparams is not None:
-            _reset_executor(method.hparams.alg_name)  # let the executor drop this backbone
+            _reset_executor(method.hparams.alg_name)  # let the executor drop the last backbone
         gc.collect()
     for row in rows:
         row.peak_rss_mib = monitor.peak_mib
     return rows
+
+
+def _run_sequence(editing: _Editing, rows: list[Row], done: set[int]) -> None:
+    """The ``cumulative`` and ``immediate`` protocols: the first ``T_max`` records edited one after another on one
+    backbone, never restored (module docstring, step 4). Fills ``rows``; each completed edit count goes into
+    ``done``."""
+    settings, hparams, name = editing.settings, editing.hparams, editing.method.name
+    t_max = settings.edits[-1]
+    immediate = settings.score and settings.protocol == "immediate"
+    if immediate and editing.in_context:
+        raise ValueError(f"protocol 'immediate' is not defined for an in-context editor ({name})")
+    requests = editing.read(t_max)
+    model, tok = editing.backbone.load(hparams)
+    requests = [to_device(r, input_device(model)) for r in requests]  # EasyEdit's datasets yield CPU tensors
+
+    # Pre-edit outputs and the EMT baseline, on the unedited backbone.
+    pres = scoring.pre_edit_outputs(model, hparams, tok, requests if settings.score else [], editing.progress,
+                                    f"{name} pre-edit")  # fmt: skip
+    emt_before = _probe(model, tok, editing.backbone, settings)
+    latencies: list[float] = []
+    contexts: list[list[str] | None] = []  # in-context editors: each edit's demonstrations
+    scored_at_once: list[dict] = []  # immediate protocol: each record's scores right after its own edit
+    window = ike_offline.text_window(model)
+    bar = tqdm(total=t_max, desc=f"{name} edits", unit="edit", disable=not editing.progress)
+    for i, request in enumerate(requests):
+        edited, context, seconds = editing.edit(model, tok, request, window)
+        latencies.append(seconds)
+        contexts.append(context)
+        bar.update(1)
+        t = i + 1
+        watch = _FiniteWatch(edited)
+        if immediate:
+            scored_at_once.append(scoring.score(watch, hparams, tok, request))
+        if t not in settings.edits:
+            if not watch.finite:
+                raise FloatingPointError(f"non-finite logits at edit {t}")
+            continue
+        row = rows[settings.edits.index(t)]
+        if immediate:
+            row.metrics = scoring.mean_scores(scored_at_once, pres[:t])
+        elif settings.score:
+            posts = editing.score(watch, tok, requests[:t], contexts[:t], f"scores after {t}")
+            row.metrics = scoring.mean_scores(posts, pres[:t])
+        row.emt_before, row.emt_after = emt_before.accuracy, editing.probe(watch, tok).accuracy
+        row.latency_s = float(np.median(latencies))
+        row.sequence = fingerprint(requests[:t])
+        done.add(t)
+        if not watch.finite:
+            raise FloatingPointError(f"non-finite logits after edit {t}")
+    bar.close()
 
 
 def failed_rows(name: str, edits: list[int], error: BaseException) -> list[Row]:
