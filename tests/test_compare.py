@@ -139,14 +139,18 @@ def _nan_edit(model, tok, requests, hparams, **kwargs):
     return model, {}
 
 
-def test_non_finite_logits_are_reported_as_nan(small_world, backbone, settings, monkeypatch):
+@pytest.mark.parametrize("protocol", ["cumulative", "chunked"])
+def test_non_finite_logits_are_reported_as_nan(small_world, backbone, settings, monkeypatch, protocol):
+    from dataclasses import replace
+
     alg_dict = importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT
     monkeypatch.setitem(alg_dict, "NaNEdit", _nan_edit)
     hparams = SimpleNamespace(**vars(toy_hparams(small_world, "LiveEdit")))
     hparams.alg_name = "NaNEdit"
-    out = compare([MethodRun("NaNEdit", hparams=hparams)], backbone, settings, progress=False)
+    out = compare([MethodRun("NaNEdit", hparams=hparams)], backbone, replace(settings, protocol=protocol),
+                  progress=False)  # fmt: skip
     assert [r.edits for r in out] == EDITS
-    assert all(r.status.startswith("NaN (non-finite logits after edit 1)") for r in out)
+    assert all(r.status.startswith("NaN (non-finite logits after edit 1") for r in out), out
 
 
 @pytest.mark.parametrize("protocol", ["cumulative", "immediate"])
@@ -187,6 +191,99 @@ def test_protocol_decides_when_each_record_is_scored(small_world, backbone, sett
         assert seen == [(1, 0), (3, 0), (3, 1), (3, 2)]
 
 
+_CHUNK_RECORDS = 7  # T=1: seven chunks; T=3: two chunks, and the seventh record is left over
+
+
+def _run_chunked(small_world, backbone, settings, tmp_path, monkeypatch, edits: list[int], **hparams_keys):
+    """The chunked protocol over the first ``_CHUNK_RECORDS`` eval records with an editor that changes nothing but
+    counts, on the model it is handed, the edits that model has received. Returns ``(rows, edited, seen)``: the
+    positions of the records edited, in order, and (edits the scored model had received, scored record's position)
+    for each score after an edit; metrics are how many records each row averaged."""
+    from dataclasses import replace
+
+    from easyedit_liveedit.bench import engine
+
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps(json.loads(Path(settings.eval_json).read_text())[:_CHUNK_RECORDS]))
+    requests: list[dict] = []  # in the engine's order: pre-edit outputs are computed for each record, before any edit
+    edited: list[int] = []
+    seen: list[tuple[int, int]] = []
+
+    def count_edit(model, tok, batch, hparams, **kwargs):
+        edited.append(next(i for i, r in enumerate(requests) if r is batch[0]))
+        model.edits_received = getattr(model, "edits_received", 0) + 1
+        return model, {}
+
+    def score(model, hparams, tok, request):
+        position = next((i for i, r in enumerate(requests) if r is request), None)
+        if not edited:
+            requests.append(request)
+        else:
+            seen.append((model.model.edits_received, position))  # model: the engine's watch over the edited model
+        return {}
+
+    monkeypatch.setitem(importlib.import_module("easyeditor.util.alg_dict").ALG_MULTIMODAL_DICT, "CountEdit",
+                        count_edit)  # fmt: skip
+    monkeypatch.setattr(engine.scoring, "score", score)
+    monkeypatch.setattr(engine.scoring, "mean_scores", lambda posts, pres: {"scored": float(len(posts)),
+                                                                           "pre": float(len(pres))})  # fmt: skip
+    hparams = SimpleNamespace(**{**vars(toy_hparams(small_world, "LiveEdit")), **hparams_keys})
+    hparams.alg_name = "CountEdit"
+    chunked = replace(settings, eval_json=str(eval_json), edits=edits, protocol="chunked")
+    rows = compare([MethodRun("CountEdit", hparams=hparams)], backbone, chunked, progress=False)
+    return rows, edited, seen
+
+
+def test_chunked_starts_every_chunk_from_the_unedited_backbone(small_world, backbone, settings, tmp_path, monkeypatch):
+    """Guards the chunked protocol's restore: each chunk of T records is edited on an unedited backbone, so every
+    scored record is asked of a model that has received exactly its own chunk's T edits, and each row averages its
+    chunks' records. Seen failing with the first backbone kept for every chunk (the models scored had received
+    1, 2, ..., 13 edits)."""
+    rows, edited, seen = _run_chunked(small_world, backbone, settings, tmp_path, monkeypatch, [3, 1])
+    assert [(r.edits, r.status, r.chunks) for r in rows] == [(1, "ok", 7), (3, "ok", 2)]
+    assert edited == list(range(7)) + list(range(6))
+    assert seen == [(1, i) for i in range(7)] + [(3, i) for i in range(6)]
+    assert [r.metrics for r in rows] == [{"scored": 7.0, "pre": 7.0}, {"scored": 6.0, "pre": 6.0}]
+
+
+def test_chunked_drops_a_trailing_partial_chunk(small_world, backbone, settings, tmp_path, monkeypatch):
+    """Guards the chunk count: seven records in chunks of three are two chunks, records 1-6; the seventh is neither
+    edited nor scored nor fingerprinted (a chunk of one record would be scored after one edit, not three). Seen
+    failing with the chunk count rounded up."""
+    rows, edited, seen = _run_chunked(small_world, backbone, settings, tmp_path, monkeypatch, [3])
+    (row,) = rows
+    assert (row.status, row.chunks, row.metrics) == ("ok", 2, {"scored": 6.0, "pre": 6.0})
+    assert edited == list(range(6)) and [position for _, position in seen] == list(range(6))
+    hparams = toy_hparams(small_world, "LiveEdit")
+    with small_world.easyedit_patches():
+        data = importlib.import_module("easyeditor").VQADataset(settings.eval_json, config=hparams, size=6)
+        assert row.sequence == fingerprint([request_from_item(data[i]) for i in range(6)])
+
+
+def test_chunked_refuses_a_library_folder(small_world, backbone, settings, tmp_path, monkeypatch):
+    """Guards the chunked protocol against a durable library: with ``library_path`` (LiveEdit's library folder) a
+    chunk would start with the experts of the chunks before it, so the run is refused, nothing edited, and the rows
+    say why. Seen failing with the check removed (the chunks edited on)."""
+    rows, edited, _ = _run_chunked(small_world, backbone, settings, tmp_path, monkeypatch, [1, 3],
+                                   library_path=str(tmp_path / "library"))  # fmt: skip
+    assert edited == []
+    refused = "error (ValueError: protocol 'chunked' needs every chunk to start from the unedited backbone, but "
+    assert all(r.status.startswith(refused + "library_path is set for CountEdit") for r in rows)
+
+
+def test_a_fresh_backbone_empties_wises_module_level_edit_lists(monkeypatch):
+    """Guards the reset the engine runs whenever WISE gets a fresh backbone (a method's start and end, each chunk):
+    EasyEdit main's WISE keeps the requests it edited in lists of its module, which it replays (``retrieve`` and
+    ``replay``) and merges into whatever model it edits next, so a chunk would train on the chunks before it. Seen
+    failing with the reset removed. A stand-in module, so that it runs on the wheel too (which has no WISE)."""
+    from easyedit_liveedit.bench import engine
+
+    wise = SimpleNamespace(edit_history=[["earlier edit", False]], merge_group_edit_history=[[["older", False]]])
+    monkeypatch.setitem(sys.modules, "easyeditor.models.wise.WISE", wise)
+    engine._reset_executor("WISE")
+    assert wise.edit_history == [] and wise.merge_group_edit_history == []
+
+
 def test_table_and_plot_hold_every_row(rows, tmp_path):
     text = markdown(rows)
     header, rule, *lines = text.strip().splitlines()
@@ -204,6 +301,13 @@ def test_table_and_plot_hold_every_row(rows, tmp_path):
 def test_settings_reject_bad_edit_counts():
     with pytest.raises(ValueError, match="edits"):
         CompareSettings(eval_json="x.json", edits=[0, 10])
+
+
+def test_settings_reject_an_unknown_protocol_naming_the_valid_ones():
+    """Guards the protocol check: a misspelt protocol (``run.protocol`` on the command line) fails before any work,
+    and the message lists every protocol there is. Seen failing with ``chunked`` left out of the message."""
+    with pytest.raises(ValueError, match=r"^protocol: expected one of cumulative, immediate, chunked, got 'chunk'$"):
+        CompareSettings(eval_json="x.json", protocol="chunk")
 
 
 # ------------------------------------------------------------------------------------------ EMT probe

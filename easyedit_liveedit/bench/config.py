@@ -69,7 +69,8 @@ class RunConfig:
 
     edits: list[int] = field(default_factory=lambda: [1, 10, 100, 1000])  # scored after each of these edits
     # cumulative: after T edits every one of the T is scored; immediate: each right after its own edit (EasyEdit
-    # main's sequential_edit=True), the row after T being the mean of those T scores (engine.py)
+    # main's sequential_edit=True), the row after T being the mean of those T scores; chunked (the LiveEdit authors'):
+    # every eval record, in chunks of T each edited from the unedited backbone, then scored (engine.py)
     protocol: str = "cumulative"
     methods: list[str] = field(default_factory=lambda: list(METHODS))  # what `compare` runs
     seed: int = 0
