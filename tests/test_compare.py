@@ -33,10 +33,10 @@ from easyedit_liveedit.bench.engine import (
     CompareSettings,
     MethodRun,
     compare,
-    compare_in_processes,
     fingerprint,
 )
 from easyedit_liveedit.bench.plots import plot
+from easyedit_liveedit.bench.processes import compare_in_processes
 from easyedit_liveedit.bench.table import COLUMNS, markdown, read_csv, write_csv
 from easyedit_liveedit.easyedit.scoring import METRICS, request_from_item
 from easyedit_liveedit.toyworld.evaluate import ImageLoader
@@ -612,7 +612,7 @@ def test_a_killed_comparison_takes_its_worker_processes_along(tmp_path):
     script = (
         f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from helpers import sleeps\n"
-        "from easyedit_liveedit.bench.engine import compare_in_processes\n"
+        "from easyedit_liveedit.bench.processes import compare_in_processes\n"
         f"compare_in_processes([('Sleeps', sleeps, ({str(marker)!r},))], [1], workers=1, progress=False)\n"
     )
     comparison = subprocess.Popen([sys.executable, "-c", script])

@@ -36,8 +36,9 @@ from ..toyworld.layout import CACHE_ENV, PROJECT_ROOT
 from . import archives, ike_offline, nan_guard, shipped
 from .config import method_config
 from .emt_probe import load_records
-from .engine import Backbone, CompareSettings, MethodRun, Row, compare, compare_in_processes, seed_all
+from .engine import Backbone, CompareSettings, MethodRun, Row, compare, seed_all
 from .plots import plot
+from .processes import compare_in_processes
 from .quiet import quiet
 from .table import markdown, write_csv
 
