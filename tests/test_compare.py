@@ -645,3 +645,20 @@ def test_compare_rejects_a_method_named_twice(small_world, tmp_path):
     runner = small_runner(small_world, tmp_path, "command=compare", "run.methods=[MEND,LiveEdit,MEND]")
     with pytest.raises(ValueError, match=r"run.methods=.*MEND given more than once"):
         runner.compare()
+
+
+def test_an_order_seed_edits_a_shuffled_copy_of_the_eval_file(small_world, tmp_path):
+    """Guards ``run.order_seed`` (the variance over edit orders): the settings point at a copy of the eval file in
+    the run folder holding the same records in the order that seed gives, the same seed gives the same order, and
+    without a seed the eval file itself is edited. Seen failing with the shuffle left out (the copy kept the order)."""
+    plain = small_runner(small_world, tmp_path / "plain", "run.edits=[10]").settings()
+    records = json.loads(Path(plain.eval_json).read_text())
+    orders = []
+    for run in ("a", "b", "c"):
+        seed = 1 if run != "c" else 2
+        settings = small_runner(small_world, tmp_path / run, "run.edits=[10]", f"run.order_seed={seed}").settings()
+        assert Path(settings.eval_json).parent == tmp_path / run
+        orders.append(json.loads(Path(settings.eval_json).read_text()))
+    key = json.dumps
+    assert sorted(map(key, orders[0])) == sorted(map(key, records))  # the same records
+    assert orders[0] == orders[1] != records and orders[2] not in (orders[0], records)

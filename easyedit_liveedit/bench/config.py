@@ -74,6 +74,9 @@ class RunConfig:
     protocol: str = "cumulative"
     methods: list[str] = field(default_factory=lambda: list(METHODS))  # what `compare` runs
     seed: int = 0
+    # null: the eval file's order; an integer: the eval records shuffled with it, written to the run folder (the
+    # variance of a row over edit orders, BENCHMARKS.md)
+    order_seed: int | None = None
     output_dir: str = "outputs"  # run folders go below it (Hydra's run directory)
     archive_dir: str = "results/${model.name}"  # trained archives: <archive_dir>/models/<alg>/<model_name>
     train_steps: int | None = None  # null: each training YAML's max_iters

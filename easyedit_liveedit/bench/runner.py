@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import re
 import sys
 from dataclasses import asdict, fields
@@ -124,11 +125,17 @@ class Runner:
 
     def settings(self, score: bool = True) -> CompareSettings:
         _, evaluation, classification = self.data_paths()
-        available, wanted = len(json.loads(evaluation.read_text())), max(self.cfg.run.edits)
+        eval_records = json.loads(evaluation.read_text())
+        available, wanted = len(eval_records), max(self.cfg.run.edits)
         if available < wanted:  # fail before any training, not as an error row after it
             raise ValueError(
                 f"data={self.cfg.data.name}: {evaluation} holds {available} records, but run.edits asks for {wanted}"
             )
+        if self.cfg.run.order_seed is not None:  # another edit order: the whole file shuffled, kept with the run
+            random.Random(self.cfg.run.order_seed).shuffle(eval_records)
+            evaluation = self.out / f"{evaluation.stem}.order{self.cfg.run.order_seed}.json"
+            evaluation.parent.mkdir(parents=True, exist_ok=True)
+            evaluation.write_text(json.dumps(eval_records, indent=1) + "\n")
         records = None
         if classification is not None and classification.is_file():
             records = load_records(classification, self.cfg.run.probe_limit)
@@ -284,8 +291,9 @@ class Runner:
         world = f" (toy world {c.model.toy_world!r})" if c.model.get("toy_world") else ""
         steps = "each training YAML's max_iters" if c.run.train_steps is None else f"{c.run.train_steps} steps"
         edits = list(c.run.edits)
-        return (f"{what}: model={c.model.name}{world} data={c.data.name} edits={edits} ({c.run.protocol}), archives "
-                f"trained {steps}")  # fmt: skip
+        order = "" if c.run.order_seed is None else f", edit order {c.run.order_seed}"
+        return (f"{what}: model={c.model.name}{world} data={c.data.name} edits={edits} ({c.run.protocol}{order}), "
+                f"archives trained {steps}")  # fmt: skip
 
     def train(self) -> str:
         """Meta-train the selected method's archive (again, if it exists; one given as ``method.archive`` is used as
