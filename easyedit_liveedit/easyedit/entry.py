@@ -99,7 +99,7 @@ def editor_for(model: nn.Module, hparams: LiveEditMultimodalHparams, processor: 
     try:
         archive = load_archive(editor, hparams.archive, hparams.source or "the hparams")
         editor.eval()
-        LOG.info("LiveEdit networks loaded from %s (step %s)", hparams.archive, archive.get("step"))
+        LOG.debug("LiveEdit networks loaded from %s (step %s)", hparams.archive, archive.get("step"))
         if attached is not None:
             old = attached.editor.library
             LOG.info("LiveEdit: the backbone's editor (%d experts) is replaced by one for %s", len(old),
