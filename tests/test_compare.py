@@ -298,6 +298,15 @@ def test_table_and_plot_hold_every_row(rows, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_plot_labels_edit_counts_in_thousands_from_1000():
+    """Guards the x labels of the plot: 500, 1,000 and 2,000 sit close on the log axis, so thousands are written
+    ``1k``, ``2k`` (full numbers overlapped in the 1-2,000 edit plot)."""
+    from easyedit_liveedit.bench.plots import _count_label
+
+    assert [_count_label(t) for t in (1, 10, 500, 1000, 2000, 2500, 10000)] == ["1", "10", "500", "1k", "2k", "2.5k",
+                                                                               "10k"]  # fmt: skip
+
+
 def test_settings_reject_bad_edit_counts():
     with pytest.raises(ValueError, match="edits"):
         CompareSettings(eval_json="x.json", edits=[0, 10])

@@ -2,7 +2,8 @@
 
 Read at a glance: each method has its own marker, marker size and line style and is drawn slightly shifted
 along x (12% per method, on the log axis), so lines that overlap (two methods both at 1.0) stay
-distinguishable; the x axis is labelled with the edit counts themselves. Failed points are left out of the lines
+distinguishable; the x axis is labelled with the edit counts themselves, in thousands from 1,000 on (``2k``) so that
+neighbours such as 500, 1,000 and 2,000 stay legible. Failed points are left out of the lines
 (a NaN row has no meaningful score) and marked with an ``x`` at the bottom of the panel, so a method that breaks
 stays visible; methods that did not run appear in the legend as "not run".
 """
@@ -10,6 +11,7 @@ stays visible; methods that did not run appear in the legend as "not run".
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,7 +54,7 @@ def plot(rows: Sequence[Row], path: str | Path, title: str = "") -> Path:
             if failed:
                 ax.scatter(failed, [0.0] * len(failed), marker="x", color=line.get_color(), label=f"{method} failed")
         ax.set_xscale("log")
-        ax.set_xticks(counts, [f"{t:,}" for t in counts])
+        ax.set_xticks(counts, [_count_label(t) for t in counts])
         ax.minorticks_off()
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("sequential edits")
@@ -60,9 +62,14 @@ def plot(rows: Sequence[Row], path: str | Path, title: str = "") -> Path:
         ax.grid(True, alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(textwrap.fill(title, 120))  # a long title wraps instead of running off the figure
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _count_label(count: int) -> str:
+    """An edit count as the x axis shows it: ``500``, ``1k``, ``2.5k``, ``10k``."""
+    return f"{count / 1000:g}k" if count >= 1000 else str(count)
