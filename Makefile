@@ -67,7 +67,7 @@ compare: $(STAMP)
 # LiveEdit, MEND and SERAC archives trained on it (artifacts/scenes/archives/).
 artifacts: $(STAMP)
 	$(BIN)/python -m easyedit_liveedit.toyworld --config scenes --force --ship
-	$(BIN)/python -m easyedit_liveedit ship run.methods=[LiveEdit,MEND,SERAC] run.retrain=true
+	$(BIN)/python -m easyedit_liveedit ship run.methods=[LiveEdit,MEND,MEND-tuned,SERAC,SERAC-tuned] run.retrain=true
 
 # The wheel target: every test not marked slow or rebuild; CI (CI=true) runs the slow ones too (they use the shipped
 # toy backbone and archives: nothing is pretrained or meta-trained from scratch).

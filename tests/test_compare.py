@@ -27,6 +27,7 @@ from helpers import ARCHIVE_RUN, EDITS, dies, rows_of, small_archives, small_run
 
 import easyedit_liveedit  # noqa: F401  (registers LiveEdit, applies the EasyEdit shims)
 from easyedit_liveedit.bench import archives
+from easyedit_liveedit.bench.config import method_config
 from easyedit_liveedit.bench.emt_probe import answer_joiner, classification_accuracy, load_records, normalise
 from easyedit_liveedit.bench.engine import (
     Backbone,
@@ -86,13 +87,15 @@ def rows(small_world, tmp_path_factory, backbone, settings):
 
 def test_every_method_appears_at_every_edit_count(rows):
     assert [(r.method, r.edits) for r in rows] == [
-        (m, t) for m in ("LiveEdit", "MEND", "SERAC", "IKE", "WISE", "GRACE", "Broken", "NoYAML") for t in EDITS
+        (m, t)
+        for m in ("LiveEdit", "MEND", "MEND-tuned", "SERAC", "SERAC-tuned", "IKE", "WISE", "GRACE", "Broken", "NoYAML")
+        for t in EDITS
     ]
 
 
 def test_methods_that_ran_have_every_metric_as_a_proportion(rows):
     for row in rows:
-        if row.method in ("LiveEdit", "MEND", "SERAC", "IKE"):
+        if row.method in ("LiveEdit", "MEND", "MEND-tuned", "SERAC", "SERAC-tuned", "IKE"):
             assert row.status == "ok", row
             assert set(row.metrics) == set(METRICS)
             assert all(0.0 <= v <= 1.0 for v in row.metrics.values()), row.metrics
@@ -487,6 +490,75 @@ def test_provenance_names_what_changed(training_inputs, tmp_path):
     before = _record(values, train_json)
     _touch(tmp_path / "opt" / "model.safetensors")  # one folder behind two keys
     assert archives.provenance_changes(before, _record(values, train_json)) == "backbone.name, backbone.tokenizer_name"
+
+
+@pytest.mark.parametrize("method", ["MEND", "SERAC"])
+def test_baselines_train_on_the_editors_questions_when_asked(small_world, tmp_path, monkeypatch, method):
+    """Guards ``method.questions=editor`` (issue 24's fair baselines): EasyEdit's own trainer then meets every
+    question as ``MultimodalEditor`` renders it (``{q} {a}``, no ``Question: ... Short answer:``), and the archive's
+    provenance record says so, so that an archive of the other rendering is never reused for it. Seen failing with
+    the datasets left unwrapped (the trainer saw the template)."""
+    trainer = importlib.import_module("easyeditor").MultimodalTrainer
+    seen = []
+    edit_step = trainer.edit_step
+
+    def recording(self, batch, training):
+        seen.extend(batch["edit_inner"]["text_input"])
+        return edit_step(self, batch, training)
+
+    monkeypatch.setattr(trainer, "edit_step", recording)
+    archives_of = {}
+    for questions in ("dataset", "editor"):
+        seen.clear()
+        runner = small_runner(small_world, tmp_path / questions, "command=train", f"method={method}",
+                              f"method.questions={questions}", f"run.archive_dir={tmp_path / questions}",
+                              *ARCHIVE_RUN)  # fmt: skip
+        run = runner.method_run(runner.cfg.method, force_train=True)
+        run.prepare()
+        assert seen and all(("Short answer:" in text) == (questions == "dataset") for text in seen), seen[:2]
+        archives_of[questions] = json.loads(archives.provenance_path(run.hparams.archive).read_text())
+    assert "questions" not in archives_of["dataset"]["hparams"]  # as EasyEdit trains: the shipped archives' records
+    assert archives.provenance_changes(archives_of["dataset"], archives_of["editor"]) == "hparams.questions"
+
+
+def test_a_variant_is_its_own_row_with_its_own_archives(small_world, tmp_path, fake_training):
+    """Guards method variants (``label``): ``run.methods=[MEND,MEND-tuned]`` gives two rows from two YAMLs, each with
+    its archive in a folder of its own, so that neither retrains over the other's. Seen failing with the label's
+    folder left out (both archives at <archive_dir>/models/MEND/blip2)."""
+    runner = small_runner(small_world, tmp_path, "command=compare", "run.methods=[MEND,MEND-tuned]",
+                          f"run.archive_dir={tmp_path}")  # fmt: skip
+    shipped, tuned = (runner.method_run(method_config(runner.cfg, name)) for name in ("MEND", "MEND-tuned"))
+    assert (shipped.name, tuned.name) == ("MEND", "MEND-tuned")
+    for run in (shipped, tuned):
+        run.prepare()
+    assert fake_training == ["MEND", "MEND"]
+    assert Path(shipped.hparams.archive) == tmp_path / "models" / "MEND" / "blip2"
+    assert Path(tuned.hparams.archive) == tmp_path / "MEND-tuned" / "models" / "MEND" / "blip2"
+    assert tuned.training.questions == "editor" and not hasattr(shipped.training, "questions")
+    with pytest.raises(ValueError, match=r"unknown method 'MEND-best'; expected some of .*MEND-tuned"):
+        method_config(runner.cfg, "MEND-best")
+
+
+def test_a_method_file_labelled_otherwise_is_refused(small_world, tmp_path, monkeypatch):
+    from easyedit_liveedit.bench import config
+
+    cfg = small_runner(small_world, tmp_path / "run", "command=compare").cfg
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "MEND-x.yaml").write_text("name: MEND\nlabel: MEND-y\nhparams: a.yaml\n")
+    monkeypatch.setattr(config, "CONF_DIR", tmp_path)
+    with pytest.raises(ValueError, match=r"MEND-x.yaml: its label is 'MEND-y'"):
+        method_config(cfg, "MEND-x")
+
+
+@pytest.mark.parametrize(("method", "questions", "message"), [
+    ("LiveEdit", "editor", "takes it from its training YAML's key 'questions'"),
+    ("IKE", "editor", "does not meta-train"),
+    ("MEND", "template", "expected one of editor, dataset"),
+])  # fmt: skip
+def test_a_rendering_for_the_baselines_only_is_refused_elsewhere(small_world, tmp_path, method, questions, message):
+    runner = small_runner(small_world, tmp_path, "command=train", f"method={method}", f"method.questions={questions}")
+    with pytest.raises(ValueError, match=message):
+        runner.method_run(runner.cfg.method)
 
 
 @pytest.fixture

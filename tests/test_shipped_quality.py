@@ -1,7 +1,8 @@
 """What the repository ships for the default toy world, checked as CI can afford (nothing is rebuilt or retrained).
 
 The fast tests run on both EasyEdit targets: every shipped file matches its manifest's sha256, and the shipped
-LiveEdit weights load into the networks its editing YAML builds. The slow test is a quality regression test: a
+LiveEdit weights load into the networks its editing YAML builds. The slow tests: every shipped archive fits its method
+config as it is (nothing would be retrained), and a quality regression test: a
 100-edit LiveEdit sequence on the default world's eval split from the shipped backbone and archive, through
 EasyEdit's editing entry and metric code, must keep Reliability >= 0.9 and M-Locality >= 0.95.
 """
@@ -23,10 +24,13 @@ from easyedit_liveedit.toyworld.layout import PROJECT_ROOT
 MANIFESTS = sorted(ARTIFACTS_ROOT.glob("*/*/MANIFEST.json"))
 
 
-def test_the_default_world_ships_its_backbone_and_three_archives():
+SHIPPED = ("LiveEdit", "MEND", "MEND-tuned", "SERAC", "SERAC-tuned")  # the methods `make artifacts` ships
+
+
+def test_the_default_world_ships_its_backbone_and_five_archives():
     shipped_files = {path.relative_to(ARTIFACTS_ROOT).as_posix() for path in MANIFESTS}
     assert "scenes/archives/MANIFEST.json" in shipped_files
-    assert set(json.loads((shipped.folder("scenes") / "MANIFEST.json").read_text())) == {"LiveEdit", "MEND", "SERAC"}
+    assert set(json.loads((shipped.folder("scenes") / "MANIFEST.json").read_text())) == set(SHIPPED)
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.parent.relative_to(ARTIFACTS_ROOT).as_posix())
@@ -46,10 +50,8 @@ def test_the_shipped_liveedit_weights_fit_the_editing_yaml():
     net.load_state_dict(load_file(shipped.folder("scenes") / "LiveEdit.safetensors"))  # strict: names and shapes
 
 
-@pytest.mark.slow
-def test_a_100_edit_liveedit_sequence_from_the_shipped_artifacts_keeps_its_quality(tmp_path):
-    """The regression test of LiveEdit's quality: seen failing with the unpacked weights halved (Reliability 0.03).
-    It also fails when the shipped archive no longer fits today's training YAML and is retrained instead."""
+def _runner(tmp_path, *overrides: str):
+    """A runner on the default toy world whose archives go to ``tmp_path/archives`` (unpacked from what ships)."""
     from hydra import compose, initialize_config_module
 
     from easyedit_liveedit.bench.config import register_configs
@@ -57,12 +59,37 @@ def test_a_100_edit_liveedit_sequence_from_the_shipped_artifacts_keeps_its_quali
 
     register_configs()
     with initialize_config_module("easyedit_liveedit.bench.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["command=edit", "method=LiveEdit", "model=toy", "run.edits=[100]",
-                                           "run.threads=1", "run.progress=false", "run.probe_limit=20",
-                                           f"run.archive_dir={tmp_path / 'archives'}"])  # fmt: skip
-    torch.set_num_threads(1)
+        cfg = compose("config", overrides=["model=toy", "run.threads=1", "run.progress=false",
+                                           f"run.archive_dir={tmp_path / 'archives'}", *overrides])  # fmt: skip
     (tmp_path / "run").mkdir()
-    runner = Runner(cfg, tmp_path / "run")
+    return Runner(cfg, tmp_path / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", SHIPPED)
+def test_every_shipped_archive_fits_its_method_config(tmp_path, monkeypatch, label):
+    """Guards the shipped archives against a YAML or code change that would make `make demo` and `compare` train
+    them again: each unpacks for its method config as it is. Seen failing for MEND-tuned with its `questions` key
+    removed (its archive was trained on the editor's rendering)."""
+    from easyedit_liveedit.bench import archives
+    from easyedit_liveedit.bench.config import method_config
+
+    def train(method, *args, **kwargs):
+        raise AssertionError(f"{label}: the shipped archive did not fit; the runner would train {method} again")
+
+    monkeypatch.setattr(archives, "train_archive", train)
+    runner = _runner(tmp_path, "command=train")
+    run = runner.method_run(method_config(runner.cfg, label))
+    run.prepare()
+    assert torch.load(run.hparams.archive, weights_only=False)["shipped"] == f"{label}.safetensors"
+
+
+@pytest.mark.slow
+def test_a_100_edit_liveedit_sequence_from_the_shipped_artifacts_keeps_its_quality(tmp_path):
+    """The regression test of LiveEdit's quality: seen failing with the unpacked weights halved (Reliability 0.03).
+    It also fails when the shipped archive no longer fits today's training YAML and is retrained instead."""
+    runner = _runner(tmp_path, "command=edit", "method=LiveEdit", "run.edits=[100]", "run.probe_limit=20")
+    torch.set_num_threads(1)
     runner.edit()
     (archive,) = (tmp_path / "archives").rglob("blip2")
     assert torch.load(archive, weights_only=False).get("shipped"), "the shipped archive did not fit: it was retrained"

@@ -10,6 +10,11 @@ Every archive ``train_archive`` writes gets a provenance record beside it (``<ar
 training hparams, the train file's hash, the validation size and the backbone files' sizes and times. The runner
 reuses an archive only while a fresh record equals the stored one (``provenance_changes``).
 
+EasyEdit's own trainers (MEND, SERAC) render every training question with the dataset's template; with
+``method.questions: editor`` the runner sets ``questions`` on their training hparams (EasyEdit's classes have no
+such key), ``train_archive`` wraps their datasets in ``EditorQuestions`` as LiveEdit's trainer does, and the
+provenance record holds the choice as LiveEdit's holds its YAML key.
+
 Why a separate validation file: EasyEdit's trainer keeps the checkpoint with the best validation loss, so
 validating on the records the benchmark edits would leak the benchmark into model selection. Validation uses
 the tail of the *train* file instead, which the training subset never reaches.
@@ -35,7 +40,8 @@ from tqdm.auto import tqdm
 
 from .. import toyworld
 from ..easyedit import LiveEditMultimodalTrainer, compat, distributed
-from ..easyedit.hparams import PATH_KEYS
+from ..easyedit.hparams import PATH_KEYS, QUESTION_RENDERINGS
+from ..easyedit.questions import EditorQuestions
 from ..easyedit.validate import image_roots, validate_file
 from ..liveedit import config as liveedit_config
 from ..toyworld.artifacts import git_commit
@@ -62,6 +68,18 @@ def unavailable(method: str) -> str | None:
     if not hasattr(importlib.import_module("easyeditor"), class_name):
         return f"the installed easyeditor has no {class_name} (EasyEdit main has; the PyPI wheel 0.0.1.dev0 has not)"
     return None
+
+
+def baseline_questions(method: str, questions: str) -> str | None:
+    """How EasyEdit's own trainer of ``method`` renders training questions (``method.questions``): ``"editor"``, or
+    None for its dataset's template. Raises ``ValueError`` for LiveEdit (its YAML key decides) or another value."""
+    if method not in ("MEND", "SERAC"):
+        raise ValueError(f"method.questions is for EasyEdit's own trainers (MEND, SERAC); {method} "
+                         + ("takes it from its training YAML's key 'questions'" if method == "LiveEdit" else
+                            "does not meta-train"))  # fmt: skip
+    if questions not in QUESTION_RENDERINGS:
+        raise ValueError(f"method.questions is {questions!r}; expected one of {', '.join(QUESTION_RENDERINGS)}")
+    return None if questions == "dataset" else questions
 
 
 def _hparams_class(name: str) -> type:
@@ -180,6 +198,8 @@ def provenance(training_hparams: Any, train_json: str | Path, val_size: int) -> 
         inputs.
     """
     values = {k: v for k, v in dataclasses.asdict(training_hparams).items() if k not in _OUTPUT_KEYS}
+    if getattr(training_hparams, "questions", None) is not None:  # MEND's / SERAC's, set by the runner
+        values["questions"] = training_hparams.questions
     with open(train_json, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     backbone = {}
@@ -314,9 +334,10 @@ def train_archive(
     # EasyEdit runs round(max_iters / (len(train_set) / batch_size)) epochs: never let that round to zero.
     size = min(len(json.loads(train_path.read_text())), config.max_iters * config.batch_size + 1)
     if method == "LiveEdit":
-        trainer_class = LiveEditMultimodalTrainer
+        trainer_class = LiveEditMultimodalTrainer  # renders questions as its YAML's key `questions` says
     else:
         trainer_class = easyeditor.MultimodalTrainer
+    editor_questions = method != "LiveEdit" and getattr(config, "questions", None) == "editor"
     dataset = getattr(easyeditor, dataset_class)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -326,6 +347,8 @@ def train_archive(
         stack.enter_context(compat.baseline_fixes())  # EasyEdit's MEND/SERAC trainers need model_parallel
         train_set = dataset(str(train_path), config=config, size=size)
         val_set = dataset(str(val_path), config=config, size=min(val_size, max(config.val_steps, 1)))
+        if editor_questions:  # EasyEdit's trainers read only a dataset's collate_fn and length
+            train_set, val_set = EditorQuestions(train_set), EditorQuestions(val_set)
         trainer = trainer_class(config, train_set, val_set)
         bar = _with_progress(trainer, config.max_iters, f"train {method}", disable=not job.is_main)
         try:

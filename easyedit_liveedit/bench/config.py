@@ -8,7 +8,8 @@ starts, with a message that names the key.
 Groups:
 
 * ``method``: an editor and its EasyEdit hparams YAMLs (``hparams/<ALG>/<model>.yaml`` for editing,
-  ``hparams/TRAINING/<ALG>/<model>.yaml`` for meta-training), plus per-key overrides of those YAMLs.
+  ``hparams/TRAINING/<ALG>/<model>.yaml`` for meta-training), plus per-key overrides of those YAMLs; a variant of
+  an editor (``MEND-tuned``: other YAMLs) is a config of its own, named by its ``label``.
 * ``model``: a backbone (``toy``, ``toy_digits``, ``blip2``, ``minigpt4``, ``llava``): which hparams file name it
   uses and, for a toy backbone, which toy world to build or load.
 * ``data``: the MMEdit records (toy E-VQA, toy E-IC, or MMEdit/VLKEB JSON files for real backbones).
@@ -25,8 +26,9 @@ from omegaconf import MISSING, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 COMMANDS = ("train", "edit", "compare", "diagnose", "probe", "ship")
-# WISE and GRACE are EasyEdit main's multimodal editors (the PyPI wheel has none: their rows say so there)
-METHODS = ("LiveEdit", "MEND", "SERAC", "IKE", "WISE", "GRACE")
+# What `compare` runs by default: every editor, MEND and SERAC also with the settings tuned on the dev split. WISE and
+# GRACE are EasyEdit main's multimodal editors (the PyPI wheel has none: their rows say so there).
+COMPARED = ("LiveEdit", "MEND", "MEND-tuned", "SERAC", "SERAC-tuned", "IKE", "WISE", "GRACE")
 
 
 @dataclass
@@ -34,12 +36,20 @@ class MethodConfig:
     """One editor, as EasyEdit knows it."""
 
     name: str = MISSING  # LiveEdit | MEND | SERAC | IKE | WISE | GRACE
+    # a variant of a method (its own YAMLs, e.g. conf/method/MEND-tuned.yaml): the row's name, the config file's
+    # name (run.methods=[MEND,MEND-tuned]) and the folder of its archives (<run.archive_dir>/<label>/models/...);
+    # null: the method's name
+    label: str | None = None
     hparams: str = MISSING  # editing YAML (relative paths are read from the project root)
     training_hparams: str | None = None  # training YAML; null for methods that need no training (IKE)
     archive: str | None = None  # an existing archive to use; null: <run.archive_dir>/models/<alg>/<model_name>
     overrides: dict[str, Any] = field(default_factory=dict)  # keys replaced in the editing YAML
     training_overrides: dict[str, Any] = field(default_factory=dict)  # keys replaced in the training YAML
     requires: str = ""  # what the method needs beyond this package, shown when it cannot run
+    # how EasyEdit's own trainers (MEND, SERAC) render the training questions: null or dataset = the dataset's
+    # template, as EasyEdit trains; editor = as MultimodalEditor renders edits (easyedit/questions.py). LiveEdit
+    # takes it from its training YAML's key `questions`.
+    questions: str | None = None
 
 
 @dataclass
@@ -72,7 +82,7 @@ class RunConfig:
     # main's sequential_edit=True), the row after T being the mean of those T scores; chunked (the LiveEdit authors'):
     # every eval record, in chunks of T each edited from the unedited backbone, then scored (engine.py)
     protocol: str = "cumulative"
-    methods: list[str] = field(default_factory=lambda: list(METHODS))  # what `compare` runs
+    methods: list[str] = field(default_factory=lambda: list(COMPARED))  # what `compare` runs: method labels
     seed: int = 0
     # null: the eval file's order; an integer: the eval records shuffled with it, written to the run folder (the
     # variance of a row over edit orders, BENCHMARKS.md)
@@ -126,14 +136,27 @@ def register_configs() -> None:
     store.store(group="run", name="base_run", node=RunConfig)
 
 
+def label(method: Any) -> str:
+    """A method config's row name: its ``label`` (a variant such as ``MEND-tuned``), else the method's name."""
+    return method.label or method.name
+
+
+def method_labels() -> list[str]:
+    """Every method config shipped under ``conf/method/``: the methods and their variants."""
+    return sorted(path.stem for path in (CONF_DIR / "method").glob("*.yaml"))
+
+
 def method_config(cfg: Any, name: str) -> Any:
-    """The ``method`` config of ``name``: the selected one (with its overrides) or ``conf/method/<name>.yaml``."""
-    if name == cfg.method.name:
+    """The method config labelled ``name``: the selected one (with its overrides) or ``conf/method/<name>.yaml``."""
+    if name == label(cfg.method):
         return cfg.method
-    if name not in METHODS:
-        raise ValueError(f"run.methods: unknown method {name!r}; expected some of {', '.join(METHODS)}")
-    node = OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml")
+    path = CONF_DIR / "method" / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"run.methods: unknown method {name!r}; expected some of {', '.join(method_labels())}")
+    node = OmegaConf.load(path)
     node.pop("defaults", None)
     root = cfg.copy()
     root.method = OmegaConf.merge(OmegaConf.structured(MethodConfig), node)  # validated like the selected one
+    if label(root.method) != name:
+        raise ValueError(f"{path}: its label is {label(root.method)!r}; a method file's label is its file name")
     return root.method

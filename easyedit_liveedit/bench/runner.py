@@ -35,7 +35,7 @@ from ..easyedit.validate import image_roots, validate_file
 from ..toyworld.evaluate import ImageLoader
 from ..toyworld.layout import CACHE_ENV, PROJECT_ROOT
 from . import archives, ike_offline, nan_guard, shipped
-from .config import method_config
+from .config import label, method_config
 from .emt_probe import load_records
 from .engine import Backbone, CompareSettings, MethodRun, Row, compare, seed_all
 from .plots import plot
@@ -151,17 +151,18 @@ class Runner:
 
     def method_run(self, method_cfg: Any, force_train: bool | None = None) -> MethodRun:
         """A ``MethodRun`` for one method config: hparams loaded, archive trained on demand, or why it cannot run."""
-        name = method_cfg.name
+        name, row = method_cfg.name, label(method_cfg)
         editing_yaml = project_path(method_cfg.hparams)
         if not editing_yaml.is_file():
             reason = f"no {method_cfg.hparams}"
             if method_cfg.requires:
                 reason += f"; {name} needs {method_cfg.requires}, not available offline here"
-            return MethodRun(name, not_run=reason)
+            return MethodRun(row, not_run=reason)
         missing = archives.unavailable(name)
         if missing is not None:
-            return MethodRun(name, not_run=missing)
+            return MethodRun(row, not_run=missing)
         hparams = archives.load_hparams(name, editing_yaml, dict(method_cfg.overrides))
+        questions = None if method_cfg.questions is None else archives.baseline_questions(name, method_cfg.questions)
         if not hasattr(hparams, "model_parallel"):
             # MEND.__init__ reads it; the wheel's editing hparams lack it (compat section 5 covers training only).
             hparams.model_parallel = False
@@ -170,15 +171,17 @@ class Runner:
         self._validate_user_files(hparams)
         retrain = self.cfg.run.retrain if force_train is None else force_train
         if hparams.alg_name == "IKE":
-            return self._ike_run(name, hparams, retrain)
+            return self._ike_run(row, hparams, retrain)
         if method_cfg.training_hparams is None:
-            return MethodRun(name, hparams=hparams)
+            return MethodRun(row, hparams=hparams)
         training = archives.load_hparams(
             name, project_path(method_cfg.training_hparams), dict(method_cfg.training_overrides), training=True
         )
         if self.world is not None:
             self.world.apply_paths(training)
-        training.results_dir = str(project_path(self.cfg.run.archive_dir))
+        training.results_dir = str(project_path(self.cfg.run.archive_dir) / (method_cfg.label or ""))
+        if questions is not None:  # EasyEdit's own trainers: the attribute archives.train_archive reads
+            training.questions = questions
         if self.cfg.run.train_steps is not None:
             training.max_iters = self.cfg.run.train_steps
         archive = project_path(method_cfg.archive) if method_cfg.archive else archives.archive_path(training)
@@ -189,21 +192,21 @@ class Runner:
             if method_cfg.archive:  # the user's own archive: used as given, never checked or retrained
                 if not archive.is_file():
                     raise FileNotFoundError(f"method.archive={method_cfg.archive!r} does not exist")
-                LOG.info("%s: using the archive %s (method.archive, used as given)", name, archive)
+                LOG.info("%s: using the archive %s (method.archive, used as given)", row, archive)
                 return
-            if archive.is_file() and not retrain and self._archive_fits(name, archive, training, train_json):
+            if archive.is_file() and not retrain and self._archive_fits(row, archive, training, train_json):
                 return
             if not retrain and self.world is not None:  # an archive shipped in the repository, if it fits
                 source = shipped.folder(self.world.config.name)
-                if shipped.unpack(name, training, train_json, self.cfg.run.val_size, archive, source):
+                if shipped.unpack(row, training, train_json, self.cfg.run.val_size, archive, source):
                     return
             patches = self.world.easyedit_patches if self.world is not None else compat.cuda_to_cpu
             written = archives.train_archive(name, training, train_json, _DATASETS[self.cfg.data.kind],
-                                             self.out / "training" / name, patches, self.cfg.run.val_size)  # fmt: skip
+                                             self.out / "training" / row, patches, self.cfg.run.val_size)  # fmt: skip
             if written != archive:
-                raise RuntimeError(f"{name}: the trainer wrote {written}, expected {archive}")
+                raise RuntimeError(f"{row}: the trainer wrote {written}, expected {archive}")
 
-        return MethodRun(name, hparams=hparams, prepare=prepare, training=training, train_json=train_json)
+        return MethodRun(row, hparams=hparams, prepare=prepare, training=training, train_json=train_json)
 
     def _archive_fits(self, name: str, archive: Path, training: Any, train_json: Path) -> bool:
         """Whether an existing archive may be reused: its provenance record matches what it would be trained from
@@ -328,9 +331,9 @@ class Runner:
 
     def edit(self) -> str:
         """The selected method's lifelong sequence, scored after each of ``run.edits``."""
-        rows = compare(self._methods([self.cfg.method.name]), self.backbone(), self.settings(),
+        rows = compare(self._methods([label(self.cfg.method)]), self.backbone(), self.settings(),
                        threads=self.cfg.run.threads, progress=self.cfg.run.progress)  # fmt: skip
-        return self._report(rows, self._title(f"edit {self.cfg.method.name}"))
+        return self._report(rows, self._title(f"edit {label(self.cfg.method)}"))
 
     def compare(self) -> str:
         """Every method of ``run.methods`` on the same sequence (side by side with ``run.workers`` > 1)."""
@@ -357,9 +360,9 @@ class Runner:
         settings = self.settings(score=False)
         if not settings.classification_records:
             raise ValueError(f"data={self.cfg.data.name}: no classification records (data.classification_json)")
-        rows = compare(self._methods([self.cfg.method.name]), self.backbone(), settings,
+        rows = compare(self._methods([label(self.cfg.method)]), self.backbone(), settings,
                        threads=self.cfg.run.threads, progress=self.cfg.run.progress)  # fmt: skip
-        return self._report(rows, self._title(f"EMT probe {self.cfg.method.name}"))
+        return self._report(rows, self._title(f"EMT probe {label(self.cfg.method)}"))
 
     def diagnose(self) -> str:
         """The NaN guard on EasyEdit's MEND (and LiveEdit on the same sequence), with this run's archives."""

@@ -79,7 +79,7 @@ def ship(method: str, archive: Path, training: Any, train_json: Path, val_size: 
         "trained_from": _inputs(training, train_json, val_size),
         # LiveEdit's trained config: the archive's own, else the training hparams' (an archive written before configs
         # were stored); None for the other methods
-        CONFIG_KEY: checkpoint.get(CONFIG_KEY) or (training.config_dict() if method == "LiveEdit" else None),
+        CONFIG_KEY: checkpoint.get(CONFIG_KEY) or getattr(training, "config_dict", dict)() or None,
         "training": trained,
         "shipped_by": command,
         "shipped_at": git_commit(),
@@ -112,7 +112,7 @@ def unpack(method: str, training: Any, train_json: Path, val_size: int, archive:
                     weights, differs)  # fmt: skip
         return False
     state: dict[str, Any] = dict(load_file(weights))
-    state.update({key: None for key in _NOT_TENSORS if method != "LiveEdit"})
+    state.update({key: None for key in _NOT_TENSORS if entry[CONFIG_KEY] is None})  # MEND's, SERAC's
     archive.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": state, CONFIG_KEY: entry[CONFIG_KEY], "shipped": entry["file"]}, archive)
     archives.provenance_path(archive).write_text(
