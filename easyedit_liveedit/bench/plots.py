@@ -5,7 +5,7 @@ along x (12% per method, on the log axis), so lines that overlap (two methods bo
 distinguishable; the x axis is labelled with the edit counts themselves, in thousands from 1,000 on (``2k``) so that
 neighbours such as 500, 1,000 and 2,000 stay legible. Failed points are left out of the lines
 (a NaN row has no meaningful score) and marked with an ``x`` at the bottom of the panel, so a method that breaks
-stays visible; methods that did not run appear in the legend as "not run".
+stays visible; methods that did not run appear in the legend (below the panels) as "not run".
 """
 
 from __future__ import annotations
@@ -60,10 +60,12 @@ def plot(rows: Sequence[Row], path: str | Path, title: str = "") -> Path:
         ax.set_xlabel("sequential edits")
         ax.set_title(label)
         ax.grid(True, alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
+    # one legend below the panels, where it hides no point (the first panel's lines: every method)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8)
     if title:
         fig.suptitle(textwrap.fill(title, 120))  # a long title wraps instead of running off the figure
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
