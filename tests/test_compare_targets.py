@@ -1,7 +1,8 @@
 """``easyedit-liveedit compare`` on whichever EasyEdit target the session runs, on the small toy world: LiveEdit,
-MEND, SERAC, IKE and EasyEdit main's WISE and GRACE, one row per method and edit count. On EasyEdit main every
-method runs but GRACE, whose row says why (its multimodal executor needs a chat processor the toy BLIP-2 lacks); on
-the PyPI wheel WISE's and GRACE's rows say the wheel has neither."""
+MEND and SERAC (each also tuned: trained on the editor's question rendering), IKE and EasyEdit main's WISE and
+GRACE, one row per method and edit count. On EasyEdit main every method runs but GRACE, whose row says why (its
+multimodal executor needs a chat processor the toy BLIP-2 lacks); on the PyPI wheel WISE's and GRACE's rows say the
+wheel has neither."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import json
 import pytest
 from helpers import ARCHIVE_RUN, TARGET, small_archives, small_runner
 
+from easyedit_liveedit.bench.config import COMPARED
 from easyedit_liveedit.easyedit.entry import attached_editor
 from easyedit_liveedit.easyedit.scoring import METRICS
 
-RAN = {"main": ("LiveEdit", "MEND", "SERAC", "IKE", "WISE"), "wheel": ("LiveEdit", "MEND", "SERAC", "IKE")}
+BOTH = ("LiveEdit", "MEND", "MEND-tuned", "SERAC", "SERAC-tuned", "IKE")
+RAN = {"main": (*BOTH, "WISE"), "wheel": BOTH}
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +31,7 @@ def rows(small_world, tmp_path_factory):
 
 
 def test_one_row_per_method_and_edit_count(rows):
-    assert [(r.method, r.edits) for r in rows] == [
-        (m, t) for m in ("LiveEdit", "MEND", "SERAC", "IKE", "WISE", "GRACE") for t in (1, 2)
-    ]
+    assert [(r.method, r.edits) for r in rows] == [(m, t) for m in COMPARED for t in (1, 2)]
 
 
 def test_every_method_the_target_has_runs_and_scores_proportions(rows):
